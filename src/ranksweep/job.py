@@ -1,0 +1,91 @@
+"""What one Hydra job does: run a trial and, when a sweeper launched it, report to its Optuna trial.
+
+A CUDA out-of-memory error is retried once with half the micro-batch and twice
+the gradient accumulation (the same effective batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from ranksweep.errors import TrialFailed
+from ranksweep.trial import TrialResult, run_trial
+
+log = logging.getLogger("ranksweep")
+
+
+def _reporter(cfg: DictConfig) -> Optional[Any]:
+    handle = cfg.get("trial") or {}
+    if handle.get("storage") and handle.get("study_name") and handle.get("trial_number") is not None:
+        from ranksweep.pruning import OptunaReporter
+
+        return OptunaReporter.from_handle(handle, max_steps=int(cfg.trainer.max_steps))
+    return None
+
+
+def halve_batch(cfg: DictConfig) -> Optional[DictConfig]:
+    """The OOM retry config: micro_batch / 2, grad_accum * 2; None when micro_batch is 1."""
+    mb = int(cfg.trainer.micro_batch)
+    if mb <= 1:
+        return None
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    new.trainer.micro_batch = mb // 2
+    new.trainer.grad_accum = int(cfg.trainer.grad_accum) * 2
+    return new
+
+
+def _injected_fault(cfg: DictConfig) -> None:
+    """Fault injection for failure tests: RANKSWEEP_FAULT=<rank>[,<rank>...] makes those ranks raise."""
+    ranks = os.environ.get("RANKSWEEP_FAULT", "")
+    if ranks and str(cfg.lora.r) in ranks.split(",") and int(cfg.trainer.max_steps) > 0:
+        raise RuntimeError(f"injected fault for lora.r={cfg.lora.r} (RANKSWEEP_FAULT)")
+
+
+def run_job(cfg: DictConfig, out_dir: str) -> float:
+    """Run one trial in ``out_dir`` and return its objective (what Hydra's sweeper receives)."""
+    reporter = _reporter(cfg)
+    t0 = time.perf_counter()
+    try:
+        _injected_fault(cfg)
+        try:
+            result: TrialResult = run_trial(cfg, out_dir, reporter=reporter)
+        except TrialFailed as exc:
+            retry = halve_batch(cfg) if exc.kind == "oom" else None
+            if retry is None:
+                raise
+            log.warning("out of memory; retrying once with trainer.micro_batch=%d trainer.grad_accum=%d",
+                        retry.trainer.micro_batch, retry.trainer.grad_accum)
+            import torch
+
+            torch.cuda.empty_cache()
+            result = run_trial(retry, out_dir, reporter=reporter)
+            result.metrics["oom_retry"] = True
+    except BaseException as exc:
+        if reporter is not None:
+            reporter.set_attrs({"duration_s": time.perf_counter() - t0, "output_dir": out_dir,
+                                "fail_reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"})
+        raise
+    m = result.metrics
+    if reporter is not None:
+        reporter.set_attrs({
+            "output_dir": out_dir, "wandb_run": m.get("wandb_run"), "trainable_params": m["trainable_params"],
+            "peak_mem_gb": m["peak_mem_gb"], "duration_s": time.perf_counter() - t0, "alpha": m["alpha"],
+            "tokens_per_s": m["tokens_per_s"], "eval_loss": m["eval_loss"], "exact_match": m.get("exact_match"),
+        })
+    lines = [f"{m['name']}: eval_loss {m['eval_loss']:.4f}  perplexity {m['perplexity']:.3f}"]
+    if "exact_match" in m:
+        lines[0] += f"  exact_match {m['exact_match']:.3f} (n={m['exact_match_n']})"
+    lines.append(f"  trainable params {m['trainable_params']:,}  {m['tokens_per_s']:.0f} tok/s  "
+                 f"peak mem {m['peak_mem_gb']:.2f} GB ({m['peak_mem_kind']})  wall {m['wall_s']:.0f} s")
+    lines.append(f"  adapter:  {out_dir}/adapter")
+    lines.append(f"  metrics:  {out_dir}/metrics.json")
+    lines.append(f"  config:   {out_dir}/config.yaml")
+    if m.get("wandb_run"):
+        lines.append(f"  W&B run:  {m['wandb_run']}")
+    print("\n".join(lines), flush=True)
+    return result.objective

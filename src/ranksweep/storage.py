@@ -1,0 +1,65 @@
+"""Opening an Optuna storage from a URL, with one-line errors.
+
+- ``sqlite:///outputs/ranksweep.db`` (the default; one machine, one worker at a time),
+- ``postgresql://user:pass@host/db`` (many workers; psycopg 3),
+- ``journal:///shared/fs/study.log`` (Optuna's JournalFileStorage, for a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ranksweep.errors import ConfigError
+
+HEARTBEAT_S = 30
+GRACE_S = 90
+
+
+def _mask(url: str) -> str:
+    from ranksweep.tracking import mask_secrets
+
+    return mask_secrets(url)
+
+
+def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.storage") -> Any:
+    """An Optuna storage for ``url``. RDB storages get heartbeats so a killed worker's trial is retried."""
+    url = str(url)
+    try:
+        if url.startswith("journal://"):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            path = Path(url[len("journal://"):]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///"):])
+            if not path.parent.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() and path.stat().st_size > 0:
+                with open(path, "rb") as fh:
+                    if fh.read(16) != b"SQLite format 3\x00":
+                        raise ConfigError(f"{key}: {path} is not an SQLite database")
+        elif "://" not in url:
+            raise ConfigError(f"{key}: not a storage URL: {url!r} (e.g. sqlite:///outputs/ranksweep.db)")
+        kwargs: dict[str, Any] = {}
+        if heartbeat:
+            # A trial whose worker stopped beating is marked FAIL by fail_stale_trials; the
+            # sweeper then runs its (ladder, rank, seed) again as a new trial.
+            kwargs = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        engine: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            engine["connect_args"] = {"connect_timeout": 10}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:  # sqlalchemy / psycopg errors: unreachable host, bad credentials, corrupt file
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"{key}: cannot open {_mask(url)}: {first}") from exc
+
+
+def default_storage_url(root: str | os.PathLike = "outputs") -> str:
+    return f"sqlite:///{Path(root) / 'ranksweep.db'}"

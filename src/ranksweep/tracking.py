@@ -1,0 +1,111 @@
+"""Weights & Biases: one run per trial, offline unless the user asks for online.
+
+The run's config is the resolved config with secrets masked, plus the
+comparison keys (r, alpha, targets, bits, family...) flattened to the top
+level so that W&B's parallel-coordinates and scatter panels can use them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional
+
+from ranksweep.config import LoggerConfig, RunConfig
+
+# Whole words of a key only: hf_token, api_key, password; not max_new_tokens or tokenizer.
+_SECRET_KEY = re.compile(r"(?:^|[_.-])(token|password|passwd|secret|api_key|apikey)(?:$|[_.-])", re.I)
+_URL_PASSWORD = re.compile(r"(//[^:/@]+:)[^@]+@")
+
+
+def mask_secrets(value: Any) -> Any:
+    """Mask secret-looking keys and passwords inside URLs, recursively."""
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) and v else mask_secrets(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    return value
+
+
+def run_label(run: RunConfig) -> str:
+    """A short trial name such as ``r16-a32-all_linear-nf4``."""
+    alpha = run.lora.lora_alpha
+    a = int(alpha) if float(alpha).is_integer() else round(alpha, 2)
+    return f"r{run.lora.r}-a{a}-{run.lora.targets.replace('+', '_')}-{run.quant.name}"
+
+
+def flat_keys(run: RunConfig) -> dict[str, Any]:
+    """The keys people compare runs by, at the top level of the W&B config.
+
+    None of them may share a name with a top-level key of the resolved config
+    (model, quant, ...), which is merged into the same W&B config.
+    """
+    return {
+        "r": run.lora.r,
+        "alpha": run.lora.lora_alpha,
+        "alpha_rule": run.lora.alpha_rule,
+        "targets": run.lora.targets,
+        "bits": run.quant.bits,
+        "quant_name": run.quant.name,
+        "family": run.model.family,
+        "model_name": run.model.name,
+        "variant": run.model.variant,
+        "dataset": run.data.name,
+        "seed": run.trainer.seed,
+        "max_steps": run.trainer.max_steps,
+        "lr": run.trainer.lr,
+    }
+
+
+class Tracker:
+    """A thin wrapper so that trials run the same with logger=none."""
+
+    def __init__(self, cfg: LoggerConfig, run: RunConfig, resolved: dict, out_dir: str) -> None:
+        self.run = None
+        self.cfg = cfg
+        if not cfg.enabled or cfg.mode == "disabled":
+            return
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        config = dict(flat_keys(run))
+        config.update(mask_secrets({k: v for k, v in resolved.items() if k != "hydra"}))
+        tags = list(cfg.tags) + [f"r{run.lora.r}", run.lora.targets, run.quant.name, run.model.family]
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            mode=cfg.mode,
+            dir=cfg.dir or out_dir,
+            name=cfg.run_name or run_label(run),
+            group=cfg.group,
+            tags=sorted(set(tags)),
+            config=config,
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+
+    @property
+    def run_dir(self) -> Optional[str]:
+        return os.path.dirname(self.run.dir) if self.run is not None else None
+
+    @property
+    def run_path(self) -> Optional[str]:
+        if self.run is None:
+            return None
+        return self.run.path if self.cfg.mode == "online" else self.run_dir
+
+    def log(self, data: dict[str, Any], step: Optional[int] = None) -> None:
+        if self.run is not None:
+            self.run.log(data, step=step)
+
+    def summary(self, data: dict[str, Any]) -> None:
+        if self.run is not None:
+            for k, v in data.items():
+                self.run.summary[k] = v
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

@@ -1,0 +1,301 @@
+"""One QLoRA trial: quantized base, fresh LoRA adapter, Trainer, evaluation, artefacts.
+
+:func:`run_trial` is a plain function of a composed config; the ``ranksweep``
+command and the sweeper both call it. It writes into ``out_dir``:
+
+- ``adapter/``: the LoRA adapter in PEFT format (safetensors);
+- ``config.yaml``: the resolved config;
+- ``metrics.json``: eval metrics, trainable params, peak memory, tokens/s, wall time;
+- ``wandb/``: the offline W&B run (when ``logger=wandb``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ranksweep import data as data_mod
+from ranksweep.config import RunConfig, to_run_config
+from ranksweep.errors import ConfigError, TrialFailed
+from ranksweep.models import disable_cpu_bf16_repack, load_base, pick_device, torch_dtype
+from ranksweep.targets import resolve_targets
+from ranksweep.tracking import Tracker, run_label
+
+log = logging.getLogger("ranksweep")
+
+
+class Reporter(Protocol):
+    """What a sweeper hands a trial: intermediate values in, a prune decision out."""
+
+    def report(self, step: int, value: float) -> None: ...
+
+    def should_prune(self) -> bool: ...
+
+
+class TrialPruned(Exception):
+    """Raised inside a trial that its sweeper decided to prune."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"pruned at step {step} (eval {value:.4f})")
+        self.step = step
+        self.value = value
+
+
+@dataclass
+class TrialResult:
+    objective: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    out_dir: str = ""
+
+
+def _peak_memory_gb(device: str) -> tuple[float, str]:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9, "cuda_max_allocated"
+    # ru_maxrss is KiB on Linux: the process's peak resident set, the CPU analogue.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "cpu_max_rss"
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter], objective_of_eval):
+    from transformers import TrainerCallback
+
+    class Watch(TrainerCallback):
+        """Logs to W&B and the console, stops on NaN, and reports to the sweeper."""
+
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+            self.last_tokens = 0
+            self.last_t = self.t0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            if "loss" in logs:
+                loss = float(logs["loss"])
+                if not math.isfinite(loss):
+                    raise TrialFailed(f"non-finite training loss {loss} at step {state.global_step}", kind="nan")
+                now = time.perf_counter()
+                seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+                tps = (seen - self.last_tokens) / max(now - self.last_t, 1e-9)
+                self.last_tokens, self.last_t = seen, now
+                row = {"train/loss": loss, "train/lr": float(logs.get("learning_rate", 0.0)),
+                       "train/tokens_per_s": tps, "train/tokens": seen}
+                if "grad_norm" in logs:
+                    row["train/grad_norm"] = float(logs["grad_norm"])
+                tracker.log(row, step=state.global_step)
+                log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s", state.global_step, state.max_steps,
+                         loss, row["train/lr"], tps)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            metrics = metrics or {}
+            if "eval_loss" not in metrics:
+                return
+            loss = float(metrics["eval_loss"])
+            if not math.isfinite(loss):
+                raise TrialFailed(f"non-finite eval loss {loss} at step {state.global_step}", kind="nan")
+            tracker.log({"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50))}, step=state.global_step)
+            log.info("step %d/%d  eval loss %.4f", state.global_step, state.max_steps, loss)
+            if reporter is not None and state.global_step > 0:
+                value = objective_of_eval(loss)
+                reporter.report(state.global_step, value)
+                if reporter.should_prune():
+                    raise TrialPruned(state.global_step, value)
+
+    return [Watch()]
+
+
+@torch.no_grad()
+def generate_exact_match(model, tokenizer, examples, n: int, max_new_tokens: int, batch: int, device: str):
+    """Greedy-decode the first ``n`` eval prompts and score exact match against the references."""
+    n = min(n, len(examples))
+    if n == 0:
+        return None, []
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    preds: list[str] = []
+    for start in range(0, n, batch):
+        rows = [examples[i] for i in range(start, min(start + batch, n))]
+        width = max(len(r["prompt_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):  # left padding for generation
+            p = torch.tensor(r["prompt_ids"], dtype=torch.long)
+            ids[i, width - len(p):] = p
+            mask[i, width - len(p):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for row in out[:, width:]:
+            preds.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    refs = [examples[i]["response"] for i in range(n)]
+    return data_mod.exact_match(preds, refs), list(zip(refs, preds))
+
+
+def _objective(run: RunConfig, metrics: dict[str, Any]) -> float:
+    if run.objective == "eval_loss":
+        return float(metrics["eval_loss"])
+    if run.objective == "perplexity":
+        return float(metrics["perplexity"])
+    return float(metrics["exact_match"])
+
+
+def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Optional[Reporter] = None,
+              base=None) -> TrialResult:
+    """Train and evaluate one adapter; return the objective and metrics.
+
+    ``base`` optionally hands in ``(model, tokenizer)`` already loaded (the
+    sweeper reuses one quantized base across trials in a worker).
+    """
+    t_start = time.perf_counter()
+    run = to_run_config(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True) if not isinstance(cfg, dict) else cfg
+    device = pick_device(run.trainer.device)
+    cache_dir = os.path.expanduser(run.cache_dir)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    # Data first: a bad dataset fails in a second, before any model load.
+    examples = data_mod.load_examples(run.data)
+    train_ex, eval_ex = data_mod.split_examples(examples, run.data.eval_size, run.data.seed)
+    # peft and the Trainer take seconds to import: only after the data is known to be good.
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    t_load = time.perf_counter()
+    if base is None:
+        model, tok, _ = load_base(run.model, run.quant, device, cache_dir)
+    else:
+        model, tok = base
+    load_s = time.perf_counter() - t_load
+    modules = resolve_targets(model, run.model.family, run.lora.targets)
+
+    train_ds = data_mod.tokenize_examples(train_ex, tok, run.model.variant, run.data, run.trainer.max_seq_len,
+                                          cache_dir=os.path.join(cache_dir, "data"))
+    eval_ds = data_mod.tokenize_examples(eval_ex, tok, run.model.variant, run.data, run.trainer.max_seq_len,
+                                         cache_dir=os.path.join(cache_dir, "data"))
+
+    set_seed(run.trainer.seed)
+    if run.quant.bits in (4, 8):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.trainer.gradient_checkpointing)
+    elif run.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    lora_cfg = LoraConfig(
+        r=run.lora.r, lora_alpha=run.lora.lora_alpha, lora_dropout=run.lora.dropout, bias=run.lora.bias,
+        target_modules=modules, use_rslora=run.lora.use_rslora, task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora_cfg)
+    disable_cpu_bf16_repack(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    if reporter is not None and hasattr(reporter, "set_attrs"):
+        reporter.set_attrs({"alpha": run.lora.lora_alpha, "trainable_params": trainable, "target_modules": modules})
+    tracker = Tracker(run.logger, run, resolved, str(out))
+    name = run_label(run)
+    log.info("trial %s: %s on %s, %d-bit, %d trainable params (%.3f%%), %d train / %d eval examples",
+             name, run.model.name, device, run.quant.bits, trainable, 100 * trainable / max(total, 1),
+             len(train_ds), len(eval_ds))
+    sign = (lambda v: v)  # eval loss is what the sweeper prunes on
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        max_steps=run.trainer.max_steps,
+        per_device_train_batch_size=run.trainer.micro_batch,
+        per_device_eval_batch_size=run.trainer.eval_batch,
+        gradient_accumulation_steps=run.trainer.grad_accum,
+        learning_rate=run.trainer.lr,
+        lr_scheduler_type=run.trainer.schedule,
+        warmup_steps=run.trainer.warmup_ratio,
+        weight_decay=run.trainer.weight_decay,
+        eval_strategy="steps" if run.trainer.max_steps > 0 else "no",
+        eval_steps=run.trainer.eval_every,
+        logging_steps=run.trainer.log_every,
+        save_strategy="no",
+        report_to="none",
+        seed=run.trainer.seed,
+        data_seed=run.trainer.seed,
+        use_cpu=device == "cpu",
+        bf16=torch_dtype(run.quant.compute_dtype, device) == torch.bfloat16 and device == "cuda",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not sys.stderr.isatty(),
+        dataloader_pin_memory=device == "cuda",
+        optim="adamw_torch",
+        gradient_checkpointing=False,  # enabled above, before peft wraps the model
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=data_mod.CausalCollator(tok), callbacks=_trainer_callbacks(tracker, reporter, sign),
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback logs one line per interval instead
+    exit_code = 1
+    try:
+        train_s, tokens = 0.0, 0
+        if run.trainer.max_steps > 0:
+            t_train = time.perf_counter()
+            trainer.train()
+            train_s = time.perf_counter() - t_train
+            tokens = int(trainer.state.num_input_tokens_seen or 0)
+        eval_metrics = trainer.evaluate()
+        eval_loss = float(eval_metrics["eval_loss"])
+        if not math.isfinite(eval_loss):
+            raise TrialFailed(f"non-finite eval loss {eval_loss}", kind="nan")
+        metrics: dict[str, Any] = {
+            "eval_loss": eval_loss,
+            "perplexity": math.exp(min(eval_loss, 50)),
+            "trainable_params": trainable,
+            "total_params": total,
+            "target_modules": modules,
+            "r": run.lora.r,
+            "alpha": run.lora.lora_alpha,
+            "steps": int(trainer.state.global_step),
+            "train_tokens": tokens,
+            "tokens_per_s": tokens / train_s if train_s > 0 else 0.0,
+            "train_s": train_s,
+            "load_s": load_s,
+            "device": device,
+            "name": name,
+        }
+        if run.data.metric == "exact_match" and run.data.metric_examples > 0:
+            em, samples = generate_exact_match(model, tok, eval_ds, run.data.metric_examples,
+                                               run.data.max_new_tokens, run.trainer.eval_batch, device)
+            metrics["exact_match"] = em
+            metrics["exact_match_n"] = min(run.data.metric_examples, len(eval_ds))
+            metrics["samples"] = [{"reference": r, "prediction": p} for r, p in samples[:5]]
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        OmegaConf.save(OmegaConf.create(resolved), out / "config.yaml")
+        metrics["peak_mem_gb"], metrics["peak_mem_kind"] = _peak_memory_gb(device)
+        metrics["wall_s"] = time.perf_counter() - t_start
+        metrics["objective"] = run.objective
+        metrics["objective_value"] = _objective(run, metrics)
+        metrics["wandb_run"] = tracker.run_path
+        tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        _atomic_json(out / "metrics.json", metrics)
+        exit_code = 0
+        return TrialResult(objective=metrics["objective_value"], metrics=metrics, out_dir=str(out))
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrialFailed(f"CUDA out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
+    finally:
+        tracker.finish(exit_code)
+        if base is not None:
+            # Give the shared base back without the adapter (nothing was merged into it).
+            model.unload()
+

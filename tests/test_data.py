@@ -1,0 +1,438 @@
+"""Tests for ranksweep.data: loading, splitting, formatting, tokenising, collating, scoring.
+
+Offline and fast: the tokenizer is a character-level fast tokenizer built in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ranksweep.config import DataConfig
+from ranksweep.data import (
+    IGNORE_INDEX,
+    CausalCollator,
+    exact_match,
+    format_pair,
+    load_examples,
+    split_examples,
+    tokenize_examples,
+)
+from ranksweep.errors import DataError
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _char_tokenizer(add_bos: bool = True, chat_template: str | None = CHATML):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """Adds a BOS like Llama tokenizers do, and has a ChatML chat template."""
+    return _char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tok_plain():
+    """No BOS added, no chat template."""
+    return _char_tokenizer(add_bos=False, chat_template=None)
+
+
+PAIRS = [{"prompt": f"word{i}", "response": f"W {i} R"} for i in range(20)]
+
+
+def _write_jsonl(path: Path, rows, raw_lines=()):
+    lines = [json.dumps(r) for r in rows] + list(raw_lines)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_cmudict_loads_sorted_alphabetic():
+    ex = load_examples(DataConfig())
+    assert len(ex) > 100_000
+    words = [e["prompt"] for e in ex]
+    assert words == sorted(words)
+    by_word = {e["prompt"]: e["response"] for e in ex}
+    assert by_word["abandon"] == "AH0 B AE1 N D AH0 N"
+    assert all(w == w.lower() and all(c.isalpha() or c == "'" for c in w) for w in words)
+
+
+def test_cmudict_subsample_is_deterministic():
+    a = load_examples(DataConfig(max_examples=300, seed=3))
+    b = load_examples(DataConfig(max_examples=300, seed=3))
+    c = load_examples(DataConfig(max_examples=300, seed=4))
+    assert len(a) == 300 and a == b and a != c
+    assert [e["prompt"] for e in a] == sorted(e["prompt"] for e in a)
+
+
+def test_cmudict_rejects_text_column():
+    with pytest.raises(DataError, match="data.text_column"):
+        load_examples(DataConfig(text_column="text"))
+
+
+def test_jsonl_custom_columns_and_blank_lines(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"q": "two", "a": 2}\n\n   \n{"q": "pi ", "a": 3.5, "extra": null}\n', encoding="utf-8")
+    cfg = DataConfig(source="jsonl", path=str(p), prompt_column="q", response_column="a")
+    assert load_examples(cfg) == [{"prompt": "two", "response": "2"}, {"prompt": "pi", "response": "3.5"}]
+
+
+def test_jsonl_text_mode(tmp_path):
+    p = _write_jsonl(tmp_path / "t.jsonl", [{"body": "  hello world \n"}, {"body": "x"}])
+    cfg = DataConfig(source="jsonl", path=str(p), text_column="body")
+    assert load_examples(cfg) == [{"text": "  hello world"}, {"text": "x"}]
+
+
+def test_csv_keeps_strings(tmp_path):
+    p = tmp_path / "train.csv"
+    pd.DataFrame({"q": ["a", "b", "NA"], "a": ["1.50", "", "x "]}).to_csv(p, index=False)
+    cfg = DataConfig(source="csv", path=str(p), prompt_column="q", response_column="a")
+    assert load_examples(cfg) == [
+        {"prompt": "a", "response": "1.50"},
+        {"prompt": "b", "response": ""},
+        {"prompt": "NA", "response": "x"},
+    ]
+
+
+def test_parquet_numbers_and_subsample(tmp_path):
+    p = tmp_path / "train.parquet"
+    pd.DataFrame({"q": [f"w{i}" for i in range(50)], "a": list(range(50))}).to_parquet(p)
+    cfg = DataConfig(source="parquet", path=str(p), prompt_column="q", response_column="a")
+    ex = load_examples(cfg)
+    assert len(ex) == 50 and ex[7] == {"prompt": "w7", "response": "7"}
+    sub = load_examples(replace(cfg, max_examples=10))
+    assert len(sub) == 10 and sub == load_examples(replace(cfg, max_examples=10))
+
+
+def test_hub_local_save_to_disk(tmp_path):
+    import datasets
+
+    d = tmp_path / "saved"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"prompt": ["a", "b"], "response": ["A", "B"]})}
+    ).save_to_disk(str(d))
+    cfg = DataConfig(source="hub", path=str(d), split="train")
+    assert load_examples(cfg) == [{"prompt": "a", "response": "A"}, {"prompt": "b", "response": "B"}]
+    with pytest.raises(DataError, match="data.split.*'test'"):
+        load_examples(replace(cfg, split="test"))
+
+
+def test_hub_failure_is_wrapped(monkeypatch):
+    import datasets
+
+    def boom(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub\nsecond line")
+
+    monkeypatch.setattr(datasets, "load_dataset", boom)
+    with pytest.raises(DataError) as err:
+        load_examples(DataConfig(source="hub", path="org/name"))
+    msg = str(err.value)
+    assert msg.startswith("data.path") and "org/name" in msg and "ConnectionError" in msg
+    assert "\n" not in msg
+
+
+# --------------------------------------------------------------------------- loading errors
+
+
+def test_missing_file(tmp_path):
+    p = tmp_path / "train.jsonl"
+    with pytest.raises(DataError, match=r"^data\.path: file not found: .*train\.jsonl$"):
+        load_examples(DataConfig(source="jsonl", path=str(p)))
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(DataError, match=r"data\.path: .* is a directory"):
+        load_examples(DataConfig(source="csv", path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("source,name", [("jsonl", "e.jsonl"), ("csv", "e.csv"), ("parquet", "e.parquet")])
+def test_empty_file(tmp_path, source, name):
+    p = tmp_path / name
+    p.write_text("")
+    with pytest.raises(DataError, match=rf"data\.path: .*{name}.* empty|data\.path: no rows in {name}"):
+        load_examples(DataConfig(source=source, path=str(p)))
+
+
+def test_no_rows(tmp_path):
+    j = tmp_path / "blank.jsonl"
+    j.write_text("\n  \n")
+    with pytest.raises(DataError, match=r"data\.path: no rows in blank\.jsonl"):
+        load_examples(DataConfig(source="jsonl", path=str(j)))
+    c = tmp_path / "header.csv"
+    c.write_text("prompt,response\n")
+    with pytest.raises(DataError, match=r"data\.path: no rows in header\.csv"):
+        load_examples(DataConfig(source="csv", path=str(c)))
+
+
+def test_malformed_jsonl_names_line(tmp_path):
+    rows = [{"prompt": "a", "response": "b"}] * 5
+    p = _write_jsonl(tmp_path / "train.jsonl", rows, raw_lines=["", '{"prompt": "a" "response": "b"}'])
+    with pytest.raises(DataError) as err:
+        load_examples(DataConfig(source="jsonl", path=str(p)))
+    assert str(err.value) == "data.path: train.jsonl line 7: invalid JSON (Expecting ',' delimiter)"
+
+
+def test_non_object_jsonl_line(tmp_path):
+    p = _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "response": "b"}, ["a", "b"]])
+    with pytest.raises(DataError, match=r"data\.path: train\.jsonl line 2: expected a JSON object, got list"):
+        load_examples(DataConfig(source="jsonl", path=str(p)))
+
+
+def test_missing_column_csv(tmp_path):
+    p = tmp_path / "train.csv"
+    pd.DataFrame({"q": ["x"], "a": ["y"]}).to_csv(p, index=False)
+    with pytest.raises(DataError) as err:
+        load_examples(DataConfig(source="csv", path=str(p), prompt_column="question", response_column="a"))
+    assert str(err.value) == "data.prompt_column: column 'question' not in train.csv; columns are: q, a"
+
+
+def test_missing_column_jsonl_and_text_column(tmp_path):
+    p = _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
+    with pytest.raises(DataError, match=r"data\.response_column: column 'response' not in train\.jsonl line 2"):
+        load_examples(DataConfig(source="jsonl", path=str(p)))
+    with pytest.raises(DataError, match=r"data\.text_column: column 'body' not in train\.jsonl"):
+        load_examples(DataConfig(source="jsonl", path=str(p), text_column="body"))
+
+
+def test_null_and_non_string_values(tmp_path):
+    p = _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": None, "response": "b"}])
+    with pytest.raises(DataError, match=r"data\.prompt_column: .*train\.jsonl line 2 is missing"):
+        load_examples(DataConfig(source="jsonl", path=str(p)))
+    p2 = _write_jsonl(tmp_path / "list.jsonl", [{"prompt": "a", "response": ["b"]}])
+    with pytest.raises(DataError, match=r"data\.response_column: .*list\.jsonl line 1 is a list"):
+        load_examples(DataConfig(source="jsonl", path=str(p2)))
+    pq = tmp_path / "nulls.parquet"
+    pd.DataFrame({"prompt": ["a", "b", None], "response": ["x", "y", "z"]}).to_parquet(pq)
+    with pytest.raises(DataError, match=r"data\.prompt_column: .*nulls\.parquet row 3 is missing"):
+        load_examples(DataConfig(source="parquet", path=str(pq)))
+
+
+def test_unreadable_parquet_and_csv(tmp_path):
+    pq = tmp_path / "bad.parquet"
+    pq.write_bytes(b"this is not parquet at all")
+    with pytest.raises(DataError, match=r"data\.path: cannot read parquet bad\.parquet"):
+        load_examples(DataConfig(source="parquet", path=str(pq)))
+    c = tmp_path / "bad.csv"
+    c.write_text('prompt,response\n"a,b\n')
+    with pytest.raises(DataError, match=r"data\.path: cannot read csv bad\.csv"):
+        load_examples(DataConfig(source="csv", path=str(c)))
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def test_split_sizes_and_determinism():
+    tr, ev = split_examples(PAIRS, 0.25, seed=1)
+    assert (len(tr), len(ev)) == (15, 5)
+    assert split_examples(PAIRS, 0.25, seed=1) == (tr, ev)
+    assert split_examples(PAIRS, 0.25, seed=2) != (tr, ev)
+    assert sorted(e["prompt"] for e in tr + ev) == sorted(e["prompt"] for e in PAIRS)
+    tr, ev = split_examples(PAIRS, 3, seed=0)
+    assert (len(tr), len(ev)) == (17, 3)
+    tr, ev = split_examples(PAIRS, 0.001, seed=0)  # a tiny fraction still gives one eval example
+    assert (len(tr), len(ev)) == (19, 1)
+
+
+@pytest.mark.parametrize("eval_size", [20, 50, 1.0 * 25])
+def test_split_needs_both_sides(eval_size):
+    with pytest.raises(DataError, match=r"data\.eval_size"):
+        split_examples(PAIRS, eval_size, seed=0)
+
+
+def test_split_single_example():
+    with pytest.raises(DataError, match=r"data\.eval_size"):
+        split_examples(PAIRS[:1], 0.5, seed=0)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def test_format_base(tok):
+    cfg = DataConfig(instruction="Say: ", template="{instruction}{prompt}\n")
+    assert format_pair({"prompt": "hi", "response": "HI"}, tok, "base", cfg) == ("Say: hi\n", "HI</s>")
+
+
+def test_format_instruct_uses_chat_template(tok):
+    cfg = DataConfig(instruction="Say: ")
+    prompt, response = format_pair({"prompt": "hi", "response": "HI"}, tok, "instruct", cfg)
+    assert prompt == "<|im_start|>user\nSay: hi<|im_end|>\n<|im_start|>assistant\n"
+    assert response == "HI<|im_end|>\n"
+
+
+def test_format_instruct_without_template_falls_back(tok_plain):
+    cfg = DataConfig(instruction="Say: ")
+    pair = format_pair({"prompt": "hi", "response": "HI"}, tok_plain, "instruct", cfg)
+    assert pair == ("Say: hi\n", "HI</s>")
+
+
+def test_format_text_mode(tok):
+    assert format_pair({"text": "abc"}, tok, "instruct", DataConfig()) == ("", "abc</s>")
+
+
+def test_format_bad_template(tok):
+    with pytest.raises(DataError, match="data.template"):
+        format_pair({"prompt": "a", "response": "b"}, tok, "base", DataConfig(template="{question}"))
+
+
+# --------------------------------------------------------------------------- tokenising
+
+
+def _check_rows(ds, tok, expected_responses):
+    assert set(ds.column_names) == {"input_ids", "attention_mask", "labels", "prompt_ids", "response"}
+    for row, expected in zip(ds, expected_responses):
+        ids, labels, prompt_ids = row["input_ids"], row["labels"], row["prompt_ids"]
+        assert len(ids) == len(labels) == len(row["attention_mask"])
+        assert all(m == 1 for m in row["attention_mask"])
+        n = len(prompt_ids)
+        assert ids[:n] == prompt_ids
+        assert labels[:n] == [IGNORE_INDEX] * n
+        assert labels[n:] == ids[n:] and IGNORE_INDEX not in labels[n:]
+        assert tok.decode(labels[n:]) == expected
+    return ds
+
+
+def test_tokenize_base_masks_prompt(tok):
+    cfg = DataConfig(instruction="Say: ")
+    ex = PAIRS[:4]
+    ds = tokenize_examples(ex, tok, "base", cfg, max_seq_len=64)
+    _check_rows(ds, tok, [e["response"] + "</s>" for e in ex])
+    row = ds[0]
+    assert row["prompt_ids"][0] == tok.bos_token_id  # the BOS the tokenizer normally adds, once
+    assert row["input_ids"].count(tok.bos_token_id) == 1
+    assert tok.decode(row["prompt_ids"]) == "<s>Say: word0\n"
+    assert row["response"] == "W 0 R"
+
+
+def test_tokenize_base_without_bos(tok_plain):
+    ds = tokenize_examples(PAIRS[:2], tok_plain, "base", DataConfig(), max_seq_len=64)
+    _check_rows(ds, tok_plain, ["W 0 R</s>", "W 1 R</s>"])
+    assert tok_plain.decode(ds[0]["prompt_ids"]) == "word0\n"
+
+
+def test_tokenize_instruct_masks_prompt(tok):
+    ds = tokenize_examples(PAIRS[:3], tok, "instruct", DataConfig(), max_seq_len=128)
+    _check_rows(ds, tok, [e["response"] + "<|im_end|>\n" for e in PAIRS[:3]])
+    prompt = tok.decode(ds[0]["prompt_ids"])
+    assert prompt == "<|im_start|>user\nword0<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.bos_token_id not in ds[0]["input_ids"]  # chat templates carry their own specials
+
+
+def test_tokenize_text_mode(tok):
+    ex = [{"text": "hello"}, {"text": "ab cd "}]
+    ds = tokenize_examples(ex, tok, "base", DataConfig(text_column="t"), max_seq_len=64)
+    _check_rows(ds, tok, ["hello</s>", "ab cd </s>"])
+    assert ds[0]["prompt_ids"] == [tok.bos_token_id]
+    assert ds["response"] == ["hello", "ab cd"]
+
+
+def test_truncation_keeps_prompt_cuts_response(tok):
+    ex = [{"prompt": "abc", "response": "0123456789"}]
+    ds = tokenize_examples(ex, tok, "base", DataConfig(), max_seq_len=8)
+    row = ds[0]
+    assert len(row["input_ids"]) == 8
+    assert tok.decode(row["prompt_ids"]) == "<s>abc\n"
+    assert tok.decode(row["labels"][5:]) == "012"
+    assert row["response"] == "0123456789"
+
+
+def test_truncation_long_prompt_keeps_one_response_token(tok):
+    ex = [{"prompt": "abcdefghij", "response": "XYZ"}]
+    ds = tokenize_examples(ex, tok, "base", DataConfig(), max_seq_len=5)
+    row = ds[0]
+    assert len(row["input_ids"]) == 5
+    assert tok.decode(row["prompt_ids"]) == "<s>ij\n"  # cut from the left, BOS kept
+    assert [t for t in row["labels"] if t != IGNORE_INDEX] == [tok.convert_tokens_to_ids("X")]
+    ds1 = tokenize_examples(ex, tok, "base", DataConfig(), max_seq_len=1)
+    assert ds1[0]["input_ids"] == [tok.convert_tokens_to_ids("X")] and ds1[0]["prompt_ids"] == []
+
+
+def test_empty_responses_dropped_and_all_dropped_is_error(tok_plain):
+    ex = [{"prompt": "a", "response": ""}, {"prompt": "b", "response": "B"}]
+    tok_noeos = _char_tokenizer(add_bos=False, chat_template=None)
+    tok_noeos.eos_token = None
+    ds = tokenize_examples(ex, tok_noeos, "base", DataConfig(), max_seq_len=16)
+    assert ds["response"] == ["B"]
+    with pytest.raises(DataError, match=r"trainer\.max_seq_len"):
+        tokenize_examples(ex[:1], tok_noeos, "base", DataConfig(), max_seq_len=16)
+
+
+def test_cache_hit_and_misses(tok, tmp_path):
+    cfg = DataConfig(instruction="Say: ")
+    first = tokenize_examples(PAIRS, tok, "base", cfg, 64, cache_dir=str(tmp_path))
+    entries = list((tmp_path / "tokenized").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith(".")
+    again = tokenize_examples(PAIRS, tok, "base", cfg, 64, cache_dir=str(tmp_path))
+    assert again.to_dict() == first.to_dict()
+    assert again.cache_files and str(entries[0]) in again.cache_files[0]["filename"]  # loaded from the cache
+
+    tokenize_examples(PAIRS, tok, "base", replace(cfg, template="Q: {instruction}{prompt}\nA: "), 64,
+                      cache_dir=str(tmp_path))
+    tokenize_examples(PAIRS, tok, "base", cfg, 32, cache_dir=str(tmp_path))
+    tokenize_examples(PAIRS, tok, "instruct", cfg, 64, cache_dir=str(tmp_path))
+    tokenize_examples(PAIRS[:-1], tok, "base", cfg, 64, cache_dir=str(tmp_path))
+    names = [p.name for p in (tmp_path / "tokenized").iterdir()]
+    assert len(names) == 5 and not any(n.startswith(".") for n in names)
+
+
+# --------------------------------------------------------------------------- collating and scoring
+
+
+def test_collator_pads_right(tok):
+    ds = tokenize_examples([{"prompt": "a", "response": "b"}, {"prompt": "abcd", "response": "efgh"}],
+                           tok, "base", DataConfig(), 64)
+    batch = CausalCollator(tok)([ds[0], ds[1]])
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].shape == (2, 11) and batch["input_ids"].dtype == torch.long
+    n0 = len(ds[0]["input_ids"])
+    assert batch["input_ids"][0, n0:].tolist() == [tok.pad_token_id] * (11 - n0)
+    assert batch["attention_mask"][0].tolist() == [1] * n0 + [0] * (11 - n0)
+    assert batch["labels"][0, n0:].tolist() == [IGNORE_INDEX] * (11 - n0)
+    assert batch["labels"][1].tolist() == ds[1]["labels"]
+
+    padded = CausalCollator(tok, pad_to_multiple_of=8)([ds[0], ds[1]])
+    assert padded["input_ids"].shape == (2, 16)
+
+
+def test_collator_pad_falls_back_to_eos():
+    tok = _char_tokenizer()
+    tok.pad_token = None
+    ds = tokenize_examples([{"prompt": "a", "response": "b"}, {"prompt": "ab", "response": "c"}],
+                           tok, "base", DataConfig(), 64)
+    batch = CausalCollator(tok)(list(ds))
+    assert batch["input_ids"][0, -1].item() == tok.eos_token_id
+
+
+def test_exact_match():
+    assert exact_match(["AH0  B\n", "x", "Y"], ["AH0 B", "x", "y"]) == pytest.approx(2 / 3)
+    assert exact_match([], []) == 0.0
+    with pytest.raises(ValueError):
+        exact_match(["a"], [])

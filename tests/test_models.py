@@ -1,0 +1,129 @@
+"""Tiny models of every family load in 4, 8 and 16 bits; LoRA lands exactly on the resolved modules.
+
+The expected LoRA parameter count is computed here from the family's config
+(q/k/v/o, gate/up/down, Phi-3's fused qkv_proj and gate_up_proj), independently
+of ``ranksweep.targets``, and compared with peft's trainable count.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import FAMILIES, layer_shapes, role_names
+from torch import nn
+
+from ranksweep.config import ModelConfig, QuantConfig
+from ranksweep.errors import ConfigError
+from ranksweep.models import load_base
+from ranksweep.targets import ROLES, expected_lora_params, linear_module_names, resolve_targets
+
+QUANTS = {
+    "nf4": QuantConfig(name="nf4", bits=4, quant_type="nf4", double_quant=True, compute_dtype="bfloat16"),
+    "int8": QuantConfig(name="int8", bits=8, quant_type="int8", double_quant=False, compute_dtype="bfloat16"),
+    "none": QuantConfig(name="none", bits=16, quant_type="none", double_quant=False, compute_dtype="bfloat16"),
+}
+LINEAR_CLASS = {"nf4": "Linear4bit", "int8": "Linear8bitLt", "none": "Linear"}
+
+def model_cfg(family: str) -> ModelConfig:
+    return ModelConfig(name=f"tiny_{family}", id=f"tiny:{family}", family=family, dtype="float32")
+
+
+def load(family: str, quant: str):
+    model, tok, _ = load_base(model_cfg(family), QUANTS[quant], "cpu", os.environ["RANKSWEEP_CACHE"])
+    return model, tok
+
+
+@pytest.mark.parametrize("quant", list(QUANTS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_and_adapt(family, quant):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load(family, quant)
+    assert model.config.model_type == ("gemma3_text" if family == "gemma3" else family)
+    assert not any(p.requires_grad for p in model.parameters()), "the base must be frozen"
+
+    # The projections are stored in the asked-for precision; the output head is not quantized.
+    head = model.get_output_embeddings()
+    projections = {name: m for name, m in model.named_modules()
+                   if name.rsplit(".", 1)[-1] in layer_shapes(model.config) and m is not head}
+    assert projections
+    for name, m in projections.items():
+        assert type(m).__name__ == LINEAR_CLASS[quant], (name, type(m).__name__)
+    if quant == "nf4":
+        w = next(iter(projections.values())).weight
+        assert w.dtype == torch.uint8 and w.quant_state.quant_type == "nf4"
+    elif quant == "int8":
+        assert next(iter(projections.values())).weight.dtype == torch.int8
+
+    # The base runs: a finite loss on a short prompt.
+    ids = tok("<|im_start|>user\nabc<|im_end|>\n", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+
+    shapes = layer_shapes(model.config)
+    n_layers = model.config.num_hidden_layers
+    have = set(linear_module_names(model))
+    assert have == role_names(family, "all_linear"), have  # the head is not adaptable
+    r = 4
+    for role in ROLES:
+        modules = resolve_targets(model, family, role)
+        assert set(modules) == role_names(family, role), (role, modules)
+
+        # Independent count: r * (in + out) per targeted projection per layer, from the config ...
+        want = n_layers * sum(r * sum(shapes[m]) for m in modules)
+        # ... and from the loaded layers' in/out features.
+        counted = sum(r * (m.in_features + m.out_features) for n, m in projections.items()
+                      if n.rsplit(".", 1)[-1] in modules)
+        assert counted == want
+        assert expected_lora_params(model, modules, r) == want
+
+        peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules,
+                                                       lora_dropout=0.0, task_type="CAUSAL_LM"))
+        trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+        assert sum(p.numel() for p in trainable.values()) == want, role
+        assert all(".lora_A." in n or ".lora_B." in n for n in trainable), "only LoRA weights train"
+        adapted = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
+                   if hasattr(m, "lora_A") and "default" in m.lora_A}
+        expected = {n for n in projections if n.rsplit(".", 1)[-1] in modules}
+        assert adapted == expected, (role, adapted ^ expected)
+        model = peft_model.unload()
+
+
+def test_bad_targets_name_the_key():
+    model, _ = load("llama", "none")
+    with pytest.raises(ConfigError, match=r"^lora\.targets: 'atention' is neither a role"):
+        resolve_targets(model, "llama", "atention")
+    with pytest.raises(ConfigError, match=r"^lora\.targets: module\(s\) c_attn not in this llama model"):
+        resolve_targets(model, "llama", "q_proj+c_attn")
+    # Phi-3 has no split projections: asking for them lists what it has.
+    phi, _ = load("phi3", "none")
+    with pytest.raises(ConfigError, match=r"q_proj, v_proj not in this phi3 model.*qkv_proj"):
+        resolve_targets(phi, "phi3", "q_proj+v_proj")
+    assert resolve_targets(phi, "phi3", "qkv_proj+down_proj") == ["qkv_proj", "down_proj"]
+
+
+def test_tiny_models_are_cached(rs_cache):
+    from ranksweep.models import resolve_model_path
+
+    a = resolve_model_path(model_cfg("qwen2"), rs_cache)
+    b = resolve_model_path(model_cfg("qwen2"), rs_cache)
+    assert a == b and os.path.isdir(a) and a.startswith(str(rs_cache))
+    m1, _ = load("qwen2", "none")
+    m2, _ = load("qwen2", "none")
+    for (n1, p1), (n2, p2) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_unknown_model_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.id: folder not found"):
+        load_base(ModelConfig(name="x", id=str(tmp_path / "nope"), family="llama"), QUANTS["none"], "cpu",
+                  str(tmp_path))
+
+
+def test_linear_names_skip_the_head():
+    model, _ = load("mistral", "none")  # untied head: lm_head is a real nn.Linear
+    assert isinstance(model.get_output_embeddings(), nn.Linear)
+    assert "lm_head" not in linear_module_names(model)

@@ -1,0 +1,182 @@
+"""Tests for ranksweep.summary: the JSON summary, the rank-curve PNG and the text table."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+
+import pytest
+
+from ranksweep.summary import (
+    SUMMARY_FILENAME,
+    build_ladder,
+    format_table,
+    ladder_summary,
+    plot_rank_curve,
+    write_summary,
+)
+
+TABLE18_RANKS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+TABLE18_LOSS = [1.23, 1.21, 1.18, 1.17] + [1.16] * 6 + [1.17]
+
+
+def _rung(rank, values, state="COMPLETE", fail_reason=None, params_per_rank=98_304):
+    n = len(values)
+    mean = sum(values) / n if n else None
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else (0.0 if n else None)
+    return {
+        "rank": rank,
+        "alpha": 2.0 * rank,
+        "values": list(values),
+        "mean": mean,
+        "std": std,
+        "trial_numbers": list(range(rank, rank + max(n, 1))),
+        "trainable_params": params_per_rank * rank,
+        "duration_s": 12.5 * rank,
+        "peak_mem_gb": 1.0 + rank / 100,
+        "state": state,
+        "fail_reason": fail_reason,
+    }
+
+
+@pytest.fixture
+def table18_ladder():
+    rungs = [_rung(r, [v - 0.004, v + 0.004]) for r, v in zip(TABLE18_RANKS, TABLE18_LOSS)]
+    return build_ladder(
+        key="targets=attn quant=none",
+        direction="minimize",
+        objective="eval_loss",
+        base=None,
+        rungs=rungs,
+        stop_reason="reached max_rank=1024",
+    )
+
+
+@pytest.fixture
+def acc_ladder():
+    rungs = [
+        _rung(8, [0.50]),
+        _rung(16, [0.62]),
+        _rung(32, [0.68]),
+        _rung(64, [0.70]),
+        _rung(128, [], state="FAIL", fail_reason="CUDA out of memory"),
+        _rung(256, [0.30], state="PRUNED", fail_reason="pruned at step 40"),
+    ]
+    return build_ladder(
+        key="targets=all_linear quant=nf4",
+        direction="maximize",
+        objective="exact_match",
+        base=0.20,
+        rungs=rungs,
+        stop_reason="gain share below 5% for 2 doublings (r=64: 2.9%, r=128: no gain over base)",
+    )
+
+
+def test_build_ladder_fills_recommendation(table18_ladder):
+    rec = table18_ladder["recommendation"]
+    assert rec["rank"] == 16
+    assert rec["knee"] == 16
+    assert rec["best_rank"] == 16
+    assert table18_ladder["knee"] == 16
+    assert "r=16" in rec["why"]
+    assert [r["rank"] for r in table18_ladder["rungs"]] == TABLE18_RANKS
+
+
+def test_build_ladder_only_complete_rungs_count(acc_ladder):
+    # the PRUNED r=256 (0.30) and the FAILED r=128 do not enter: the best COMPLETE rung is r=64
+    rec = acc_ladder["recommendation"]
+    assert rec["best_rank"] == 64
+    assert rec["tolerance_abs"] == pytest.approx(0.05 * (0.70 - 0.20))
+    # the smallest rank within 0.025 of 0.70 among 0.50, 0.62, 0.68, 0.70 is r=32
+    assert rec["rank"] == 32
+
+
+def test_build_ladder_sorts_and_handles_no_complete():
+    lad = build_ladder(
+        "k",
+        "minimize",
+        "eval_loss",
+        2.0,
+        [_rung(16, [], state="FAIL", fail_reason="nan loss"), _rung(8, [], state="FAIL", fail_reason="oom")],
+        "all rungs failed",
+    )
+    assert [r["rank"] for r in lad["rungs"]] == [8, 16]
+    assert lad["recommendation"] is None
+    assert lad["knee"] is None
+    assert "no recommendation" in format_table([lad])
+
+
+def test_write_summary_roundtrip(tmp_path, table18_ladder, acc_ladder):
+    ladders = [table18_ladder, acc_ladder]
+    path = write_summary(tmp_path / SUMMARY_FILENAME, ladders)
+    assert path == tmp_path / SUMMARY_FILENAME
+    text = path.read_text()
+    doc = json.loads(text)
+    assert doc == ladder_summary(ladders)
+    assert doc["schema_version"] == 1
+    assert doc["ladders"] == json.loads(json.dumps(ladders))
+    assert doc["ladders"][0]["recommendation"]["rank"] == 16
+    assert doc["ladders"][1]["rungs"][4]["fail_reason"] == "CUDA out of memory"
+    # stable: sorted keys, indent 2, identical on rewrite, no temp files left behind
+    assert text == json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    write_summary(path, ladders)
+    assert path.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SUMMARY_FILENAME]
+
+
+def test_write_summary_into_directory_and_nan(tmp_path):
+    rungs = [_rung(8, [1.0]), _rung(16, [0.9]), _rung(32, [float("nan")], state="FAIL", fail_reason="nan")]
+    rungs[2]["mean"] = float("nan")
+    lad = build_ladder("k", "minimize", "eval_loss", 2.0, rungs, "failed")
+    path = write_summary(tmp_path, [lad])
+    assert path == tmp_path / SUMMARY_FILENAME
+    doc = json.loads(path.read_text())
+    assert doc["ladders"][0]["rungs"][2]["values"] == [None]
+    assert doc["ladders"][0]["rungs"][2]["mean"] is None
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_rank_curve(tmp_path, table18_ladder, acc_ladder):
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    for name, ladders in [("one.png", [table18_ladder]), ("two.png", [table18_ladder, acc_ladder])]:
+        path = plot_rank_curve(tmp_path / name, ladders)
+        data = path.read_bytes()
+        assert len(data) > 10_000
+        width, height = _png_size(data)
+        assert width >= 600 and height >= 400
+    # plotting leaves pyplot alone
+    assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
+
+
+def test_plot_rank_curve_degenerate(tmp_path):
+    lad = build_ladder("", "minimize", "eval_loss", None, [_rung(8, [1.0])], "reached max_rank=8")
+    data = plot_rank_curve(tmp_path / "sub" / "single.png", [lad]).read_bytes()
+    assert _png_size(data)[0] > 0
+
+
+def test_format_table(table18_ladder, acc_ladder):
+    text = format_table([table18_ladder, acc_ladder])
+    lines = text.splitlines()
+    for rank in TABLE18_RANKS:
+        assert any(line.strip().startswith(f"{rank} |") for line in lines), rank
+    for rank in [8, 16, 32, 64, 128, 256]:
+        assert any(line.strip().startswith(f"{rank} |") for line in lines), rank
+    assert "recommended r=16: " + table18_ladder["recommendation"]["why"] in text
+    assert "recommended r=32: " + acc_ladder["recommendation"]["why"] in text
+    assert "[targets=attn quant=none] eval_loss (minimize)" in text
+    assert "[targets=all_linear quant=nf4] exact_match (maximize, base 0.2000)" in text
+    assert "FAIL (CUDA out of memory)" in text
+    assert "PRUNED (pruned at step 40)" in text
+    assert "1.1600 ± 0.0057" in text
+    assert "100.0%" in text  # first accuracy rung: the whole gain so far
+    assert "stopped: reached max_rank=1024" in text
+    header = next(line for line in lines if "rank" in line and "alpha" in line)
+    for col in ("mean ± std", "share", "params", "time", "state"):
+        assert col in header

@@ -1,0 +1,244 @@
+"""End-to-end rank-doubling sweeps on a tiny model, on CPU, with SQLite storage.
+
+Every test drives the real ``ranksweep -m`` command (Hydra multirun, our
+sweeper plugin, Optuna, the Trainer, offline W&B) in a temp folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+BIN = str(Path(sys.executable).parent / "ranksweep")
+TINY = [
+    "model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
+    "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4",
+    "hydra.sweeper.max_rank=32", "hydra.sweeper.min_gain=0.0",
+]
+
+
+def _env(cache: Path, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(RANKSWEEP_CACHE=str(cache), WANDB_SILENT="true", WANDB_MODE="offline", **extra)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def sweep(cwd: Path, cache: Path, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN, "-m", *TINY, *args], cwd=cwd, env=_env(cache, **env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def load_study(cwd: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'outputs' / 'ranksweep.db'}")
+
+
+def summary(cwd: Path, name: str) -> dict:
+    return json.loads((cwd / "outputs" / "sweeps" / name / "sweep_summary.json").read_text())
+
+
+def curve(doc: dict) -> list:
+    """What must agree between two runs of the same sweep: ranks, values, decisions."""
+    out = []
+    for lad in doc["ladders"]:
+        out.append((lad["key"], lad["base"], [(r["rank"], r["values"], r["state"]) for r in lad["rungs"]],
+                    lad["stop_reason"], (lad["recommendation"] or {}).get("rank")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, cache):
+    cwd = tmp_path_factory.mktemp("full")
+    proc = sweep(cwd, cache, "hydra.sweeper.study_name=full")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, proc
+
+
+def test_sweep_end_to_end(full):
+    cwd, proc = full
+    study = load_study(cwd, "full")
+    trials = study.get_trials()
+    base = [t for t in trials if t.user_attrs["role"] == "base"]
+    rungs = [t for t in trials if t.user_attrs["role"] == "rung"]
+    assert len(base) == 1 and base[0].state == TrialState.COMPLETE
+    assert [t.params["rank"] for t in rungs] == [8, 16, 32][: len(rungs)]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in rungs)
+    for t in rungs:
+        a = t.user_attrs
+        assert a["trainable_params"] > 0 and a["peak_mem_gb"] > 0 and a["duration_s"] > 0
+        assert Path(a["output_dir"], "adapter", "adapter_model.safetensors").is_file()
+        assert Path(a["wandb_run"]).is_dir()
+        assert t.intermediate_values, "eval values reported during training"
+    # trainable params double with the rank (alpha follows the two_r rule)
+    by_rank = {t.params["rank"]: t for t in rungs}
+    assert by_rank[16].user_attrs["trainable_params"] == 2 * by_rank[8].user_attrs["trainable_params"]
+    assert by_rank[16].user_attrs["alpha"] == 32
+
+    doc = summary(cwd, "full")
+    (lad,) = doc["ladders"]
+    assert lad["base"] == pytest.approx(base[0].value)
+    for rung in lad["rungs"]:
+        t = by_rank[rung["rank"]]
+        assert rung["trial_numbers"] == [t.number]
+        if t.state == TrialState.COMPLETE:
+            assert rung["values"] == [pytest.approx(t.value)]
+            metrics = json.loads(Path(t.user_attrs["output_dir"], "metrics.json").read_text())
+            assert metrics["eval_loss"] == pytest.approx(t.value)
+    rec = lad["recommendation"]
+    assert rec["rank"] in by_rank and rec["why"]
+    assert lad["stop_reason"]
+    png = cwd / "outputs" / "sweeps" / "full" / "rank_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert f"r={rec['rank']}" in proc.stdout and "rank" in proc.stdout
+
+
+def test_wandb_runs_agree_with_study(full):
+    cwd, _ = full
+    study = load_study(cwd, "full")
+    for t in study.get_trials():
+        if t.state != TrialState.COMPLETE or t.user_attrs["role"] != "rung":
+            continue
+        out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json",
+                              t.user_attrs["wandb_run"]], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        text = json.dumps(doc)
+        assert "full" in text  # group = study name
+        assert f"r{t.params['rank']}-a{2 * t.params['rank']}-all_linear-nf4" in text  # run name
+        assert str(round(t.value, 4))[:5] in text  # summary eval_loss
+    runs = list((cwd / "outputs" / "sweeps" / "full" / "wandb").glob("offline-run-*"))
+    assert runs, "one summary run per sweep"
+
+
+def test_optuna_cli_reads_the_study(full):
+    cwd, _ = full
+    optuna_bin = str(Path(sys.executable).parent / "optuna")
+    storage = f"sqlite:///{cwd / 'outputs' / 'ranksweep.db'}"
+    out = subprocess.run([optuna_bin, "trials", "--study-name", "full", "--storage", storage, "-f", "json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert {r["params_rank"] if "params_rank" in r else r["params"]["rank"] for r in rows} >= {0, 8}
+    best = subprocess.run([optuna_bin, "best-trial", "--study-name", "full", "--storage", storage, "-f", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert best.returncode == 0, best.stderr
+
+
+def test_resume_after_sigkill_repeats_no_rank(tmp_path, cache, full):
+    cwd = tmp_path
+    args = [BIN, "-m", *TINY, "hydra.sweeper.study_name=resumed", "hydra.sweeper.heartbeat_interval=1",
+            "hydra.sweeper.grace_period=3"]
+    proc = subprocess.Popen(args, cwd=cwd, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db = cwd / "outputs" / "ranksweep.db"
+    killed_rank = None
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+            if not db.exists():
+                continue
+            try:
+                trials = load_study(cwd, "resumed").get_trials()
+            except Exception:
+                continue
+            done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "rung"]
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("rank", 0) > 0]
+            if done and running and running[0].intermediate_values:  # mid-training
+                killed_rank = running[0].user_attrs["rank"]
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_rank is not None, "the sweep never reached a second rank"
+    before = {t.number: (t.state, t.value) for t in load_study(cwd, "resumed").get_trials()}
+
+    time.sleep(4)  # past the grace period: the killed trial's heartbeat is stale
+    again = subprocess.run(args, cwd=cwd, env=_env(cache), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = load_study(cwd, "resumed").get_trials()
+    for number, (state, value) in before.items():  # nothing stored was lost or rewritten
+        if state == TrialState.COMPLETE:
+            assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
+    done = [(t.user_attrs["rank"], t.user_attrs["seed"]) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == len(set(done)), f"a completed rank ran twice: {done}"
+    stale = [t for t in trials if t.user_attrs.get("rank") == killed_rank and t.state == TrialState.FAIL]
+    assert stale, "the killed trial is marked failed"
+    dirs = [t.user_attrs["output_dir"] for t in trials]
+    assert len(dirs) == len(set(dirs)), "output dirs of a resumed sweep do not collide"
+    assert curve(summary(cwd, "resumed")) == curve(summary(full[0], "full"))
+
+
+def test_failed_trial_is_recorded_and_sweep_goes_on(tmp_path, cache):
+    proc = sweep(tmp_path, cache, "hydra.sweeper.study_name=faulty", RANKSWEEP_FAULT="16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load_study(tmp_path, "faulty").get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["rank"] for t in failed] == [16]
+    assert "injected fault" in failed[0].user_attrs["fail_reason"]
+    assert any(t.user_attrs["rank"] == 32 and t.state == TrialState.COMPLETE for t in trials)
+    rungs = {r["rank"]: r for r in summary(tmp_path, "faulty")["ladders"][0]["rungs"]}
+    assert rungs[16]["state"] == "FAIL" and "injected fault" in rungs[16]["fail_reason"]
+
+
+def test_nan_loss_is_a_failed_trial(tmp_path, cache):
+    proc = sweep(tmp_path, cache, "hydra.sweeper.study_name=nan", "hydra.sweeper.max_rank=8", "trainer.lr=1e12",
+                 "trainer.schedule=constant")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (t,) = [t for t in load_study(tmp_path, "nan").get_trials() if t.user_attrs["rank"] == 8]
+    assert t.state == TrialState.FAIL
+    assert "non-finite" in t.user_attrs["fail_reason"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("hydra.sweeper.start_rank=0", "hydra.sweeper.start_rank"),
+    ("hydra.sweeper.factor=1", "hydra.sweeper.factor"),
+    ("hydra.sweeper.max_rank=4", "hydra.sweeper.max_rank"),
+    ("hydra.sweeper.storage=postgresql://ranksweep:secret@127.0.0.1:9/none", "hydra.sweeper.storage"),
+    ("hydra.sweeper.storage=notaurl", "hydra.sweeper.storage"),
+    ("lora.r=4,8", "lora.r"),
+])
+def test_bad_sweep_input_is_one_line(tmp_path, cache, override, key):
+    proc = sweep(tmp_path, cache, override, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ranksweep: error:"), proc.stderr[-2000:]
+    assert key in lines[0] and "Traceback" not in proc.stderr
+    assert "secret" not in proc.stderr
+
+
+def test_reused_study_with_other_space_is_refused(full, cache):
+    cwd, _ = full
+    db = cwd / "outputs" / "ranksweep.db"
+    before = [(t.number, t.state, t.value) for t in load_study(cwd, "full").get_trials()]
+    summary_before = _sha(cwd / "outputs" / "sweeps" / "full" / "sweep_summary.json")
+    proc = sweep(cwd, cache, "hydra.sweeper.study_name=full", "lora.targets=attention,all_linear", timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "hydra.sweeper.study_name" in lines[0] and "different search space" in lines[0]
+    assert [(t.number, t.state, t.value) for t in load_study(cwd, "full").get_trials()] == before
+    assert _sha(cwd / "outputs" / "sweeps" / "full" / "sweep_summary.json") == summary_before
+    assert db.exists()

