@@ -46,3 +46,15 @@ lint: $(STAMP) ## ruff
 
 clean: ## remove outputs/ (the venv and the model cache stay)
 	rm -rf outputs multirun
+
+# Reports and dashboards: STUDY names one or more studies (STUDY="a b" compares them).
+STORAGE ?= sqlite:///outputs/ranksweep.db
+PORT ?= 8080
+.PHONY: report dashboard
+
+report: $(STAMP) ## HTML report of sweeps, offline: make report STUDY="a [b ...]" [STORAGE=url]
+	@test -n "$(STUDY)" || { echo 'usage: make report STUDY="study [study ...]" [STORAGE=url]' >&2; exit 2; }
+	$(VENV)/bin/ranksweep report $(STUDY) --storage '$(STORAGE)' $(ARGS)
+
+dashboard: $(STAMP) ## optuna-dashboard on the study storage, http://127.0.0.1:8080 (PORT=, STORAGE=)
+	$(VENV)/bin/optuna-dashboard '$(STORAGE)' --host 127.0.0.1 --port $(PORT)

@@ -24,8 +24,8 @@ BASE = ("model=tiny_llama", "trainer=tiny", "logger=none", "data.max_examples=60
 
 
 def ranksweep(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([RANKSWEEP, *args], cwd=cwd, capture_output=True, text=True, env=subprocess_env(),
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run([RANKSWEEP, *args], cwd=cwd, check=False, capture_output=True, text=True,
+                          env=subprocess_env(), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def fingerprint(root: Path) -> dict[str, tuple[int, str]]:
@@ -39,7 +39,7 @@ def fingerprint(root: Path) -> dict[str, tuple[int, str]]:
 
 def _bad_cases(data: Path, good_dir: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """id -> (overrides, substrings the error line must contain)."""
-    jsonl = lambda name: ("data=jsonl", f"data.path={data / name}")  # noqa: E731
+    jsonl = lambda name: ("data=jsonl", f"data.path={data / name}")
     return {
         "r_negative": (("lora.r=-4",), ("lora.r", "-4")),
         "r_text": (("lora.r=abc",), ("lora.r", "abc")),
@@ -59,7 +59,6 @@ def _bad_cases(data: Path, good_dir: str) -> dict[str, tuple[tuple[str, ...], tu
         "no_data_path": (("data=jsonl",), ("data.path",)),
         # Pointed at the good run's folder: the error comes before anything is written there.
         "bad_data_into_old_dir": ((*jsonl("bad.jsonl"), f"output_dir={good_dir}"), ("bad.jsonl", "line 3")),
-        "bad_targets_into_old_dir": (("lora.targets=c_attn", f"output_dir={good_dir}"), ("lora.targets",)),
     }
 
 
@@ -104,7 +103,7 @@ def test_good_run(cli):
 def test_bad_input(cli, case):
     proc = cli["results"][case]
     _, needles = cli["cases"][case]
-    err_lines = [line for line in proc.stderr.splitlines()]
+    err_lines = proc.stderr.splitlines()
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stdout + proc.stderr
     assert len(err_lines) == 1 and err_lines[0].strip(), f"stderr is not one line: {proc.stderr!r}"

@@ -96,13 +96,25 @@ def test_sweep_presets_compose_and_validate():
 
 
 def test_schemas_registered_in_config_store():
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigNode, ConfigStore
 
     register_configs()
+
+    def stored_types(tree) -> set[type]:
+        out = set()
+        for value in tree.values():
+            if isinstance(value, ConfigNode):
+                out.add(OmegaConf.get_type(value.node))
+            elif isinstance(value, dict):
+                out |= stored_types(value)
+        return out
+
     repo = ConfigStore.instance().repo
     assert "run_schema.yaml" in repo
-    for group in GROUPS:
-        assert f"{group}_schema.yaml" in repo[group], group
+    types = stored_types(repo)
+    assert RunConfig in types
+    for group, schema in GROUPS.items():
+        assert schema in types, f"{group}: {schema.__name__} not registered"
     assert "ranksweep.yaml" in repo["hydra"]["sweeper"]
 
 

@@ -123,8 +123,14 @@ def test_wandb_runs_agree_with_study(full):
         assert "full" in text  # group = study name
         assert f"r{t.params['rank']}-a{2 * t.params['rank']}-all_linear-nf4" in text  # run name
         assert str(round(t.value, 4))[:5] in text  # summary eval_loss
-    runs = list((cwd / "outputs" / "sweeps" / "full" / "wandb").glob("offline-run-*"))
-    assert runs, "one summary run per sweep"
+    (run,) = list((cwd / "outputs" / "sweeps" / "full" / "wandb").glob("offline-run-*"))  # one summary run
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json",
+                          str(run)], capture_output=True, text=True, timeout=60)
+    doc = json.loads(out.stdout)
+    rec = summary(cwd, "full")["ladders"][0]["recommendation"]
+    assert doc["name"] == "full-summary" and doc["state"] == "finished"
+    assert doc["summary"]["recommended_rank"] == rec["rank"]
+    assert doc["summary"]["rank_curve"]["_type"] == "table-file" and doc["summary"]["rank_curve"]["nrows"] >= 1
 
 
 def test_optuna_cli_reads_the_study(full):
@@ -242,3 +248,13 @@ def test_reused_study_with_other_space_is_refused(full, cache):
     assert [(t.number, t.state, t.value) for t in load_study(cwd, "full").get_trials()] == before
     assert _sha(cwd / "outputs" / "sweeps" / "full" / "sweep_summary.json") == summary_before
     assert db.exists()
+
+
+def test_sweep_aborts_past_max_failure_rate(tmp_path, cache):
+    proc = sweep(tmp_path, cache, "hydra.sweeper.study_name=doomed", "hydra.sweeper.max_failure_rate=0.5",
+                 RANKSWEEP_FAULT="8,16,32")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "max_failure_rate" in lines[0], proc.stderr[-2000:]
+    trials = load_study(tmp_path, "doomed").get_trials()
+    assert [t.user_attrs["rank"] for t in trials if t.state == TrialState.FAIL] == [8, 16]

@@ -63,9 +63,9 @@ def qlora(tmp_path_factory, toy_jsonl, compose_cfg):
     assert run.quant.bits == 4 and run.logger.mode == "offline"
     model, tok, _ = load_base(run.model, run.quant, "cpu", run.cache_dir)
     snap0 = snapshot(model)
-    before = run_trial(cfg_before, out / "before", base=(model, tok))
+    before = run_trial(cfg_before, out / "before", base_loader=lambda: (model, tok))
     snap1 = snapshot(model)
-    after = run_trial(cfg_after, out / "after", base=(model, tok))
+    after = run_trial(cfg_after, out / "after", base_loader=lambda: (model, tok))
     snap2 = snapshot(model)
     return SimpleNamespace(model=model, tok=tok, run=run, cfg=cfg_after, before=before, after=after,
                            snaps=(snap0, snap1, snap2))
@@ -175,7 +175,7 @@ RELOAD = textwrap.dedent(
 def test_adapter_reloads_in_fresh_process(qlora, tmp_path):
     script = tmp_path / "reload.py"
     script.write_text(RELOAD)
-    proc = subprocess.run([PYTHON, str(script), qlora.after.out_dir], capture_output=True, text=True,
+    proc = subprocess.run([PYTHON, str(script), qlora.after.out_dir], check=False, capture_output=True, text=True,
                           env=subprocess_env(), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -187,7 +187,7 @@ def test_adapter_reloads_in_fresh_process(qlora, tmp_path):
 
 def _leet(*args: str) -> subprocess.CompletedProcess:
     wandb_cli = str(Path(sys.executable).parent / "wandb")
-    proc = subprocess.run([wandb_cli, "leet", "inspect", *args], capture_output=True, text=True,
+    proc = subprocess.run([wandb_cli, "leet", "inspect", *args], check=False, capture_output=True, text=True,
                           env=subprocess_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -254,7 +254,7 @@ def test_short_run_each_precision(compose_cfg, toy_jsonl, tmp_path, family, quan
     run = to_run_config(cfg)
     model, tok, _ = load_base(run.model, run.quant, "cpu", run.cache_dir)
     snap0 = snapshot(model)
-    result = run_trial(cfg, tmp_path, base=(model, tok))
+    result = run_trial(cfg, tmp_path, base_loader=lambda: (model, tok))
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["trainable_params"] == expected_params(model, family, role, 4)
     assert set(on_disk["target_modules"]) == role_names(family, role)

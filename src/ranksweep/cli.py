@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Subcommands that are not Hydra runs: `ranksweep NAME ...`.
-_SUBCOMMANDS: dict = {}
+_SUBCOMMANDS: dict = {
+    # Imported lazily: `ranksweep report ...` must not pay for Hydra, torch or transformers.
+    name: (lambda argv, _name=name: __import__("ranksweep.commands", fromlist=["main"]).main(_name, argv))
+    for name in ("report", "sync", "dashboard")
+}
 
 
 def run() -> None:  # pragma: no cover - console script

@@ -183,6 +183,8 @@ class TrainerConfig:
     seed: int = 0
     # auto = CUDA when available, else CPU.
     device: str = "auto"
+    # Keep the quantized base loaded between trials of one worker; each trial gets a fresh adapter.
+    reuse_base: bool = True
     log_every: int = 5
 
     def validate(self) -> None:
@@ -230,6 +232,7 @@ class TrialHandle:
     parent_trial_number: Optional[int] = None
     prune_after: float = 0.75  # share of max_steps before pruning may happen
     prune_margin: float = 0.1  # share of the parent's gain over the base
+    pruner: str = "parent"  # parent | none (cancellation of unneeded ranks works with both)
 
 
 @dataclass

@@ -6,6 +6,7 @@ the gradient accumulation (the same effective batch).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -39,6 +40,29 @@ def halve_batch(cfg: DictConfig) -> Optional[DictConfig]:
     return new
 
 
+# One quantized base per worker process, reused by its trials (each gets a fresh adapter).
+_BASE: dict[tuple, tuple] = {}
+
+
+def cached_base(cfg: DictConfig) -> Optional[tuple]:
+    """The worker's loaded base for this config, loading it (and dropping another) when needed."""
+    from ranksweep.config import to_run_config
+    from ranksweep.models import load_base, pick_device
+
+    run = to_run_config(cfg)
+    if not run.trainer.reuse_base:
+        return None
+    device = pick_device(run.trainer.device)
+    key = (run.model.id, run.model.revision, run.model.dtype, run.quant.bits, run.quant.quant_type,
+           run.quant.double_quant, run.quant.compute_dtype, device, os.path.expanduser(run.cache_dir))
+    if key not in _BASE:
+        _BASE.clear()
+        gc.collect()
+        model, tok, _ = load_base(run.model, run.quant, device, os.path.expanduser(run.cache_dir))
+        _BASE[key] = (model, tok)
+    return _BASE[key]
+
+
 def _injected_fault(cfg: DictConfig) -> None:
     """Fault injection for failure tests: RANKSWEEP_FAULT=<rank>[,<rank>...] makes those ranks raise."""
     ranks = os.environ.get("RANKSWEEP_FAULT", "")
@@ -53,7 +77,7 @@ def run_job(cfg: DictConfig, out_dir: str) -> float:
     try:
         _injected_fault(cfg)
         try:
-            result: TrialResult = run_trial(cfg, out_dir, reporter=reporter)
+            result: TrialResult = run_trial(cfg, out_dir, reporter=reporter, base_loader=lambda: cached_base(cfg))
         except TrialFailed as exc:
             retry = halve_batch(cfg) if exc.kind == "oom" else None
             if retry is None:
@@ -62,10 +86,15 @@ def run_job(cfg: DictConfig, out_dir: str) -> float:
                         retry.trainer.micro_batch, retry.trainer.grad_accum)
             import torch
 
+            _BASE.clear()
             torch.cuda.empty_cache()
-            result = run_trial(retry, out_dir, reporter=reporter)
+            result = run_trial(retry, out_dir, reporter=reporter, base_loader=lambda: cached_base(retry))
             result.metrics["oom_retry"] = True
     except BaseException as exc:
+        from ranksweep.trial import TrialPruned
+
+        if not isinstance(exc, TrialPruned):
+            _BASE.clear()  # a failed trial may leave the base in any state: load a fresh one next time
         if reporter is not None:
             reporter.set_attrs({"duration_s": time.perf_counter() - t0, "output_dir": out_dir,
                                 "fail_reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"})

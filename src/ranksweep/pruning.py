@@ -10,7 +10,8 @@ that is behind the half-size adapter that late buys nothing.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner
@@ -28,11 +29,16 @@ class ParentRankPruner(BasePruner):
     depend on the task's irreducible loss.
     """
 
-    def __init__(self, after_step: int, margin: float = 0.0) -> None:
+    def __init__(self, after_step: int, margin: float = 0.0, compare: bool = True) -> None:
         self.after_step = int(after_step)
         self.margin = float(margin)
+        self.compare = compare
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if trial.user_attrs.get("cancel_reason"):  # the ladder stopped below this speculative rank
+            return True
+        if not self.compare:
+            return False
         step = trial.last_step
         if step is None or step < self.after_step:
             return False
@@ -61,14 +67,11 @@ class OptunaReporter:
         self.trial = optuna.trial.Trial(study, frozen._trial_id)
 
     @classmethod
-    def from_handle(cls, handle: Mapping[str, Any], max_steps: int) -> "OptunaReporter":
+    def from_handle(cls, handle: Mapping[str, Any], max_steps: int) -> OptunaReporter:
         after = int(math.ceil(float(handle.get("prune_after", 0.5)) * max_steps))
         storage = open_storage(str(handle["storage"]), heartbeat=False)
-        pruner: BasePruner
-        if handle.get("parent_trial_number") is None:
-            pruner = optuna.pruners.NopPruner()
-        else:
-            pruner = ParentRankPruner(after_step=max(after, 1), margin=float(handle.get("prune_margin", 0.0)))
+        pruner = ParentRankPruner(after_step=max(after, 1), margin=float(handle.get("prune_margin", 0.0)),
+                                  compare=handle.get("pruner", "parent") == "parent")
         study = optuna.load_study(study_name=str(handle["study_name"]), storage=storage, pruner=pruner)
         return cls(study, int(handle["trial_number"]))
 

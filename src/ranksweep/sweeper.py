@@ -16,9 +16,11 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -29,8 +31,10 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from ranksweep import ladder as ladder_mod
+from ranksweep import plan
 from ranksweep import summary as summary_mod
 from ranksweep.errors import ConfigError, RanksweepError
+from ranksweep.locks import study_lock
 from ranksweep.storage import open_storage
 
 log = logging.getLogger("ranksweep.sweep")
@@ -44,7 +48,7 @@ SEED_DIST = IntDistribution(0, 1 << 16)
 # Overrides the sweeper owns: a user setting them would fight the ladder.
 OWNED = ("lora.r", "trial.storage", "trial.study_name", "trial.trial_number", "trial.parent_trial_number")
 SPACE_ATTR = "ranksweep_space"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = plan.FINISHED
 
 
 class SweepAborted(RanksweepError):
@@ -52,25 +56,19 @@ class SweepAborted(RanksweepError):
 
 
 @dataclass
-class Item:
-    """One job to run: (ladder, rank, seed); rank 0 is the base evaluation."""
-
-    ladder: str
-    combo: tuple[str, ...]
-    rank: int
-    seed: int
-    parent: Optional[int] = None
-    base_value: Optional[float] = None
-
-
-@dataclass
 class LadderState:
     key: str
     combo: tuple[str, ...]
     axes: dict[str, str]
-    done: bool = False
-    stop_reason: str = ""
-    shares: list = field(default_factory=list)
+
+
+@dataclass
+class Claim:
+    """A job this worker created a trial for and will run."""
+
+    item: plan.Item
+    trial: optuna.trial.Trial
+    parent: int | None = None
 
 
 def _quote(value: str) -> str:
@@ -80,13 +78,13 @@ def _quote(value: str) -> str:
 class RankSweep:
     """The sweep logic behind ``hydra/sweeper=ranksweep``."""
 
-    def __init__(self, study_name: str = "ranksweep", storage: Optional[str] = None, start_rank: int = 8,
+    def __init__(self, study_name: str = "ranksweep", storage: str | None = None, start_rank: int = 8,
                  factor: int = 2, max_rank: int = 512, min_gain: float = 0.05, patience: int = 2,
                  seeds_per_rank: int = 1, tolerance: float = 0.05, direction: str = "minimize",
                  objective: str = "eval_loss", max_failure_rate: float = 0.5, pruner: str = "parent",
                  prune_after: float = 0.75, prune_margin: float = 0.1, parallel: int = 1,
                  heartbeat_interval: int = 10, grace_period: int = 30, poll_s: float = 5.0,
-                 params: Optional[dict] = None) -> None:
+                 params: dict | None = None, n_jobs: int = 1) -> None:
         k = "hydra.sweeper."
         self.ranks = ladder_mod.rank_ladder(start_rank, factor, max_rank)  # validates the three
         if not study_name or not str(study_name).strip():
@@ -110,6 +108,8 @@ class RankSweep:
             raise ConfigError(f"{k}max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
         if pruner not in ("parent", "none"):
             raise ConfigError(f"{k}pruner must be parent or none, got {pruner!r}")
+        if not (isinstance(n_jobs, int) and n_jobs >= 1):
+            raise ConfigError(f"{k}n_jobs must be a positive integer, got {n_jobs!r}")
         if not (isinstance(parallel, int) and parallel >= 1):
             raise ConfigError(f"{k}parallel must be a positive integer, got {parallel!r}")
         self.study_name = str(study_name)
@@ -124,10 +124,11 @@ class RankSweep:
         self.pruner = pruner
         self.prune_after, self.prune_margin = prune_after, prune_margin
         self.parallel = parallel
+        self.n_jobs = n_jobs
         self.heartbeat = (heartbeat_interval, grace_period)
         self.poll_s = poll_s
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
 
     # -- Hydra plumbing -------------------------------------------------------------------
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -203,30 +204,112 @@ class RankSweep:
         for lad in ladders.values():  # bad overrides fail here, before anything is stored
             self._validate(lad)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = self._open_study(space)
+        self.study = study = self._open_study(space)
         self.axis_dists = {k: CategoricalDistribution(sorted({c.split("=", 1)[1] for c in vals}))
                            for k, vals in axes}
-        log.info("study %r in %s: %d ladder(s) %s, ranks %s", self.study_name, self._masked_url(),
-                 len(ladders), ", ".join(ladders), self.ranks)
-        all_returns: list = []
-        while True:
-            optuna.storages.fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            self._check_failures(trials)
-            todo, waiting = self._plan(ladders, trials)
-            if not todo:
-                if waiting:  # another worker holds a trial we need: wait for it
+        self.specs = [(lad.key, lad.combo) for lad in ladders.values()]
+        self.settings = plan.Settings(ranks=self.ranks, seeds=self.seeds, rule=self.rule,
+                                      direction=self.direction, max_rank=self.max_rank, factor=self.factor)
+        slots = self._slots()
+        log.info("study %r in %s: %d ladder(s) %s, ranks %s, %d job(s) at a time", self.study_name,
+                 self._masked_url(), len(ladders), ", ".join(ladders), self.ranks, slots)
+        returns: list = []
+        inflight: dict[Future, Claim] = {}
+        pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="ranksweep-job") if slots > 1 else None
+        try:
+            while True:
+                claimed: list[Claim] = []
+                running_elsewhere = False
+                if slots - len(inflight) > 0:
+                    claimed, running_elsewhere = self._claim(slots - len(inflight))
+                for c in claimed:
+                    if pool is None:
+                        returns.append(self._tell(c, self._launch(c)))
+                    else:
+                        inflight[pool.submit(self._launch, c)] = c
+                if inflight:  # no barrier: whichever job ends first frees its slot
+                    done, _ = wait(list(inflight), timeout=self.poll_s, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        returns.append(self._tell(inflight.pop(fut), fut.result()))
+                    continue
+                if claimed:
+                    continue
+                if running_elsewhere:  # another worker holds a job this ladder needs
                     time.sleep(self.poll_s)
                     continue
                 break
-            all_returns.extend(self._run_batch(study, todo))
-        return self._finish(study, ladders, all_returns)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return self._finish(study)
+
+    def _slots(self) -> int:
+        """Jobs this worker keeps in flight: ``n_jobs``, or 1 with Hydra's in-process launcher."""
+        if self.n_jobs > 1 and type(self.launcher).__name__ == "BasicLauncher":
+            log.warning("hydra.sweeper.n_jobs=%d needs an out-of-process launcher (hydra/launcher=joblib, "
+                        "submitit_local, submitit_slurm); running one job at a time", self.n_jobs)
+            return 1
+        return self.n_jobs
+
+    def _claim(self, free: int) -> tuple[list[Claim], bool]:
+        """Under the study lock: mark dead workers' trials, plan, and create this worker's next trials."""
+        with study_lock(self.storage_url, self.study_name):
+            optuna.storages.fail_stale_trials(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            self._check_failures(trials)
+            idx = plan.index_trials(trials)
+            views = [plan.evaluate(k, combo, idx, self.settings) for k, combo in self.specs]
+            for v in views:  # the stop rule fired: cancel the speculative ranks it made unnecessary
+                for t in plan.unneeded_running(v):
+                    if "cancel_reason" not in t.user_attrs:
+                        self.storage.set_trial_user_attr(
+                            t._trial_id, "cancel_reason", f"not needed: the ladder stopped at r={v.stop_rank}")
+                        log.info("trial %d (r=%s) cancelled: the ladder stopped at r=%s", t.number,
+                                 t.user_attrs.get("rank"), v.stop_rank)
+            cands, running = plan.candidates(views, self.seeds, self.parallel)
+            by_key = {v.key: v for v in views}
+            created: dict[tuple[str, int, int], int] = {}
+            claims = [self._create(item, idx, created, by_key[item.ladder]) for item, _ in cands[:free]]
+        return claims, running
+
+    def _create(self, item: plan.Item, idx, created: dict, view: plan.LadderView) -> Claim:
+        trial = self.study.ask()
+        tid = trial._trial_id
+        axes = dict(c.split("=", 1) for c in item.combo)
+        for k, dist in self.axis_dists.items():
+            self.storage.set_trial_param(tid, k, dist.to_internal_repr(axes[k]), dist)
+        self.storage.set_trial_param(tid, "rank", float(item.rank), RANK_DIST)
+        self.storage.set_trial_param(tid, "seed", float(item.seed), SEED_DIST)
+        attrs: dict[str, Any] = {"ladder": item.ladder, "rank": item.rank, "seed": item.seed,
+                                 "role": "base" if item.rank == 0 else "rung",
+                                 "output_dir": str(self.sweep_dir / self._subdir(item, trial.number))}
+        parent = self._parent(item, idx, created)
+        if parent is not None:
+            attrs["parent_trial_number"] = parent
+        if view.base is not None:
+            attrs["base_value"] = view.base
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        created[(item.ladder, item.rank, item.seed)] = trial.number
+        log.info("trial %d: %s %s seed %d", trial.number, item.ladder,
+                 "base (untrained)" if item.rank == 0 else f"r={item.rank}", item.seed)
+        return Claim(item, trial, parent)
+
+    def _parent(self, item: plan.Item, idx, created: dict) -> int | None:
+        """The same seed's trial at the previous rank (running or done), for rank-aware pruning."""
+        if item.rank == 0 or item.rank == self.ranks[0]:
+            return None
+        key = (item.ladder, self.ranks[self.ranks.index(item.rank) - 1], item.seed)
+        if key in created:
+            return created[key]
+        st, t = plan.status(idx.get(key, []))
+        return t.number if t is not None and st in ("done", "running") else None
 
     def _validate(self, lad: LadderState) -> None:
         """Compose one job config of this ladder and validate it like a trial would."""
         from ranksweep.config import to_run_config
 
-        overrides = self._overrides(Item(lad.key, lad.combo, self.start_rank, 0), 0)
+        overrides = self._overrides(plan.Item(lad.key, lad.combo, self.start_rank, 0), 0)
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg):
             cfg.pop("hydra", None)
@@ -237,94 +320,6 @@ class RankSweep:
 
         return mask_secrets(self.storage_url)
 
-    def _index(self, trials: Sequence[FrozenTrial]) -> dict[tuple[str, int, int], list[FrozenTrial]]:
-        idx: dict[tuple[str, int, int], list[FrozenTrial]] = {}
-        for t in trials:
-            a = t.user_attrs
-            if "ladder" in a:
-                idx.setdefault((a["ladder"], int(a["rank"]), int(a["seed"])), []).append(t)
-        return idx
-
-    @staticmethod
-    def _status(ts: list[FrozenTrial]) -> tuple[str, Optional[FrozenTrial]]:
-        """done / running / failed / todo for one (ladder, rank, seed)."""
-        for t in ts:
-            if t.state in FINISHED:
-                return "done", t
-        for t in ts:
-            if t.state in (TrialState.RUNNING, TrialState.WAITING):
-                return "running", t
-        for t in ts:
-            if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind"):
-                return "failed", t  # a real failure (not a killed worker): not retried
-        return "todo", None
-
-    @staticmethod
-    def _value(t: FrozenTrial) -> Optional[float]:
-        if t.state == TrialState.COMPLETE:
-            return float(t.value)  # type: ignore[arg-type]
-        if t.state == TrialState.PRUNED and t.intermediate_values:
-            return float(t.intermediate_values[t.last_step])  # type: ignore[index]
-        return None
-
-    def _plan(self, ladders: dict[str, LadderState], trials) -> tuple[list[Item], bool]:
-        """What to run next: base evaluations, then each ladder's next unfinished rank(s)."""
-        idx = self._index(trials)
-        todo: list[Item] = []
-        waiting = False
-        for lad in ladders.values():
-            base_status, base_t = self._status(idx.get((lad.key, 0, 0), []))
-            if base_status == "failed":
-                lad.done, lad.stop_reason = True, f"base evaluation failed: {base_t.user_attrs.get('fail_reason')}"
-                continue
-            if base_status == "running":
-                waiting = True
-                continue
-            if base_status == "todo":
-                todo.append(Item(lad.key, lad.combo, 0, 0))
-                continue
-            base = self._value(base_t)
-            statuses = {r: [self._status(idx.get((lad.key, r, s), [])) for s in range(self.seeds)]
-                        for r in self.ranks}
-            finished = {r: all(st in ("done", "failed") for st, _ in sts) for r, sts in statuses.items()}
-            # The stop rule sees the finished prefix of the ladder (failed ranks are skipped).
-            ranks, values = [], []
-            for r in self.ranks:
-                if not finished[r]:
-                    break
-                vals = [self._value(t) for st, t in statuses[r] if st == "done"]
-                vals = [v for v in vals if v is not None and math.isfinite(v)]
-                if vals:
-                    ranks.append(r)
-                    values.append(vals)
-            if ranks:
-                decision = ladder_mod.decide(self.rule, base, ranks, values, self.direction, self.max_rank,
-                                             self.factor)
-                lad.shares = decision.shares
-                if decision.stop:
-                    lad.done, lad.stop_reason = True, decision.reason
-                    continue
-            unfinished = [r for r in self.ranks if not finished[r]]
-            if not unfinished:
-                lad.done, lad.stop_reason = True, f"reached max_rank={self.max_rank}"
-                continue
-            # Speculative doubling: up to `parallel` ranks of this ladder at once.
-            for r in unfinished[: self.parallel]:
-                i = self.ranks.index(r)
-                parent = self._parent(idx, lad.key, self.ranks[i - 1]) if i > 0 else None
-                for s, (st, _) in enumerate(statuses[r]):
-                    if st == "todo":
-                        todo.append(Item(lad.key, lad.combo, r, s, parent=parent, base_value=base))
-                    elif st == "running":
-                        waiting = True
-        return todo, waiting
-
-    def _parent(self, idx, key: str, rank: int) -> Optional[int]:
-        if self.pruner != "parent":
-            return None
-        st, t = self._status(idx.get((key, rank, 0), []))
-        return t.number if st == "done" and t is not None and t.state == TrialState.COMPLETE else None
-
     def _check_failures(self, trials: Sequence[FrozenTrial]) -> None:
         failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind")]
         finished = [t for t in trials if t.state in FINISHED] + failed
@@ -333,7 +328,7 @@ class RankSweep:
             raise SweepAborted(f"aborting sweep: {len(failed)} of {len(finished)} trials failed "
                                f"(hydra.sweeper.max_failure_rate={self.max_failure_rate}); last: {last}")
 
-    def _overrides(self, item: Item, number: int) -> list[str]:
+    def _overrides(self, item: plan.Item, number: int, parent: int | None = None) -> list[str]:
         ov = list(self.fixed) + list(item.combo)
         ov += [
             f"lora.r={item.rank if item.rank > 0 else self.start_rank}",
@@ -344,125 +339,74 @@ class RankSweep:
             f"trial.trial_number={number}",
             f"trial.prune_after={self.prune_after}",
             f"trial.prune_margin={self.prune_margin}",
+            f"trial.pruner={self.pruner}",
             f"logger.group={_quote(self.study_name)}",
             f"hydra.sweep.subdir={_quote(self._subdir(item, number))}",
         ]
-        if item.parent is not None:
-            ov.append(f"trial.parent_trial_number={item.parent}")
+        if parent is not None:
+            ov.append(f"trial.parent_trial_number={parent}")
         if item.rank == 0:  # the base: an untrained adapter (LoRA B = 0) is the base model
             ov.append("trainer.max_steps=0")
             if self.objective != "exact_match":
                 ov.append("data.metric_examples=0")
         return ov
 
-    def _subdir(self, item: Item, number: int) -> str:
+    def _subdir(self, item: plan.Item, number: int) -> str:
         what = "base" if item.rank == 0 else f"r{item.rank}-s{item.seed}"
         return f"trial-{number:04d}-{what}"
 
-    def _run_batch(self, study: optuna.Study, todo: list[Item]) -> list:
+    def _launch(self, c: Claim) -> Any:
+        """Run one job through Hydra's launcher while a heartbeat says its worker is alive."""
         from optuna.storages._heartbeat import get_heartbeat_thread
 
-        asked = []
-        for item in todo:
-            trial = study.ask()
-            tid = trial._trial_id
-            for k, dist in self.axis_dists.items():
-                value = dict(c.split("=", 1) for c in item.combo)[k]
-                self.storage.set_trial_param(tid, k, dist.to_internal_repr(value), dist)
-            self.storage.set_trial_param(tid, "rank", float(item.rank), RANK_DIST)
-            self.storage.set_trial_param(tid, "seed", float(item.seed), SEED_DIST)
-            attrs = {"ladder": item.ladder, "rank": item.rank, "seed": item.seed,
-                     "role": "base" if item.rank == 0 else "rung",
-                     "output_dir": str(self.sweep_dir / self._subdir(item, trial.number))}
-            if item.parent is not None:
-                attrs["parent_trial_number"] = item.parent
-            if item.base_value is not None:
-                attrs["base_value"] = item.base_value
-            for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-            asked.append((item, trial))
-            log.info("trial %d: %s %s seed %d", trial.number, item.ladder,
-                     "base (untrained)" if item.rank == 0 else f"r={item.rank}", item.seed)
-        beats = [get_heartbeat_thread(t._trial_id, self.storage) for _, t in asked]
-        for b in beats:
-            b.start()
+        beat = get_heartbeat_thread(c.trial._trial_id, self.storage)
+        beat.start()
         try:
-            returns = self.launcher.launch([self._overrides(i, t.number) for i, t in asked],
-                                           initial_job_idx=asked[0][1].number)
+            (ret,) = self.launcher.launch([self._overrides(c.item, c.trial.number, c.parent)],
+                                          initial_job_idx=c.trial.number)
         finally:
-            for b in beats:
-                b.join()
-        user_error: Optional[RanksweepError] = None
+            beat.join()
+        return ret
+
+    def _tell(self, c: Claim, ret: Any) -> Any:
+        """Record a finished job in the study: COMPLETE, PRUNED or FAIL with its reason."""
         from hydra.core.utils import JobStatus
 
         from ranksweep.trial import TrialPruned
 
-        for (item, trial), ret in zip(asked, returns):
-            try:
-                # JobReturn.return_value re-raises a job's exception after printing its overrides;
-                # read the status and the stored value instead.
-                if ret.status != JobStatus.COMPLETED:
-                    raise ret._return_value
-                value = float(ret._return_value)
-                if not math.isfinite(value):
-                    raise ValueError(f"the job returned a non-finite objective {value}")
-                study.tell(trial, value)
-            except Exception as exc:  # the job failed, was pruned, or returned garbage
-
-                if isinstance(exc, TrialPruned):
-                    study.tell(trial, state=TrialState.PRUNED)
-                    log.info("trial %d pruned: %s", trial.number, exc)
-                    continue
-                kind = getattr(exc, "kind", None) or ("user" if isinstance(exc, RanksweepError) else "error")
-                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-                trial.set_user_attr("failure_kind", kind)
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=TrialState.FAIL)
-                log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
-                if isinstance(exc, RanksweepError) and user_error is None:
-                    user_error = exc
-        if user_error is not None:  # bad input fails every trial alike: stop at once
-            raise user_error
-        return list(returns)
+        trial = c.trial
+        try:
+            # JobReturn.return_value re-raises a job's exception after printing its overrides;
+            # read the status and the stored value instead.
+            if ret.status != JobStatus.COMPLETED:
+                raise ret._return_value
+            value = float(ret._return_value)
+            if not math.isfinite(value):
+                raise ValueError(f"the job returned a non-finite objective {value}")
+            self.study.tell(trial, value)
+        except TrialPruned as exc:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d pruned: %s", trial.number, exc)
+        except Exception as exc:  # the job failed or returned garbage
+            kind = getattr(exc, "kind", None) or ("user" if isinstance(exc, RanksweepError) else "error")
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            trial.set_user_attr("failure_kind", kind)
+            trial.set_user_attr("fail_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
+            if isinstance(exc, RanksweepError):  # bad input fails every trial alike: stop at once
+                raise
+        return ret
 
     # -- the end ---------------------------------------------------------------------------
-    def _finish(self, study: optuna.Study, ladders: dict[str, LadderState], returns: list) -> list:
-        trials = study.get_trials(deepcopy=False)
-        idx = self._index(trials)
+    def _finish(self, study: optuna.Study) -> list:
+        idx = plan.index_trials(study.get_trials(deepcopy=False))
         built = []
-        for lad in ladders.values():
-            base_status, base_t = self._status(idx.get((lad.key, 0, 0), []))
-            base = self._value(base_t) if base_status == "done" and base_t is not None else None
-            rungs = []
-            for r in self.ranks:
-                ts = [self._status(idx.get((lad.key, r, s), [])) for s in range(self.seeds)]
-                if all(st == "todo" for st, _ in ts):
-                    continue
-                ts_ = [t for _, t in ts if t is not None]
-                vals = [v for v in (self._value(t) for t in ts_) if v is not None]
-                states = {t.state.name for t in ts_}
-                state = "COMPLETE" if states == {"COMPLETE"} else ("FAIL" if "FAIL" in states and not vals
-                                                                   else "PRUNED" if "PRUNED" in states
-                                                                   else sorted(states)[0])
-                ua = ts_[0].user_attrs if ts_ else {}
-                mean = sum(vals) / len(vals) if vals else None
-                std = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-                       if mean is not None and len(vals) > 1 else (0.0 if vals else None))
-                rungs.append({
-                    "rank": r, "alpha": ua.get("alpha"), "values": vals, "mean": mean, "std": std,
-                    "trial_numbers": [t.number for t in ts_],
-                    "trainable_params": ua.get("trainable_params"),
-                    "duration_s": sum(float(t.user_attrs.get("duration_s", 0.0)) for t in ts_),
-                    "peak_mem_gb": max([float(t.user_attrs.get("peak_mem_gb", 0.0)) for t in ts_] or [0.0]),
-                    "state": state,
-                    "fail_reason": "; ".join(t.user_attrs.get("fail_reason", "") for t in ts_
-                                             if t.state == TrialState.FAIL) or None,
-                    "output_dirs": [t.user_attrs.get("output_dir") for t in ts_],
-                    "wandb_runs": [t.user_attrs.get("wandb_run") for t in ts_],
-                })
+        for key, combo in self.specs:
+            view = plan.evaluate(key, combo, idx, self.settings)
             built.append(summary_mod.build_ladder(
-                key=lad.key, direction=self.direction, objective=self.objective, base=base, rungs=rungs,
-                stop_reason=lad.stop_reason or "incomplete", tolerance=self.tolerance))
+                key=key, direction=self.direction, objective=self.objective, base=view.base,
+                rungs=plan.rungs(view), stop_reason=view.stop_reason or "incomplete", tolerance=self.tolerance))
         summary_path = self.sweep_dir / "sweep_summary.json"
         plot_path = self.sweep_dir / "rank_curve.png"
         summary_mod.write_summary(summary_path, built, meta={
@@ -475,7 +419,7 @@ class RankSweep:
         print(f"summary: {summary_path}\nplot:    {plot_path}\nstudy:   {self.study_name} in {self._masked_url()}",
               flush=True)
         self._wandb_summary(built, plot_path)
-        return returns
+        return []
 
     def _wandb_summary(self, built: list, plot_path: Path) -> None:
         """One W&B run per sweep with the rank curve (table + line plot) and the recommendation."""

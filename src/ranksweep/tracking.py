@@ -14,7 +14,7 @@ from typing import Any, Optional
 from ranksweep.config import LoggerConfig, RunConfig
 
 # Whole words of a key only: hf_token, api_key, password; not max_new_tokens or tokenizer.
-_SECRET_KEY = re.compile(r"(?:^|[_.-])(token|password|passwd|secret|api_key|apikey)(?:$|[_.-])", re.I)
+_SECRET_KEY = re.compile(r"(?:^|[_.-])(token|password|passwd|secret|api_key|apikey)(?:$|[_.-])", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(//[^:/@]+:)[^@]+@")
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -154,11 +154,12 @@ def _objective(run: RunConfig, metrics: dict[str, Any]) -> float:
 
 
 def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Optional[Reporter] = None,
-              base=None) -> TrialResult:
+              base_loader: Optional[Callable[[], Optional[tuple]]] = None) -> TrialResult:
     """Train and evaluate one adapter; return the objective and metrics.
 
-    ``base`` optionally hands in ``(model, tokenizer)`` already loaded (the
-    sweeper reuses one quantized base across trials in a worker).
+    ``base_loader`` optionally returns ``(model, tokenizer)`` already loaded
+    (a worker reuses one quantized base across its trials); it is called after
+    the data loaded, so a bad dataset fails before any model load.
     """
     t_start = time.perf_counter()
     run = to_run_config(cfg)
@@ -178,6 +179,7 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
     from transformers import Trainer, TrainingArguments, set_seed
 
     t_load = time.perf_counter()
+    base = base_loader() if base_loader is not None else None
     if base is None:
         model, tok, _ = load_base(run.model, run.quant, device, cache_dir)
     else:
@@ -295,7 +297,8 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
         raise TrialFailed(f"CUDA out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
     finally:
         tracker.finish(exit_code)
-        if base is not None:
+        if base is not None and hasattr(model, "unload"):
             # Give the shared base back without the adapter (nothing was merged into it).
             model.unload()
+            base[0].__dict__.pop("peft_config", None)
 

@@ -37,8 +37,12 @@ class RanksweepSweeperConf:
     pruner: str = "parent"
     prune_after: float = 0.75
     prune_margin: float = 0.1
-    # Ranks of one ladder run at once (speculative doubling); >1 needs a parallel launcher or workers.
-    parallel: int = 1
+    # Jobs this worker keeps in flight (needs an out-of-process launcher: joblib, submitit).
+    # Each job that ends frees its slot at once: no batch waits for its slowest trial.
+    n_jobs: int = 1
+    # Speculative doubling: free workers may run up to this many ranks of a ladder ahead of
+    # the stop rule; ranks the rule makes unnecessary are cancelled (pruned, partial results kept).
+    parallel: int = 4
     # Other axes, one ladder per combination, as sweep strings: {lora.targets: "attention,all_linear"}.
     # Command-line sweep overrides of the same key win.
     params: Dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,122 @@
+"""Subcommands that are not Hydra runs: ``ranksweep report | sync | dashboard``.
+
+Each takes argv (without the subcommand) and returns an exit code. User mistakes
+(a missing study, an empty one, a storage that is not a database, bad options) end
+with one line ``ranksweep: error: ...`` on stderr and exit code 2, like the rest
+of ranksweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ranksweep.errors import RanksweepError
+
+DEFAULT_STORAGE = "sqlite:///outputs/ranksweep.db"
+_TRACEBACKS = "HYDRA_FULL_ERROR" in os.environ
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with ranksweep's one-line errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise RanksweepError(f"{self.prog}: {message}")
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"Optuna storage URL (default: {DEFAULT_STORAGE}, relative to the current dir)")
+
+
+def report(argv: Sequence[str]) -> int:
+    p = _Parser(prog="ranksweep report",
+                description="Write a self-contained HTML report (works offline) of one or more sweeps.")
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study name(s); two or more are compared")
+    _storage_arg(p)
+    p.add_argument("--out", default=None, help="output file (default: outputs/reports/<a>[_vs_<b>...].html)")
+    args = p.parse_args(list(argv))
+    from ranksweep.report import write_report
+
+    path = write_report(args.studies, args.storage, args.out)
+    print(path)
+    return 0
+
+
+def _wandb_cli() -> str:
+    here = Path(sys.executable).parent / "wandb"
+    return str(here) if here.is_file() else (shutil.which("wandb") or "wandb")
+
+
+def sync(argv: Sequence[str]) -> int:
+    p = _Parser(prog="ranksweep sync",
+                description="Upload a study's offline W&B runs (one per trial, plus the sweep summary run) "
+                            "with `wandb sync`.")
+    p.add_argument("study", metavar="STUDY")
+    _storage_arg(p)
+    p.add_argument("--dry-run", action="store_true", help="print the run dirs, upload nothing")
+    args, extra = p.parse_known_args(list(argv))
+    bad = [a for a in extra if not a.startswith("-")]
+    if bad:
+        raise RanksweepError(f"ranksweep sync: unrecognized arguments: {' '.join(bad)}")
+    from ranksweep.report import wandb_run_dirs
+
+    dirs = wandb_run_dirs(args.study, args.storage)
+    if not dirs:
+        raise RanksweepError(f"study {args.study!r} has no offline W&B runs on disk (logger=none, or the "
+                             "run dirs were deleted)")
+    if args.dry_run:
+        for d in dirs:
+            print(d)
+        return 0
+    print(f"syncing {len(dirs)} W&B run(s) of study {args.study!r}", file=sys.stderr, flush=True)
+    # Extra options (e.g. --project, --entity, --include-synced) go to `wandb sync` as they are.
+    return subprocess.run([_wandb_cli(), "sync", *extra, *[str(d) for d in dirs]], check=False).returncode
+
+
+def dashboard(argv: Sequence[str]) -> int:
+    p = _Parser(prog="ranksweep dashboard", description="Serve the study storage with optuna-dashboard.")
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    args = p.parse_args(list(argv))
+    if not 0 < args.port < 65536:
+        raise RanksweepError(f"ranksweep dashboard: --port must be in 1..65535, got {args.port}")
+    from ranksweep.report import _sqlite_path
+    from ranksweep.storage import open_storage
+
+    db = _sqlite_path(args.storage)
+    if db is not None and not db.is_file():
+        raise RanksweepError(f"--storage: no such database: {db} (run a sweep first, or pass --storage URL)")
+    storage = open_storage(args.storage, heartbeat=False, key="--storage")
+    try:
+        from optuna_dashboard import run_server
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise RanksweepError("optuna-dashboard is not installed: pip install optuna-dashboard") from exc
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        run_server(storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # port in use, cannot bind
+        raise RanksweepError(f"ranksweep dashboard: cannot serve on {args.host}:{args.port}: {exc}") from exc
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"report": report, "sync": sync, "dashboard": dashboard}
+
+
+def main(name: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Run subcommand ``name``; a :class:`RanksweepError` becomes one line on stderr and its exit code."""
+    try:
+        return COMMANDS[name](list(argv or []))
+    except RanksweepError as exc:
+        if _TRACEBACKS:
+            raise
+        print(f"ranksweep: error: {exc}", file=sys.stderr)
+        return exc.exit_code

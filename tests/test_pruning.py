@@ -1,0 +1,63 @@
+"""Rank-aware pruning on a real (in-memory) Optuna study, and the job's OOM retry config."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from ranksweep.job import halve_batch
+from ranksweep.pruning import ParentRankPruner
+
+
+def _study_with_parent(curve: dict[int, float]) -> tuple[optuna.Study, int]:
+    study = optuna.create_study(direction="minimize")
+    parent = study.ask()
+    for step, value in curve.items():
+        parent.report(value, step)
+    study.tell(parent, curve[max(curve)])
+    return study, parent.number
+
+
+@pytest.mark.parametrize("step, child, pruned", [
+    (2, 9.0, False),   # early: learning curves of ranks look alike, never prune
+    (8, 4.30, True),   # late and clearly behind the parent (gap 0.3 > 10% of parent's gain 1.0)
+    (8, 4.05, False),  # late, behind by less than the margin: noise
+    (8, 3.90, False),  # late and ahead of the parent
+    (7, 9.0, False),   # the parent has no value at this step
+])
+def test_parent_rank_pruner(step, child, pruned):
+    study, parent_no = _study_with_parent({2: 4.5, 4: 4.2, 6: 4.1, 8: 4.0})
+    study.pruner = ParentRankPruner(after_step=6, margin=0.1)
+    trial = study.ask()
+    trial.set_user_attr("parent_trial_number", parent_no)
+    trial.set_user_attr("base_value", 5.0)  # parent's gain over base at step 8: 1.0
+    trial.report(child, step)
+    assert trial.should_prune() is pruned
+
+
+def test_pruner_needs_a_parent():
+    study, _ = _study_with_parent({8: 4.0})
+    study.pruner = ParentRankPruner(after_step=1)
+    trial = study.ask()
+    trial.report(100.0, 8)
+    assert trial.should_prune() is False
+
+
+def test_maximize_direction_prunes_the_lower_value():
+    study = optuna.create_study(direction="maximize", pruner=ParentRankPruner(after_step=1, margin=0.0))
+    parent = study.ask()
+    parent.report(0.8, 4)
+    study.tell(parent, 0.8)
+    child = study.ask()
+    child.set_user_attr("parent_trial_number", parent.number)
+    child.report(0.5, 4)
+    assert child.should_prune() is True
+
+
+def test_oom_retry_halves_the_micro_batch_and_doubles_accumulation():
+    cfg = OmegaConf.create({"trainer": {"micro_batch": 8, "grad_accum": 2}})
+    retry = halve_batch(cfg)
+    assert (retry.trainer.micro_batch, retry.trainer.grad_accum) == (4, 4)
+    assert cfg.trainer.micro_batch == 8, "the original config is untouched"
+    assert halve_batch(OmegaConf.create({"trainer": {"micro_batch": 1, "grad_accum": 1}})) is None
