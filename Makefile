@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sweep test test-fast lint clean
+.PHONY: help setup system-deps train sweep test test-fast lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,13 +29,24 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP) ## create .venv and install ranksweep with its dependencies
 
+# Real services the tests use: PostgreSQL (multi-worker studies) and Chromium (HTML report),
+# from Debian's packages, installed only when missing (needs root, as in CI).
+system-deps: ## install PostgreSQL and Chromium for the tests when missing (Debian, root)
+	@need=""; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	  else echo "missing$$need: the tests that need them are skipped (apt-get install$$need)"; fi; \
+	fi
+
 train: $(STAMP) ## one QLoRA trial: SmolLM2-135M-Instruct, NF4, r=8, cmudict, on CPU (~3-5 min)
 	$(VENV)/bin/ranksweep $(ARGS)
 
 sweep: $(STAMP) ## the rank ladder on the embedded default; prints the recommended rank, writes the plot
 	$(VENV)/bin/ranksweep -m +sweep=rank_doubling $(ARGS)
 
-test: $(STAMP) ## the full CPU test suite (what CI runs)
+test: $(STAMP) system-deps ## the full CPU test suite (what CI runs)
 	$(PY) -m pytest -m "not gpu" $(ARGS)
 
 test-fast: $(STAMP) ## the quick subset, for iteration

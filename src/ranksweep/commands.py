@@ -30,13 +30,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help=f"Optuna storage URL (default: {DEFAULT_STORAGE}, relative to the current dir)")
+    p.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        help=f"Optuna storage URL (default: {DEFAULT_STORAGE}, relative to the current dir)",
+    )
 
 
 def report(argv: Sequence[str]) -> int:
-    p = _Parser(prog="ranksweep report",
-                description="Write a self-contained HTML report (works offline) of one or more sweeps.")
+    p = _Parser(
+        prog="ranksweep report",
+        description="Write a self-contained HTML report (works offline) of one or more sweeps.",
+    )
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study name(s); two or more are compared")
     _storage_arg(p)
     p.add_argument("--out", default=None, help="output file (default: outputs/reports/<a>[_vs_<b>...].html)")
@@ -54,9 +59,11 @@ def _wandb_cli() -> str:
 
 
 def sync(argv: Sequence[str]) -> int:
-    p = _Parser(prog="ranksweep sync",
-                description="Upload a study's offline W&B runs (one per trial, plus the sweep summary run) "
-                            "with `wandb sync`.")
+    p = _Parser(
+        prog="ranksweep sync",
+        description="Upload a study's offline W&B runs (one per trial, plus the sweep summary run) "
+        "with `wandb sync`.",
+    )
     p.add_argument("study", metavar="STUDY")
     _storage_arg(p)
     p.add_argument("--dry-run", action="store_true", help="print the run dirs, upload nothing")
@@ -68,8 +75,10 @@ def sync(argv: Sequence[str]) -> int:
 
     dirs = wandb_run_dirs(args.study, args.storage)
     if not dirs:
-        raise RanksweepError(f"study {args.study!r} has no offline W&B runs on disk (logger=none, or the "
-                             "run dirs were deleted)")
+        raise RanksweepError(
+            f"study {args.study!r} has no offline W&B runs on disk (logger=none, or the "
+            "run dirs were deleted)"
+        )
     if args.dry_run:
         for d in dirs:
             print(d)
@@ -87,18 +96,22 @@ def dashboard(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
     if not 0 < args.port < 65536:
         raise RanksweepError(f"ranksweep dashboard: --port must be in 1..65535, got {args.port}")
-    from ranksweep.report import _sqlite_path
+    from ranksweep.report import _sqlite_path, check_optuna_sqlite
     from ranksweep.storage import open_storage
 
     db = _sqlite_path(args.storage)
     if db is not None and not db.is_file():
         raise RanksweepError(f"--storage: no such database: {db} (run a sweep first, or pass --storage URL)")
+    if db is not None:
+        check_optuna_sqlite(db)
     storage = open_storage(args.storage, heartbeat=False, key="--storage")
     try:
         from optuna_dashboard import run_server
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise RanksweepError("optuna-dashboard is not installed: pip install optuna-dashboard") from exc
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    print(
+        f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True
+    )
     try:
         run_server(storage, host=args.host, port=args.port)
     except KeyboardInterrupt:

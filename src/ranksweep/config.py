@@ -1,8 +1,9 @@
 """Structured configs: one dataclass per config group, registered in Hydra's ConfigStore.
 
-OmegaConf checks types while Hydra composes (``lora.r=abc`` fails there);
-each dataclass's ``validate`` checks values, and :func:`to_run_config` runs them
-all, so every error names the override key a user would type, e.g. ``lora.r must be a positive integer, got -4``.
+:func:`to_run_config` merges a composed config into these dataclasses (OmegaConf
+checks types: ``lora.r=abc`` fails there) and runs each ``validate`` (values), so
+every error is one line that names the override key a user would type, e.g.
+``lora.r must be a positive integer, got -4``.
 """
 
 from __future__ import annotations

@@ -16,14 +16,14 @@ inline, and nothing is loaded from the network. It shows, per study:
 With two or more studies, an overview table and one overlay chart per metric compare
 them side by side, followed by one section per study.
 
-Ladders come from the sweep's ``sweep_summary.json`` (stop reasons are only recorded
-there). When it is missing or older than the study, they are rebuilt from the study with
-the sweeper's own code (:meth:`ranksweep.sweeper.RankSweep._finish`).
+Ladders are built from the study with the sweeper's own functions (:mod:`ranksweep.plan`,
+:func:`ranksweep.summary.build_ladder`), so a report of a running or interrupted sweep is
+current; the sweep's ``sweep_summary.json`` supplies the stop-rule settings (min_gain,
+patience, tolerance, max_rank), which the study does not store.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import html
 import io
@@ -109,7 +109,7 @@ def _mask(url: str) -> str:
 
 
 def _sqlite_path(url: str) -> Optional[Path]:
-    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    return Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
 
 
 def _storage_root(url: str) -> Optional[Path]:
@@ -119,6 +119,34 @@ def _storage_root(url: str) -> Optional[Path]:
         return None
     db = db.resolve()
     return db.parent.parent if db.parent.name == "outputs" else db.parent
+
+
+def check_optuna_sqlite(db: Path) -> None:
+    """Refuse an SQLite file that is not an Optuna database, read-only: Optuna's RDBStorage would add its
+    tables to any SQLite file it opens. A file without the SQLite header is left to
+    :func:`ranksweep.storage.open_storage`, which says so."""
+    import sqlite3
+
+    with open(db, "rb") as fh:
+        head = fh.read(16)
+    if head != b"SQLite format 3\x00":
+        if not head:
+            raise RanksweepError(f"--storage: {db} is empty, not an Optuna database")
+        return
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise RanksweepError(f"--storage: cannot read {db}: {' '.join(str(exc).split())[:200]}") from exc
+    missing = {"studies", "trials", "version_info"} - tables
+    if missing:
+        raise RanksweepError(
+            f"--storage: {db} is an SQLite database but not an Optuna storage "
+            f"(no {', '.join(sorted(missing))} table)"
+        )
 
 
 def open_study(study_name: str, storage_url: str = DEFAULT_STORAGE):
@@ -132,15 +160,18 @@ def open_study(study_name: str, storage_url: str = DEFAULT_STORAGE):
     db = _sqlite_path(url)
     if db is not None and not db.is_file():  # do not create an empty database by reading
         raise RanksweepError(f"--storage: no such database: {db} (run a sweep first, or pass --storage URL)")
-    journal = url[len("journal://"):] if url.startswith("journal://") else None
+    journal = url[len("journal://") :] if url.startswith("journal://") else None
     if journal is not None and not Path(journal).expanduser().is_file():
         raise RanksweepError(f"--storage: no such journal file: {journal}")
+    if db is not None:
+        check_optuna_sqlite(db)
     storage = open_storage(url, heartbeat=False, key="--storage")
     try:
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     except Exception as exc:  # a file with the SQLite header that is not an Optuna database
-        raise RanksweepError(f"--storage: cannot read studies from {_mask(url)}: "
-                             f"{' '.join(str(exc).split())[:200]}") from exc
+        raise RanksweepError(
+            f"--storage: cannot read studies from {_mask(url)}: {' '.join(str(exc).split())[:200]}"
+        ) from exc
     names = sorted(s.study_name for s in summaries)
     if study_name not in names:
         there = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
@@ -179,43 +210,62 @@ def _trial_value(t) -> Optional[float]:
     return None
 
 
-def _rebuild_ladders(study, space: dict, ranks_seen: Sequence[int], tolerance: float = 0.05) -> list[dict]:
-    """The ladders of a study, built by the sweeper's own :meth:`RankSweep._finish`.
+def build_ladders(
+    study,
+    space: dict,
+    meta: Optional[dict] = None,
+    keys: Optional[Sequence[str]] = None,
+    ranks_seen: Sequence[int] = (),
+) -> list[dict]:
+    """The study's ladders, built from its trials the way the sweeper's ``_finish`` builds them.
 
-    ``_finish`` writes a summary, a plot and a W&B run into the sweep dir and prints a
-    table; here it works in a temp dir, quietly, and we keep the ladders it builds.
-    Stop reasons are not stored in the study, so they read ``incomplete``.
+    Per ladder: :func:`ranksweep.plan.evaluate` (base, statuses, the stop rule) ->
+    :func:`ranksweep.plan.rungs` -> :func:`ranksweep.summary.build_ladder`. The stop-rule
+    settings (max_rank, min_gain, patience, tolerance) are not stored in the study; they
+    come from ``meta`` (the ``sweep`` block of ``sweep_summary.json``), else the defaults,
+    with max_rank the largest rank that ran.
     """
-    from ranksweep.sweeper import LadderState, RankSweep
+    from ranksweep import plan
+    from ranksweep.ladder import StopRule, rank_ladder
+    from ranksweep.summary import build_ladder
 
-    class _Rebuild(RankSweep):
-        built: list = []
-
-        def _wandb_summary(self, built, plot_path):  # noqa: ARG002 - keep, do not log
-            self.built = built
-
+    meta = meta or {}
     start = int(space.get("start_rank", 8))
     factor = int(space.get("factor", 2))
-    max_rank = max([start, *[int(r) for r in ranks_seen]])
-    sweep = _Rebuild(study_name=study.study_name, start_rank=start, factor=factor, max_rank=max_rank,
-                     seeds_per_rank=int(space.get("seeds_per_rank", 1)),
-                     direction=study.direction.name.lower(), objective=str(space.get("objective", "eval_loss")),
-                     tolerance=tolerance)
-    keys = list(space.get("ladders") or [])
-    for t in study.get_trials(deepcopy=False):
-        k = t.user_attrs.get("ladder")
-        if k is not None and k not in keys:
-            keys.append(k)
-    ladders = {}
-    for key in keys:
+    ranks = [int(r) for r in meta.get("ranks") or []]
+    max_rank = max([start, *ranks, *[int(r) for r in ranks_seen]])
+    rule = StopRule(min_gain=float(meta.get("min_gain", 0.05)), patience=int(meta.get("patience", 2)))
+    direction = study.direction.name.lower()
+    objective = str(space.get("objective", meta.get("objective", "eval_loss")))
+    settings = plan.Settings(
+        ranks=rank_ladder(start, factor, max_rank),
+        seeds=int(space.get("seeds_per_rank", 1)),
+        rule=rule,
+        direction=direction,
+        max_rank=max_rank,
+        factor=factor,
+    )
+    trials = study.get_trials(deepcopy=False)
+    idx = plan.index_trials(trials)
+    order = [k for k in keys or [] if k]
+    order += [k for k in space.get("ladders") or [] if k not in order]
+    order += [k for k in dict.fromkeys(t.user_attrs.get("ladder") for t in trials) if k and k not in order]
+    built = []
+    for key in order:
         combo = () if key == "default" else tuple(key.split(" "))
-        ladders[key] = LadderState(key=key, combo=combo,
-                                   axes={c.split("=", 1)[0]: c.split("=", 1)[1] for c in combo if "=" in c})
-    with tempfile.TemporaryDirectory(prefix="ranksweep-report-") as tmp:
-        sweep.sweep_dir = Path(tmp)
-        with contextlib.redirect_stdout(io.StringIO()):
-            sweep._finish(study, ladders, [])
-    return list(sweep.built)
+        view = plan.evaluate(key, combo, idx, settings)
+        built.append(
+            build_ladder(
+                key=key,
+                direction=direction,
+                objective=objective,
+                base=view.base,
+                rungs=plan.rungs(view),
+                stop_reason=view.stop_reason or "incomplete",
+                tolerance=float(meta.get("tolerance", 0.05)),
+            )
+        )
+    return built
 
 
 def sweep_dirs(study_name: str, storage_url: str, attrs: Sequence[dict]) -> list[Path]:
@@ -261,15 +311,28 @@ def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE) -> Stud
             wb_dir = None  # an online run path (entity/project/id) or a deleted dir
         rank = a.get("rank", t.params.get("rank", 0))
         seed = a.get("seed", t.params.get("seed", 0))
-        rows.append(TrialRow(
-            number=t.number, ladder=str(a.get("ladder", "?")), rank=int(rank or 0), seed=int(seed or 0),
-            role=str(a.get("role") or ("base" if not rank else "rung")), state=t.state.name,
-            value=_trial_value(t), params=dict(t.params), attrs=a,
-            intermediate={int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
-            output_dir=out, wandb_run=str(wb) if wb else None, wandb_dir=wb_dir, adapter_mb=adapter_mb,
-            metrics=metrics))
+        rows.append(
+            TrialRow(
+                number=t.number,
+                ladder=str(a.get("ladder", "?")),
+                rank=int(rank or 0),
+                seed=int(seed or 0),
+                role=str(a.get("role") or ("base" if not rank else "rung")),
+                state=t.state.name,
+                value=_trial_value(t),
+                params=dict(t.params),
+                attrs=a,
+                intermediate={int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
+                output_dir=out,
+                wandb_run=str(wb) if wb else None,
+                wandb_dir=wb_dir,
+                adapter_mb=adapter_mb,
+                metrics=metrics,
+            )
+        )
 
-    # The sweep's own summary when it covers every finished trial; else rebuild (and keep its stop reasons).
+    # Ladders are rebuilt from the study (the record); the sweep summary supplies the stop-rule settings
+    # the study does not store. Without a summary the defaults are assumed (and the report says so).
     summary_path: Optional[Path] = None
     doc: dict = {}
     for d in dirs:
@@ -279,31 +342,45 @@ def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE) -> Stud
             if (got.get("sweep") or {}).get("study_name", study_name) == study_name and got.get("ladders"):
                 summary_path, doc = cand, got
                 break
-    finished = {r.number for r in rows if r.role == "rung" and r.state in ("COMPLETE", "PRUNED", "FAIL")}
-    covered = {n for lad in doc.get("ladders", []) for rung in lad.get("rungs", [])
-               for n in rung.get("trial_numbers", [])}
-    if doc and finished <= covered:
-        ladders = list(doc["ladders"])
-        note = f"from {summary_path}"
-    else:
-        tolerance = float((doc.get("sweep") or {}).get("tolerance", 0.05))
-        ladders = _rebuild_ladders(study, space, [r.rank for r in rows], tolerance=tolerance)
-        reasons = {lad.get("key"): lad.get("stop_reason") for lad in doc.get("ladders", [])}
-        for lad in ladders:
-            if reasons.get(lad["key"]):
-                lad["stop_reason"] = f"{reasons[lad['key']]} (at the last summary; the study has changed since)"
-            elif lad.get("stop_reason") == "incomplete":
-                lad["stop_reason"] = "unknown: no sweep_summary.json (sweep interrupted or still running)"
-        note = ("rebuilt from the study: " + (f"{summary_path} is older than the study" if summary_path
-                                              else f"no {SUMMARY_FILENAME} found"))
+    meta = dict(doc.get("sweep") or {})
+    try:
+        ladders = build_ladders(
+            study,
+            space,
+            meta,
+            keys=[lad.get("key") for lad in doc.get("ladders", [])],
+            ranks_seen=[r.rank for r in rows],
+        )
+        note = (
+            f"built from the study, with the stop-rule settings of {summary_path}"
+            if summary_path
+            else f"built from the study; no {SUMMARY_FILENAME} found (sweep interrupted or still running), "
+            "so the default stop-rule settings are assumed"
+        )
+    except (ImportError, AttributeError, TypeError) as exc:  # the sweeper's planning API changed
+        if not doc:
+            raise RanksweepError(
+                f"study {study_name!r}: cannot build its ladders ({exc}) and no {SUMMARY_FILENAME} found"
+            ) from exc
+        ladders, note = list(doc["ladders"]), f"read from {summary_path}"
     runs: list[Path] = []
     for d in dirs:
         for p in sorted((d / "wandb").glob("offline-run-*")) if (d / "wandb").is_dir() else []:
             if p.is_dir() and p not in runs:
                 runs.append(p)
-    return StudyData(name=study_name, storage=_mask(storage_url), direction=direction, objective=objective,
-                     space=space, trials=rows, ladders=ladders, summary_path=summary_path, summary_note=note,
-                     sweep_dirs=[d for d in dirs if d.is_dir()], summary_runs=runs)
+    return StudyData(
+        name=study_name,
+        storage=_mask(storage_url),
+        direction=direction,
+        objective=objective,
+        space=space,
+        trials=rows,
+        ladders=ladders,
+        summary_path=summary_path,
+        summary_note=note,
+        sweep_dirs=[d for d in dirs if d.is_dir()],
+        summary_runs=runs,
+    )
 
 
 def wandb_run_dirs(study_name: str, storage_url: str = DEFAULT_STORAGE) -> list[Path]:
@@ -321,8 +398,18 @@ def wandb_run_dirs(study_name: str, storage_url: str = DEFAULT_STORAGE) -> list[
 
 # ----------------------------------------------------------------------------- figures
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22"]
+_COLORS = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+]
 
 
 class _Figures:
@@ -346,10 +433,14 @@ class _Figures:
         self.count += 1
         buf = io.StringIO()
         with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"ranksweep-fig-{self.count}"}):
-            fig.savefig(buf, format="svg", bbox_inches="tight",
-                        metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+            fig.savefig(
+                buf,
+                format="svg",
+                bbox_inches="tight",
+                metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
+            )
         text = buf.getvalue()
-        text = text[text.index("<svg"):]
+        text = text[text.index("<svg") :]
         text = text.replace("<svg ", f'<svg role="img" aria-label="{html.escape(label)}" class="plot" ', 1)
         return f'<figure class="fig">{text}</figure>'
 
@@ -375,6 +466,20 @@ def _log2_axis(ax, ranks: Sequence[int]) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def _legend_below(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(
+            handles,
+            labels,
+            fontsize=7.5,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=min(3, len(handles)),
+            frameon=False,
+        )
+
+
 def _better(direction: str) -> str:
     return "lower is better" if direction == "minimize" else "higher is better"
 
@@ -393,8 +498,16 @@ def _ladder_figure(figs: _Figures, data: StudyData, lad: dict, color: str) -> st
         hi = [max(r["values"]) for r in done]
         if any(h > low for h, low in zip(hi, lo)):
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0, label="min-max over seeds")
-        ax.errorbar(xs, ys, yerr=[float(r.get("std") or 0.0) for r in done], color=color, marker="o",
-                    capsize=4, lw=2, label="mean ± std")
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[float(r.get("std") or 0.0) for r in done],
+            color=color,
+            marker="o",
+            capsize=4,
+            lw=2,
+            label="mean ± std",
+        )
         seeds_x = [int(r["rank"]) for r in done for _ in r["values"]]
         seeds_y = [float(v) for r in done for v in r["values"]]
         if len(seeds_y) > len(ys):
@@ -402,25 +515,52 @@ def _ladder_figure(figs: _Figures, data: StudyData, lad: dict, color: str) -> st
         by_rank = dict(zip(xs, ys))
         knee = lad.get("knee")
         if knee in by_rank:
-            ax.plot([knee], [by_rank[knee]], marker="o", ms=16, mfc="none", mec="black", mew=1.6, ls="none",
-                    label=f"knee r={knee}")
+            ax.plot(
+                [knee],
+                [by_rank[knee]],
+                marker="o",
+                ms=16,
+                mfc="none",
+                mec="black",
+                mew=1.6,
+                ls="none",
+                label=f"knee r={knee}",
+            )
         rec = lad.get("recommendation") or {}
         if rec.get("rank") in by_rank:
-            ax.plot([rec["rank"]], [by_rank[rec["rank"]]], marker="*", ms=20, color="gold", mec="black",
-                    ls="none", zorder=5, label=f"recommended r={rec['rank']}")
+            ax.plot(
+                [rec["rank"]],
+                [by_rank[rec["rank"]]],
+                marker="*",
+                ms=20,
+                color="gold",
+                mec="black",
+                ls="none",
+                zorder=5,
+                label=f"recommended r={rec['rank']}",
+            )
             ax.axvline(rec["rank"], color="goldenrod", ls=":", lw=1)
     if bad:
-        ax.plot([int(r["rank"]) for r in bad], [float(r["mean"]) if r.get("mean") is not None else min(r["values"])
-                                                 for r in bad],
-                marker="x", color="grey", ls="none", ms=9, mew=2, label="pruned / failed")
+        ax.plot(
+            [int(r["rank"]) for r in bad],
+            [float(r["mean"]) if r.get("mean") is not None else min(r["values"]) for r in bad],
+            marker="x",
+            color="grey",
+            ls="none",
+            ms=9,
+            mew=2,
+            label="pruned / failed",
+        )
     if lad.get("base") is not None:
-        ax.axhline(float(lad["base"]), color="black", ls="--", lw=1.2, label=f"base (untrained) {lad['base']:.4g}")
+        ax.axhline(
+            float(lad["base"]), color="black", ls="--", lw=1.2, label=f"base (untrained) {lad['base']:.4g}"
+        )
     _log2_axis(ax, ranks)
     ax.set_ylabel(f"{lad.get('objective', data.objective)} ({_better(lad.get('direction', data.direction))})")
     ax.set_title(f"{data.name}: {lad.get('key') or 'default'}", fontsize=10)
     if not rungs and lad.get("base") is None:
         ax.text(0.5, 0.5, "no finished rank", transform=ax.transAxes, ha="center", va="center")
-    ax.legend(fontsize=7.5, loc="best")
+    _legend_below(ax)
     return figs.svg(fig, f"{lad.get('objective', 'objective')} against rank for {data.name} {lad.get('key')}")
 
 
@@ -437,27 +577,44 @@ def _cost(row: TrialRow, key: str) -> Optional[float]:
 
 
 def _cost_figure(figs: _Figures, data: StudyData, ladder_colors: dict[str, str]) -> str:
-    """The objective against each cost, one point per finished rung trial, labelled with its rank."""
+    """The objective against each cost: a point per finished rung trial, a line through each rank's mean."""
     fig, axes = figs.new(10.5, 6.6, ncols=2, nrows=2)
     rows = [r for r in data.trials if r.role == "rung" and r.value is not None]
     base = {r.ladder: r.value for r in data.trials if r.role == "base" and r.value is not None}
     for ax, (key, label) in zip(axes, _COST_AXES):
         any_point = False
         for lad, color in ladder_colors.items():
-            pts = sorted(((c, r.value, r.rank, r.state) for r in rows if r.ladder == lad
-                          for c in [_cost(r, key)] if c is not None), key=lambda p: (p[2], p[0]))
+            pts = sorted(
+                (
+                    (c, r.value, r.rank, r.state)
+                    for r in rows
+                    if r.ladder == lad
+                    for c in [_cost(r, key)]
+                    if c is not None
+                ),
+                key=lambda p: (p[2], p[0]),
+            )
             if not pts:
                 continue
             any_point = True
             ok = [p for p in pts if p[3] == "COMPLETE"]
-            ax.plot([p[0] for p in ok], [p[1] for p in ok], color=color, marker="o", lw=1, alpha=0.85,
-                    label=lad)
+            # each seed a point; the line joins each rank's mean (cost, objective)
+            ax.scatter([p[0] for p in ok], [p[1] for p in ok], color=color, s=16, alpha=0.6, zorder=3)
+            by_rank: dict[int, list[tuple[float, float]]] = {}
+            for x, y, rank, _ in ok:
+                by_rank.setdefault(rank, []).append((x, y))
+            means = [
+                (sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v), rank)
+                for rank, v in sorted(by_rank.items())
+            ]
+            ax.plot([m[0] for m in means], [m[1] for m in means], color=color, marker="o", lw=1.4, label=lad)
             other = [p for p in pts if p[3] != "COMPLETE"]
             if other:
                 ax.plot([p[0] for p in other], [p[1] for p in other], color="grey", marker="x", ls="none")
-            for x, y, rank, _ in pts:
-                ax.annotate(f"r{rank}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                            color=color)
+            for x, y, rank in means:
+                ax.annotate(
+                    f"r{rank}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7.5, color=color
+                )
             if lad in base and base[lad] is not None:
                 ax.axhline(base[lad], color=color, ls="--", lw=0.9, alpha=0.7)
         if key == "trainable_params":
@@ -468,8 +625,10 @@ def _cost_figure(figs: _Figures, data: StudyData, ladder_colors: dict[str, str])
         if not any_point:
             ax.text(0.5, 0.5, f"no {label} recorded", transform=ax.transAxes, ha="center", va="center")
     axes[0].legend(fontsize=7.5, loc="best")
-    fig.suptitle(f"{data.name}: cost against quality ({data.objective}, {_better(data.direction)}; "
-                 "dashed: base)", fontsize=10)
+    fig.suptitle(
+        f"{data.name}: cost against quality ({data.objective}, {_better(data.direction)}; dashed: base)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return figs.svg(fig, f"cost against quality for {data.name}")
 
@@ -487,15 +646,29 @@ def _curves_figure(figs: _Figures, data: StudyData, ladder_colors: dict[str, str
         color = ladder_colors.get(r.ladder, "grey")
         lab = r.ladder if r.ladder not in seen else None
         seen.add(r.ladder)
-        ax.plot(steps, [r.intermediate[s] for s in steps], color=color, ls=styles[r.seed % len(styles)],
-                marker=".", lw=1.0 + 0.25 * math.log2(max(r.rank, 1)), alpha=0.8, label=lab)
-        ax.annotate(f"r{r.rank}", (steps[-1], r.intermediate[steps[-1]]), textcoords="offset points",
-                    xytext=(3, 0), fontsize=7, color=color)
+        ax.plot(
+            steps,
+            [r.intermediate[s] for s in steps],
+            color=color,
+            ls=styles[r.seed % len(styles)],
+            marker=".",
+            lw=1.0 + 0.25 * math.log2(max(r.rank, 1)),
+            alpha=0.8,
+            label=lab,
+        )
+        ax.annotate(
+            f"r{r.rank}",
+            (steps[-1], r.intermediate[steps[-1]]),
+            textcoords="offset points",
+            xytext=(3, 0),
+            fontsize=7,
+            color=color,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel(f"eval {data.objective}")
     ax.set_title(f"{data.name}: eval during training (line width grows with rank)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7.5, loc="best")
+    _legend_below(ax)
     return figs.svg(fig, f"eval curves for {data.name}")
 
 
@@ -513,7 +686,8 @@ def _overlay_figures(figs: _Figures, studies: Sequence[StudyData]) -> list[str]:
     out = []
     objectives = sorted({(s.objective, s.direction) for s in studies})
     metrics: list[tuple[str, str, Optional[tuple[str, str]]]] = [
-        ("objective", f"{o} ({_better(d)})", (o, d)) for o, d in objectives]
+        ("objective", f"{o} ({_better(d)})", (o, d)) for o, d in objectives
+    ]
     metrics += [(k, label, None) for k, label in _OVERLAY_METRICS[1:]]
     markers = ["o", "s", "^", "D", "v", "P"]
     for key, label, obj in metrics:
@@ -528,21 +702,41 @@ def _overlay_figures(figs: _Figures, studies: Sequence[StudyData]) -> list[str]:
                 ls = ["-", "--", ":", "-."][si % 4]
                 name = f"{s.name} / {lad.get('key') or 'default'}"
                 if key == "objective":
-                    done = [r for r in lad.get("rungs", []) if r.get("state") == "COMPLETE"
-                            and r.get("mean") is not None]
+                    done = [
+                        r
+                        for r in lad.get("rungs", [])
+                        if r.get("state") == "COMPLETE" and r.get("mean") is not None
+                    ]
                     if not done:
                         continue
                     xs = [int(r["rank"]) for r in done]
-                    ax.errorbar(xs, [float(r["mean"]) for r in done],
-                                yerr=[float(r.get("std") or 0.0) for r in done], color=color, ls=ls,
-                                marker=markers[si % len(markers)], capsize=3, lw=1.8, label=name)
+                    ax.errorbar(
+                        xs,
+                        [float(r["mean"]) for r in done],
+                        yerr=[float(r.get("std") or 0.0) for r in done],
+                        color=color,
+                        ls=ls,
+                        marker=markers[si % len(markers)],
+                        capsize=3,
+                        lw=1.8,
+                        label=name,
+                    )
                     if lad.get("base") is not None:
                         ax.axhline(float(lad["base"]), color=color, ls=ls, lw=0.8, alpha=0.6)
                     rec = (lad.get("recommendation") or {}).get("rank")
                     means = dict(zip(xs, [float(r["mean"]) for r in done]))
                     if rec in means:
-                        ax.plot([rec], [means[rec]], marker="*", ms=16, color="gold", mec=color, mew=1.5,
-                                ls="none", zorder=5)
+                        ax.plot(
+                            [rec],
+                            [means[rec]],
+                            marker="*",
+                            ms=16,
+                            color="gold",
+                            mec=color,
+                            mew=1.5,
+                            ls="none",
+                            zorder=5,
+                        )
                 else:
                     pts: dict[int, list[float]] = {}
                     for r in s.trials:
@@ -554,8 +748,15 @@ def _overlay_figures(figs: _Figures, studies: Sequence[StudyData]) -> list[str]:
                         continue
                     xs = sorted(pts)
                     agg = (lambda v: sum(v)) if key == "duration_s" else (lambda v: max(v))
-                    ax.plot(xs, [agg(pts[x]) for x in xs], color=color, ls=ls, marker=markers[si % len(markers)],
-                            lw=1.8, label=name)
+                    ax.plot(
+                        xs,
+                        [agg(pts[x]) for x in xs],
+                        color=color,
+                        ls=ls,
+                        marker=markers[si % len(markers)],
+                        lw=1.8,
+                        label=name,
+                    )
                 ranks.update(xs)
                 any_line = True
         if not any_line:
@@ -564,9 +765,13 @@ def _overlay_figures(figs: _Figures, studies: Sequence[StudyData]) -> list[str]:
             ax.yaxis.set_major_formatter(_params_formatter())
         _log2_axis(ax, sorted(ranks))
         ax.set_ylabel(label)
-        ax.set_title(("objective" if key == "objective" else label) + " against rank, all studies"
-                     + (" (star: recommended; thin lines: base)" if key == "objective" else ""), fontsize=9.5)
-        ax.legend(fontsize=7.5, loc="best")
+        ax.set_title(
+            ("objective" if key == "objective" else label)
+            + " against rank, all studies"
+            + (" (star: recommended; thin lines: base)" if key == "objective" else ""),
+            fontsize=9.5,
+        )
+        _legend_below(ax)
         out.append(figs.svg(fig, f"{label} against rank, all studies"))
     return out
 
@@ -579,8 +784,8 @@ background:#f6f7f9;font-size:14px}
 header{background:#1b2a41;color:#fff;padding:14px 24px}
 header h1{margin:0;font-size:22px}header p{margin:4px 0 0;color:#c9d3e0;font-size:13px}
 main{padding:8px 24px 40px}
-section.study{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:4px 18px 14px;margin:18px 0}
-section.overview{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:4px 18px 14px;margin:18px 0}
+section.study,section.overview{background:#fff;border:1px solid #dde1e6;border-radius:8px;
+padding:4px 18px 14px;margin:18px 0}
 h2{font-size:19px;border-bottom:2px solid #1b2a41;padding-bottom:4px}h3{font-size:15px;margin:18px 0 6px}
 .figs{display:flex;flex-wrap:wrap;gap:10px}
 figure.fig{margin:0;background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:4px;max-width:100%}
@@ -593,6 +798,7 @@ tr.PRUNED td.state{color:#9a6700}tr.RUNNING td.state{color:#1f5fbf}tr.rec{backgr
 .muted{color:#667085}.why{font-size:12.5px}.reason{color:#b42318}
 .side{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
 code{background:#eef1f5;padding:0 3px;border-radius:3px}
+table.trials td{white-space:nowrap}
 #js-errors{display:none;background:#fee;color:#900;padding:6px 24px}
 .scroll{overflow-x:auto}
 """
@@ -601,7 +807,8 @@ code{background:#eef1f5;padding:0 3px;border-radius:3px}
 _JS_HOOK = """
 window.__rsErrors=[];
 window.onerror=function(msg,src,line){window.__rsErrors.push(msg+' @'+line);
-var e=document.getElementById('js-errors');if(e){e.style.display='block';e.textContent+=msg+' @'+line+'\\n';}};
+var e=document.getElementById('js-errors');
+if(e){e.style.display='block';e.textContent+=msg+' @'+line+'\\n';}};
 """
 
 _JS_MAIN = """
@@ -648,53 +855,101 @@ def _link(path: Optional[Path], text: str) -> str:
 
 
 def _overview_table(studies: Sequence[StudyData]) -> str:
-    head = ("study", "ladder", "objective", "base", "best", "recommended r", "knee", "best r", "trials",
-            "stopped because", "why")
-    out = ['<div class="scroll"><table class="sortable overview"><thead><tr>'
-           + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"]
+    head = (
+        "study",
+        "ladder",
+        "objective",
+        "base",
+        "best",
+        "recommended r",
+        "knee",
+        "best r",
+        "trials",
+        "stopped because",
+        "why",
+    )
+    out = [
+        '<div class="scroll"><table class="sortable overview"><thead><tr>'
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+    ]
     for s in studies:
         for lad in s.ladders:
             rec = lad.get("recommendation") or {}
-            means = [float(r["mean"]) for r in lad.get("rungs", []) if r.get("state") == "COMPLETE"
-                     and r.get("mean") is not None]
+            means = [
+                float(r["mean"])
+                for r in lad.get("rungs", [])
+                if r.get("state") == "COMPLETE" and r.get("mean") is not None
+            ]
             best = (min(means) if s.direction == "minimize" else max(means)) if means else None
             n = sum(1 for r in s.trials if r.ladder == lad.get("key"))
             out.append(
-                f"<tr><td><a href=\"#study-{_e(s.name)}\">{_e(s.name)}</a></td><td>{_e(lad.get('key'))}</td>"
+                f'<tr><td><a href="#study-{_e(s.name)}">{_e(s.name)}</a></td><td>{_e(lad.get("key"))}</td>'
                 f"<td>{_e(lad.get('objective'))} ({_e(lad.get('direction'))})</td>"
-                + _num(lad.get("base")) + _num(best)
-                + f"<td class=\"num\"><b>{_e(rec.get('rank', '-'))}</b></td>"
-                f"<td class=\"num\">{_e(lad.get('knee') if lad.get('knee') is not None else '-')}</td>"
-                f"<td class=\"num\">{_e(rec.get('best_rank', '-'))}</td><td class=\"num\">{n}</td>"
-                f"<td>{_e(lad.get('stop_reason'))}</td><td class=\"why\">{_e(rec.get('why', 'no rank completed'))}"
-                "</td></tr>")
+                + _num(lad.get("base"))
+                + _num(best)
+                + f'<td class="num"><b>{_e(rec.get("rank", "-"))}</b></td>'
+                f'<td class="num">{_e(lad.get("knee") if lad.get("knee") is not None else "-")}</td>'
+                f'<td class="num">{_e(rec.get("best_rank", "-"))}</td><td class="num">{n}</td>'
+                f"<td>{_e(lad.get('stop_reason'))}</td>"
+                f'<td class="why">{_e(rec.get("why", "no rank completed"))}</td></tr>'
+            )
     out.append("</tbody></table></div>")
     return "".join(out)
 
 
 def _trials_table(s: StudyData) -> str:
     recs = {(lad.get("key"), (lad.get("recommendation") or {}).get("rank")) for lad in s.ladders}
-    mem_kind = next((r.metrics.get("peak_mem_kind") for r in s.trials if r.metrics.get("peak_mem_kind")), None)
-    head = ["#", "ladder", "rank", "seed", "role", "state", s.objective, "exact match", "alpha", "trainable params",
-            "time (s)", f"peak mem (GB{', ' + mem_kind if mem_kind else ''})", "tok/s", "adapter MB", "output dir",
-            "W&B run"]
-    out = ['<div class="scroll"><table class="sortable trials"><thead><tr>'
-           + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    mem_kind = next(
+        (r.metrics.get("peak_mem_kind") for r in s.trials if r.metrics.get("peak_mem_kind")), None
+    )
+    head = [
+        "#",
+        "ladder",
+        "rank",
+        "seed",
+        "role",
+        "state",
+        s.objective,
+        "exact match",
+        "alpha",
+        "trainable params",
+        "time (s)",
+        f"peak mem (GB{', ' + mem_kind if mem_kind else ''})",
+        "tok/s",
+        "adapter MB",
+        "output dir",
+        "W&B run",
+    ]
+    out = [
+        '<div class="scroll"><table class="sortable trials"><thead><tr>'
+        + "".join(f"<th>{_e(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+    ]
     for r in s.trials:
         cls = r.state + (" rec" if (r.ladder, r.rank) in recs else "")
         em = r.attr_float("exact_match")
         tp = r.attr_float("trainable_params")
         out.append(
-            f'<tr class="{_e(cls)}" data-trial="{r.number}"><td class="num">{r.number}</td><td>{_e(r.ladder)}</td>'
+            f'<tr class="{_e(cls)}" data-trial="{r.number}"><td class="num">{r.number}</td>'
+            f"<td>{_e(r.ladder)}</td>"
             f'<td class="num" data-sort="{r.rank}">{r.rank if r.role != "base" else "base"}</td>'
             f'<td class="num">{r.seed}</td><td>{_e(r.role)}</td><td class="state">{_e(r.state)}</td>'
-            + _num(r.value) + _num(em, "{:.3f}") + _num(r.attr_float("alpha"), "{:g}")
-            + (f'<td class="num" data-sort="{tp}">{_params_txt(tp)}</td>' if tp is not None
-               else '<td class="num" data-sort="">-</td>')
-            + _num(r.attr_float("duration_s"), "{:.1f}") + _num(r.attr_float("peak_mem_gb"), "{:.3f}")
-            + _num(r.attr_float("tokens_per_s"), "{:.0f}") + _num(r.adapter_mb, "{:.3f}")
+            + _num(r.value)
+            + _num(em, "{:.3f}")
+            + _num(r.attr_float("alpha"), "{:g}")
+            + (
+                f'<td class="num" data-sort="{tp}">{_params_txt(tp)}</td>'
+                if tp is not None
+                else '<td class="num" data-sort="">-</td>'
+            )
+            + _num(r.attr_float("duration_s"), "{:.1f}")
+            + _num(r.attr_float("peak_mem_gb"), "{:.3f}")
+            + _num(r.attr_float("tokens_per_s"), "{:.0f}")
+            + _num(r.adapter_mb, "{:.3f}")
             + f"<td>{_link(r.output_dir, r.output_dir.name if r.output_dir else '-')}</td>"
-            + f"<td>{_link(r.wandb_dir, r.wandb_dir.name if r.wandb_dir else (r.wandb_run or '-'))}</td></tr>")
+            + f"<td>{_link(r.wandb_dir, r.wandb_dir.name if r.wandb_dir else (r.wandb_run or '-'))}</td></tr>"
+        )
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -703,62 +958,85 @@ def _failures(s: StudyData) -> str:
     parts = ["<h3>Why each ladder stopped</h3><ul>"]
     for lad in s.ladders:
         rec = lad.get("recommendation") or {}
-        parts.append(f"<li><b>{_e(lad.get('key'))}</b>: {_e(lad.get('stop_reason') or 'unknown')}"
-                     + (f' &mdash; recommended <b>r={_e(rec["rank"])}</b>: <span class="why">{_e(rec.get("why"))}'
-                        "</span>" if rec else " &mdash; no rank completed") + "</li>")
+        parts.append(
+            f"<li><b>{_e(lad.get('key'))}</b>: {_e(lad.get('stop_reason') or 'unknown')}"
+            + (
+                f' &mdash; recommended <b>r={_e(rec["rank"])}</b>: <span class="why">{_e(rec.get("why"))}'
+                "</span>"
+                if rec
+                else " &mdash; no rank completed"
+            )
+            + "</li>"
+        )
     parts.append("</ul>")
     bad = [r for r in s.trials if r.state not in ("COMPLETE",)]
     parts.append("<h3>Failed, pruned and unfinished trials</h3>")
     if not bad:
         parts.append('<p class="muted failures-none">none: every trial completed.</p>')
         return "".join(parts)
-    parts.append('<table class="failures"><thead><tr><th>#</th><th>ladder</th><th>rank</th><th>seed</th>'
-                 "<th>state</th><th>kind</th><th>reason</th></tr></thead><tbody>")
+    parts.append(
+        '<table class="failures"><thead><tr><th>#</th><th>ladder</th><th>rank</th><th>seed</th>'
+        "<th>state</th><th>kind</th><th>reason</th></tr></thead><tbody>"
+    )
     for r in bad:
         if r.state == "PRUNED":
             reason = r.attrs.get("fail_reason") or (
                 f"behind its parent rank (trial {r.attrs.get('parent_trial_number')}) late in training; "
-                f"last eval {r.value:.4g}" if r.value is not None else "pruned")
+                f"last eval {r.value:.4g}"
+                if r.value is not None
+                else "pruned"
+            )
         elif r.state == "FAIL":
             reason = r.attrs.get("fail_reason") or "no reason recorded (worker killed? heartbeat went stale)"
         else:
             reason = "not finished (running, or its worker died)"
-        parts.append(f'<tr class="{_e(r.state)}"><td class="num">{r.number}</td><td>{_e(r.ladder)}</td>'
-                     f'<td class="num">{r.rank}</td><td class="num">{r.seed}</td><td class="state">{_e(r.state)}'
-                     f'</td><td>{_e(r.attrs.get("failure_kind", "-"))}</td><td class="reason">{_e(reason)}</td></tr>')
+        parts.append(
+            f'<tr class="{_e(r.state)}"><td class="num">{r.number}</td><td>{_e(r.ladder)}</td>'
+            f'<td class="num">{r.rank}</td><td class="num">{r.seed}</td><td class="state">{_e(r.state)}'
+            f'</td><td>{_e(r.attrs.get("failure_kind", "-"))}</td><td class="reason">{_e(reason)}</td></tr>'
+        )
     parts.append("</tbody></table>")
     return "".join(parts)
 
 
 def _study_section(figs: _Figures, s: StudyData, index: int) -> str:
-    ladder_colors = {lad.get("key"): _COLORS[(index * 3 + i) % len(_COLORS)] for i, lad in enumerate(s.ladders)}
+    ladder_colors = {
+        lad.get("key"): _COLORS[(index * 3 + i) % len(_COLORS)] for i, lad in enumerate(s.ladders)
+    }
     for r in s.trials:
         ladder_colors.setdefault(r.ladder, _COLORS[len(ladder_colors) % len(_COLORS)])
     space = s.space
     counts: dict[str, int] = {}
     for r in s.trials:
         counts[r.state] = counts.get(r.state, 0) + 1
-    links = " ".join(_link(p, f"{p.name}/wandb/{q.name}") for p in s.sweep_dirs for q in s.summary_runs
-                     if q.parent.parent == p)
+    links = " ".join(
+        _link(p, f"{p.name}/wandb/{q.name}")
+        for p in s.sweep_dirs
+        for q in s.summary_runs
+        if q.parent.parent == p
+    )
     parts = [
         f'<section class="study" id="study-{_e(s.name)}"><h2>Study <code>{_e(s.name)}</code></h2>',
         f"<p>storage <code>{_e(s.storage)}</code>; objective <b>{_e(s.objective)}</b> ({_e(s.direction)}); "
         f"start rank {_e(space.get('start_rank', '-'))}, factor {_e(space.get('factor', '-'))}, "
         f"{_e(space.get('seeds_per_rank', '-'))} seed(s) per rank; "
-        f"{len(s.trials)} trials (" + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) + ")."
+        f"{len(s.trials)} trials ("
+        + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+        + ")."
         + (f"<br>fixed overrides: <code>{_e(' '.join(space.get('fixed') or []) or 'none')}</code>")
         + f'<br><span class="muted">ladders {_e(s.summary_note)}.</span>'
-        + (f"<br>sweep summary W&B run: {links}" if links else "") + "</p>",
-        "<h3>Objective against rank, per ladder</h3><div class=\"figs\">",
+        + (f"<br>sweep summary W&B run: {links}" if links else "")
+        + "</p>",
+        '<h3>Objective against rank, per ladder</h3><div class="figs">',
     ]
     for lad in s.ladders:
         parts.append(_ladder_figure(figs, s, lad, ladder_colors.get(lad.get("key"), _COLORS[0])))
-    parts.append("</div><h3>Cost against quality</h3><div class=\"figs\">")
+    parts.append('</div><h3>Cost against quality</h3><div class="figs">')
     parts.append(_cost_figure(figs, s, ladder_colors))
     curves = _curves_figure(figs, s, ladder_colors)
     parts.append("</div>")
     if curves:
-        parts.append(f"<h3>Eval during training</h3><div class=\"figs\">{curves}</div>")
+        parts.append(f'<h3>Eval during training</h3><div class="figs">{curves}</div>')
     parts.append(_failures(s))
     parts.append(f"<h3>All trials</h3>{_trials_table(s)}</section>")
     return "".join(parts)
@@ -790,11 +1068,14 @@ def render_report(studies: Sequence[StudyData]) -> str:
         body.append('<div class="side-note muted">Per-study sections follow, in the order given.</div>')
     body += sections
     body.append("</main>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            "<meta name=\"generator\" content=\"ranksweep report\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style><script>{_JS_HOOK}</script></head>\n<body>"
-            + "\n".join(body) + f"<script>{_JS_MAIN}</script></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="generator" content="ranksweep report">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style><script>{_JS_HOOK}</script></head>\n<body>"
+        + "\n".join(body)
+        + f"<script>{_JS_MAIN}</script></body></html>\n"
+    )
 
 
 def default_report_path(study_names: Sequence[str], root: str | os.PathLike = "outputs") -> Path:
@@ -803,8 +1084,9 @@ def default_report_path(study_names: Sequence[str], root: str | os.PathLike = "o
     return Path(root) / "reports" / ("_vs_".join(safe) + ".html")
 
 
-def write_report(study_names: Sequence[str], storage_url: str = DEFAULT_STORAGE,
-                 out: Optional[str | os.PathLike] = None) -> Path:
+def write_report(
+    study_names: Sequence[str], storage_url: str = DEFAULT_STORAGE, out: Optional[str | os.PathLike] = None
+) -> Path:
     """Load the studies, render the report and write it (atomically); return its path."""
     if not study_names:
         raise RanksweepError("report: name at least one study")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,16 @@ def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.sto
         engine: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
             engine["connect_args"] = {"connect_timeout": 10}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+            except Exception as exc:
+                # Workers starting together race to create Optuna's tables ("already exists",
+                # duplicate key): the loser finds them made on its next try.
+                text = str(exc).lower()
+                if attempt == 4 or not ("already exists" in text or "duplicate" in text or "unique" in text):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ConfigError:
         raise
     except Exception as exc:  # sqlalchemy / psycopg errors: unreachable host, bad credentials, corrupt file

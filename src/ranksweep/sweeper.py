@@ -14,6 +14,9 @@ import itertools
 import json
 import logging
 import math
+import os
+import socket
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -129,6 +132,7 @@ class RankSweep:
         self.poll_s = poll_s
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.config: DictConfig | None = None
+        self._bar: Any = None
 
     # -- Hydra plumbing -------------------------------------------------------------------
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -282,6 +286,7 @@ class RankSweep:
         self.storage.set_trial_param(tid, "seed", float(item.seed), SEED_DIST)
         attrs: dict[str, Any] = {"ladder": item.ladder, "rank": item.rank, "seed": item.seed,
                                  "role": "base" if item.rank == 0 else "rung",
+                                 "worker": f"{socket.gethostname()}:{os.getpid()}",
                                  "output_dir": str(self.sweep_dir / self._subdir(item, trial.number))}
         parent = self._parent(item, idx, created)
         if parent is not None:
@@ -396,7 +401,35 @@ class RankSweep:
             log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
             if isinstance(exc, RanksweepError):  # bad input fails every trial alike: stop at once
                 raise
+        self._progress(c)
         return ret
+
+    def _progress(self, last: Claim) -> None:
+        """One line per finished trial (a bar on a terminal): done, failed, planned, rank, ETA."""
+        trials = self.study.get_trials(deepcopy=False)
+        idx = plan.index_trials(trials)
+        views = [plan.evaluate(k, combo, idx, self.settings) for k, combo in self.specs]
+        done = [t for t in trials if t.state in FINISHED and "ladder" in t.user_attrs]
+        failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind"))
+        # At least: each open ladder's base, or its next rank for every seed.
+        ahead = sum(1 if v.base_status != "done" else self.seeds for v in views if not v.done)
+        secs = [float(t.user_attrs["duration_s"]) for t in done if "duration_s" in t.user_attrs]
+        eta = (sum(secs) / len(secs)) * ahead / max(self.n_jobs, 1) if secs and ahead else 0.0
+        rank = "base" if last.item.rank == 0 else f"r={last.item.rank}"
+        line = (f"sweep {self.study_name}: {len(done)} done, {failed} failed, >= {ahead} to go; last {rank} "
+                f"({last.item.ladder}); ladders done {sum(v.done for v in views)}/{len(views)}"
+                + (f"; ETA >= {eta / 60:.1f} min" if ahead else ""))
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            if self._bar is None:
+                self._bar = tqdm(desc="sweep", unit="trial", dynamic_ncols=True)
+            self._bar.total = len(done) + failed + ahead
+            self._bar.n = len(done) + failed
+            self._bar.set_postfix_str(f"{rank} ({last.item.ladder}), ETA >= {eta / 60:.1f} min")
+            self._bar.refresh()
+        else:
+            log.info(line)
 
     # -- the end ---------------------------------------------------------------------------
     def _finish(self, study: optuna.Study) -> list:

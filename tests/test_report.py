@@ -1,0 +1,415 @@
+"""Reports and dashboards: ``ranksweep report | sync | dashboard`` on real tiny sweeps.
+
+Two studies are swept once per module with the real ``ranksweep -m`` command (tiny
+model, CPU, SQLite, offline W&B) into one storage: ``rs_seeds`` (one ladder, two seeds
+per rank) and ``rs_targets`` (two ladders: attention, all_linear). The HTML report is
+opened in headless Chromium (file:// only, network off), optuna-dashboard is queried on
+a loopback port, the W&B runs are read back with ``wandb leet inspect``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+BIN = Path(sys.executable).parent
+RANKSWEEP = str(BIN / "ranksweep")
+TINY = [
+    "model=tiny_llama", "trainer=tiny", "trainer.max_steps=4", "trainer.eval_every=2",
+    "data.max_examples=64", "data.eval_size=8", "data.metric_examples=0",
+    "hydra.sweeper.max_rank=16", "hydra.sweeper.min_gain=0.0",
+]
+STUDIES = {
+    "rs_seeds": ["hydra.sweeper.seeds_per_rank=2"],
+    "rs_targets": ["lora.targets=attention,all_linear"],
+}
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def _env(cache: Path) -> dict:
+    env = dict(os.environ)
+    env.update(RANKSWEEP_CACHE=str(cache), WANDB_SILENT="true", WANDB_MODE="offline")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def rs(cwd: Path, *args: str, cache: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([RANKSWEEP, *args], cwd=cwd, env=_env(cache or cwd / "cache"), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def storage_url(cwd: Path) -> str:
+    return f"sqlite:///{cwd / 'outputs' / 'ranksweep.db'}"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    """A folder where both tiny sweeps ran (outputs/ranksweep.db, outputs/sweeps/<study>/)."""
+    cwd = tmp_path_factory.mktemp("swept")
+    cache = tmp_path_factory.mktemp("cache")
+    for name, extra in STUDIES.items():
+        proc = rs(cwd, "-m", *TINY, *extra, f"hydra.sweeper.study_name={name}", cache=cache, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd
+
+
+def load(cwd: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage_url(cwd))
+
+
+# ----------------------------------------------------------------------------- chromium
+
+
+def chromium(tmp_path: Path, html_file: Path, *args: str) -> subprocess.CompletedProcess:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium is not installed: apt-get install -y chromium")
+    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing resolves: offline
+           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args,
+           html_file.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def check_screenshot(png: Path) -> None:
+    from PIL import Image
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        assert img.size == (1280, 2000)
+        rgb = img.convert("RGB")
+        colors = rgb.getcolors(maxcolors=1 << 20)
+        assert colors is not None and len(colors) > 200, "the screenshot looks blank"
+        background = max(colors)[0] / (1280 * 2000)
+        assert background < 0.9, f"{background:.0%} of the screenshot is one colour"
+
+
+def console_errors(stderr: str) -> list[str]:
+    """Console messages Chromium logged (``CONSOLE(...)``) that are errors."""
+    lines = stderr.splitlines()
+    return [line for line in lines if "CONSOLE" in line and re.search(r"error|uncaught", line, re.I)]
+
+
+def check_offline(text: str) -> None:
+    """No resource is loaded from the network: no http(s) src/href/url()/@import, no external scripts."""
+    bad = re.findall(r"""(?:src|href|xlink:href|action)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
+    bad += re.findall(r"""url\(\s*["']?\s*(?:https?:)?//""", text, re.I)
+    bad += re.findall(r"@import", text)
+    bad += re.findall(r"<link\b[^>]*\bhref", text, re.I)
+    bad += re.findall(r"<script\b[^>]*\bsrc", text, re.I)
+    assert not bad, bad
+
+
+def report(cwd: Path, *studies: str, extra: tuple[str, ...] = ()) -> Path:
+    proc = rs(cwd, "report", *studies, "--storage", storage_url(cwd), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", proc.stderr
+    path = Path(proc.stdout.strip())
+    return path if path.is_absolute() else cwd / path
+
+
+# ----------------------------------------------------------------------------- the report
+
+slow = pytest.mark.slow  # everything that needs the swept studies; the bad-input tests are fast
+
+
+@slow
+def test_report_one_study(swept, tmp_path):
+    path = report(swept, "rs_seeds")
+    assert path == swept / "outputs" / "reports" / "rs_seeds.html"
+    text = path.read_text()
+    check_offline(text)
+    study = load(swept, "rs_seeds")
+    trials = study.get_trials()
+    assert len(trials) == 5  # base + 2 ranks x 2 seeds
+
+    png = tmp_path / "one.png"
+    chromium(tmp_path, path, f"--screenshot={png}", "--window-size=1280,2000")
+    check_screenshot(png)
+    proc = chromium(tmp_path, path, "--dump-dom")
+    dom = proc.stdout
+    assert not console_errors(proc.stderr), console_errors(proc.stderr)
+    assert re.search(r'<div id="js-errors"[^>]*></div>', dom), "a script error was caught"
+    assert 'id="report-status">ready<' in dom, "the page's script did not run to the end"
+    # plots: per ladder, cost vs quality, eval curves; each has drawn paths
+    svgs = re.findall(r"<svg\b.*?</svg>", dom, re.S)
+    assert len(svgs) >= 3 and all(s.count("<path") > 10 for s in svgs)
+    # the trials table: one row per trial, linking output dirs and W&B runs as file:// URLs
+    rows = re.findall(r'<tr class="[^"]*" data-trial="(\d+)">(.*?)</tr>', dom, re.S)
+    assert sorted(int(n) for n, _ in rows) == [t.number for t in trials]
+    for t in trials:
+        row = dict(rows)[str(t.number)]
+        assert Path(t.user_attrs["output_dir"]).as_uri() in row
+        assert Path(t.user_attrs["wandb_run"]).as_uri() in row
+        if t.user_attrs["role"] == "rung":
+            size = Path(t.user_attrs["output_dir"], "adapter", "adapter_model.safetensors").stat().st_size
+            assert f"{size / 1e6:.3f}" in row  # adapter MB
+    # the recommendation, knee and stop reason, as the sweep summary has them
+    doc = json.loads((swept / "outputs" / "sweeps" / "rs_seeds" / "sweep_summary.json").read_text())
+    (lad,) = doc["ladders"]
+    assert lad["stop_reason"] in dom and f"r={lad['recommendation']['rank']}" in dom
+
+
+@slow
+def test_report_ladders_equal_sweep_summary(swept):
+    from ranksweep.report import load_study_data
+
+    for name in STUDIES:
+        data = load_study_data(name, storage_url(swept))
+        doc = json.loads((swept / "outputs" / "sweeps" / name / "sweep_summary.json").read_text())
+        assert json.loads(json.dumps(data.ladders)) == doc["ladders"]
+        for row in data.trials:
+            assert row.output_dir is not None and row.output_dir.is_dir()
+            assert row.adapter_mb is not None and row.adapter_mb > 0
+
+
+@slow
+def test_report_compares_two_studies(swept, tmp_path):
+    path = report(swept, "rs_seeds", "rs_targets")
+    assert path == swept / "outputs" / "reports" / "rs_seeds_vs_rs_targets.html"
+    check_offline(path.read_text())
+    png = tmp_path / "two.png"
+    chromium(tmp_path, path, f"--screenshot={png}", "--window-size=1280,2000")
+    check_screenshot(png)
+    proc = chromium(tmp_path, path, "--dump-dom")
+    dom = proc.stdout
+    assert not console_errors(proc.stderr)
+    assert re.search(r'<div id="js-errors"[^>]*></div>', dom) and 'id="report-status">ready<' in dom
+    # one section per study, and an overview table with one row per ladder (1 + 2)
+    assert 'id="study-rs_seeds"' in dom and 'id="study-rs_targets"' in dom
+    overview = re.search(r'<table class="sortable overview">(.*?)</table>', dom, re.S).group(1)
+    assert overview.count("<tr>") == 1 + 3
+    for key in ("lora.targets=attention", "lora.targets=all_linear", "default"):
+        assert key in overview
+    # overlay charts: every ladder of both studies on the same axes
+    overlays = re.search(r'<section class="overview".*?</section>', dom, re.S).group(0)
+    charts = re.findall(r"<svg\b.*?</svg>", overlays, re.S)
+    assert len(charts) >= 3
+    assert all(n in charts[0] for n in ("rs_seeds / default", "rs_targets / lora.targets=attention"))
+    rows = re.findall(r'data-trial="\d+"', dom)
+    assert len(rows) == len(load(swept, "rs_seeds").trials) + len(load(swept, "rs_targets").trials)
+
+
+@slow
+def test_report_shows_failures_and_unfinished_sweeps(swept, tmp_path):
+    """A failed trial added after the sweep: the ladders are rebuilt and the reason is shown."""
+    from optuna.distributions import IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    db = tmp_path / "copy.db"
+    shutil.copy(swept / "outputs" / "ranksweep.db", db)
+    url = f"sqlite:///{db}"
+    study = optuna.load_study(study_name="rs_seeds", storage=url)
+    reason = "TrialFailed: loss is NaN at step 3"
+    study.add_trial(create_trial(
+        state=TrialState.FAIL, params={"rank": 32, "seed": 0},
+        distributions={"rank": IntDistribution(0, 1 << 20), "seed": IntDistribution(0, 1 << 16)},
+        user_attrs={"ladder": "default", "rank": 32, "seed": 0, "role": "rung", "failure_kind": "nan",
+                    "fail_reason": reason, "output_dir": str(tmp_path / "gone")}))
+    out = tmp_path / "failed.html"
+    proc = rs(swept, "report", "rs_seeds", "--storage", url, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == out
+    text = out.read_text()
+    failures = re.search(r'<table class="failures">(.*?)</table>', text, re.S).group(1)
+    assert reason in failures and ">nan<" in failures
+    from ranksweep.report import load_study_data
+
+    (lad,) = load_study_data("rs_seeds", url).ladders
+    assert [r["rank"] for r in lad["rungs"]][-1] == 32 and lad["rungs"][-1]["state"] == "FAIL"
+    assert lad["rungs"][-1]["fail_reason"] == reason
+    assert "(missing)" in text  # its output dir is gone: shown, not linked
+
+
+# ----------------------------------------------------------------------------- W&B
+
+
+def leet(*args: str) -> str:
+    proc = subprocess.run([str(BIN / "wandb"), "leet", "inspect", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def run_group(run_dir: str) -> str | None:
+    """The run's group: in the run record of the transaction log (``--summary`` does not show it)."""
+    for line in leet("--json", run_dir).splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "run":
+            return rec["run"].get("run_group")
+    return None
+
+
+@slow
+def test_wandb_runs_read_back(swept):
+    study = load(swept, "rs_targets")
+    for t in study.get_trials():
+        if t.user_attrs["role"] != "rung":
+            continue
+        run_dir = t.user_attrs["wandb_run"]
+        info = json.loads(leet("--summary", "--json", run_dir))
+        rank, targets = t.params["rank"], t.params["lora.targets"]
+        assert info["state"] == "finished" and info["project"] == "ranksweep"
+        assert info["name"] == f"r{rank}-a{2 * rank}-{targets}-nf4"
+        assert run_group(run_dir) == "rs_targets"
+        c = info["config"]
+        flat = (c["r"], c["alpha"], c["targets"], c["bits"], c["family"])
+        assert flat == (rank, 2 * rank, targets, 4, "llama")
+        assert c["seed"] == t.params["seed"] and c["trial"]["study_name"] == "rs_targets"
+        s = info["summary"]
+        assert s["eval_loss"] == pytest.approx(t.value, rel=1e-6)
+        assert s["trainable_params"] == t.user_attrs["trainable_params"]
+        assert s["peak_mem_gb"] == pytest.approx(t.user_attrs["peak_mem_gb"])
+
+
+@slow
+def test_sync_collects_run_dirs(swept):
+    from ranksweep.report import wandb_run_dirs
+
+    study = load(swept, "rs_targets")
+    dirs = wandb_run_dirs("rs_targets", storage_url(swept))
+    per_trial = [Path(t.user_attrs["wandb_run"]) for t in sorted(study.get_trials(), key=lambda t: t.number)]
+    summary_runs = sorted((swept / "outputs" / "sweeps" / "rs_targets" / "wandb").glob("offline-run-*"))
+    assert len(summary_runs) == 1
+    assert dirs == per_trial + summary_runs
+    assert all(d.is_dir() and d.name.startswith("offline-run-") for d in dirs)
+    # --dry-run prints them, uploads nothing
+    proc = rs(swept, "sync", "rs_targets", "--storage", storage_url(swept), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert [Path(p) for p in proc.stdout.split()] == dirs
+
+
+# ----------------------------------------------------------------------------- optuna-dashboard
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:  # loopback only
+        assert resp.status == 200
+        return json.loads(resp.read())
+
+
+@slow
+def test_dashboard_serves_the_studies(swept):
+    port = _free_port()
+    cmd = [RANKSWEEP, "dashboard", "--storage", storage_url(swept), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=swept, env=_env(swept / "cache"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = _get(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer in 60 s"
+                time.sleep(0.3)
+        by_name = {s["study_name"]: s for s in studies}
+        assert set(by_name) == set(STUDIES)
+        for name in STUDIES:
+            study = load(swept, name)
+            detail = _get(f"{base}/api/studies/{by_name[name]['study_id']}?after=0")
+            assert detail["name"] == name
+            got = {t["number"]: t for t in detail["trials"]}
+            assert sorted(got) == [t.number for t in study.get_trials()]
+            for t in study.get_trials():
+                d = got[t.number]
+                assert d["state"].lower() == t.state.name.lower()
+                params = {p["name"]: p["param_external_value"] for p in d["params"]}
+                assert params["rank"] == str(t.params["rank"])
+                attrs = {a["key"]: a["value"] for a in d["user_attrs"]}
+                assert attrs["ladder"] == t.user_attrs["ladder"]
+                if t.value is not None:
+                    assert d["values"][0] == pytest.approx(t.value)
+            assert detail["has_intermediate_values"] is True
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------- bad input (fast)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ranksweep: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def empty_storage(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'outputs' / 'ranksweep.db'}"
+    (tmp_path / "outputs").mkdir()
+    optuna.create_study(study_name="empty", storage=url)
+    return url
+
+
+@pytest.mark.parametrize("command", ["report", "sync"])
+def test_missing_study_is_one_line(tmp_path, empty_storage, command):
+    _one_line_error(rs(tmp_path, command, "nope", "--storage", empty_storage), "'nope' not found", "empty")
+
+
+def test_empty_study_is_one_line(tmp_path, empty_storage):
+    _one_line_error(rs(tmp_path, "report", "empty", "--storage", empty_storage), "'empty'", "no trials")
+    assert not (tmp_path / "outputs" / "reports").exists()
+
+
+@pytest.mark.parametrize("command", [["report", "x"], ["sync", "x"], ["dashboard"]])
+def test_corrupt_storage_is_one_line(tmp_path, command):
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "ranksweep.db").write_text("not a database\n" * 10)
+    _one_line_error(rs(tmp_path, *command), "--storage", "not an SQLite database")
+
+
+@pytest.mark.parametrize("command", [["report", "x"], ["sync", "x"], ["dashboard"]])
+def test_sqlite_file_that_is_not_optuna_is_one_line_and_untouched(tmp_path, command):
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table studies (x int)")
+    con.close()
+    before = db.read_bytes()
+    proc = rs(tmp_path, *command, "--storage", f"sqlite:///{db}")
+    _one_line_error(proc, "--storage", "not an Optuna storage")
+    assert db.read_bytes() == before, "Optuna's tables were added to somebody else's database"
+
+
+def test_missing_storage_is_one_line_and_creates_nothing(tmp_path):
+    _one_line_error(rs(tmp_path, "report", "x"), "no such database")
+    _one_line_error(rs(tmp_path, "sync", "x"), "no such database")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    _one_line_error(rs(tmp_path, "report"), "ranksweep report", "STUDY")
+    _one_line_error(rs(tmp_path, "dashboard", "--port", "x"), "--port")

@@ -1,0 +1,183 @@
+"""Scale-out: several `ranksweep -m` workers on one study, on real shared storages.
+
+PostgreSQL is a real server on loopback (tests/pgserver.py); the shared-filesystem
+path uses Optuna's JournalFileStorage. No SQLite stand-in for multi-worker tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pgserver import PgServer, bin_dir
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bin_dir() is None, reason="needs Debian's postgresql (installed by .ci/run)")]
+
+BIN = str(Path(sys.executable).parent / "ranksweep")
+TINY = [
+    "model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
+    "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4", "logger=none",
+    "hydra.sweeper.max_rank=64", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
+    "hydra.sweeper.poll_s=1",
+]
+
+
+def _env(cache: Path) -> dict:
+    env = dict(os.environ, RANKSWEEP_CACHE=str(cache), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def start(cwd: Path, cache: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([BIN, "-m", *TINY, *args], cwd=cwd, env=_env(cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(procs: list[subprocess.Popen], timeout: int = 900) -> list[tuple[int, str, str]]:
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+def jobs(study: optuna.Study) -> dict[tuple, list]:
+    by: dict[tuple, list] = {}
+    for t in study.get_trials():
+        by.setdefault((t.user_attrs["ladder"], t.user_attrs["rank"], t.user_attrs["seed"]), []).append(t)
+    return by
+
+
+def curve(path: Path) -> list:
+    doc = json.loads(path.read_text())
+    return [(lad["key"], [(r["rank"], r["values"]) for r in lad["rungs"]], lad["stop_reason"],
+             (lad["recommendation"] or {}).get("rank")) for lad in doc["ladders"]]
+
+
+@pytest.fixture(scope="module")
+def pg():
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, cache):
+    """The reference: one worker, SQLite."""
+    cwd = tmp_path_factory.mktemp("single")
+    ((rc, _, err),) = finish([start(cwd, cache, "hydra.sweeper.study_name=ref")])
+    assert rc == 0, err[-3000:]
+    return curve(cwd / "outputs" / "sweeps" / "ref" / "sweep_summary.json")
+
+
+def test_three_workers_on_postgres_train_each_rank_once(pg, tmp_path, cache, single):
+    url = pg.create_db("three")
+    procs = [start(tmp_path, cache, f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=three")
+             for _ in range(3)]
+    results = finish(procs)
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    study = optuna.load_study(study_name="three", storage=url)
+    for key, ts in jobs(study).items():
+        finished = [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == 1, f"{key} ran {len(finished)} times"
+    workers = {t.user_attrs["worker"] for t in study.get_trials()}
+    assert len(workers) >= 2, "the work was shared"
+    assert curve(tmp_path / "outputs" / "sweeps" / "three" / "sweep_summary.json") == single
+
+
+def test_killed_worker_trial_is_retried(pg, tmp_path, cache, single):
+    url = pg.create_db("killed")
+    args = (f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=killed")
+    procs = [start(tmp_path, cache, *args) for _ in range(2)]
+    victim = None
+    deadline = time.time() + 600
+    try:
+        while victim is None and time.time() < deadline:
+            time.sleep(0.5)
+            try:
+                trials = optuna.load_study(study_name="killed", storage=url).get_trials()
+            except Exception:
+                continue
+            for t in trials:
+                if t.state == TrialState.RUNNING and t.user_attrs.get("rank", 0) > 0 and t.intermediate_values:
+                    victim = t
+                    break
+        assert victim is not None, "no trial reached mid-training"
+        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+        (killed,) = [p for p in procs if p.pid == pid]
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        (survivor,) = [p for p in procs if p is not killed]
+        ((rc, _, err),) = finish([survivor])
+        assert rc == 0, err[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    study = optuna.load_study(study_name="killed", storage=url)
+    key = (victim.user_attrs["ladder"], victim.user_attrs["rank"], victim.user_attrs["seed"])
+    ts = jobs(study)[key]
+    assert ts[0].number == victim.number and ts[0].state == TrialState.FAIL
+    retried = [t for t in ts[1:] if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(retried) == 1 and retried[0].params == victim.params
+    assert curve(tmp_path / "outputs" / "sweeps" / "killed" / "sweep_summary.json") == single
+
+
+def test_two_workers_on_a_journal_file(tmp_path, cache, single):
+    url = f"journal://{tmp_path / 'shared' / 'study.log'}"
+    results = finish([start(tmp_path, cache, f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=jr")
+                      for _ in range(2)])
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    from ranksweep.storage import open_storage
+
+    study = optuna.load_study(study_name="jr", storage=open_storage(url, heartbeat=False))
+    for key, ts in jobs(study).items():
+        assert len([t for t in ts if t.state == TrialState.COMPLETE or t.state == TrialState.PRUNED]) == 1, key
+    assert curve(tmp_path / "outputs" / "sweeps" / "jr" / "sweep_summary.json") == single
+
+
+def test_submitit_local_launcher(tmp_path, cache, single):
+    results = finish([start(tmp_path, cache, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+                            "hydra.sweeper.study_name=sub")])
+    (rc, out, err), = results
+    assert rc == 0, err[-3000:]
+    assert "Submitit 'local'" in out + err
+    assert curve(tmp_path / "outputs" / "sweeps" / "sub" / "sweep_summary.json") == single
+
+
+@pytest.mark.parametrize("make_url, key", [
+    (lambda pg: f"postgresql://ranksweep:x@127.0.0.1:{pg.port + 1}/postgres", "hydra.sweeper.storage"),
+    (lambda pg: pg.url(password="wrong-password"), "hydra.sweeper.storage"),
+])
+def test_bad_database_is_one_line(pg, tmp_path, cache, make_url, key):
+    ((rc, _, err),) = finish([start(tmp_path, cache, f"hydra.sweeper.storage={make_url(pg)}")], timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("ranksweep: error:") and key in lines[0], err
+    assert "wrong-password" not in err
+
+
+def test_other_search_space_on_postgres_is_refused(pg, tmp_path, cache):
+    url = pg.create_db("space")
+    study = optuna.create_study(study_name="space", storage=url)
+    study.set_user_attr("ranksweep_space", {"ladders": ["lora.targets=mlp"]})
+    study.enqueue_trial({"x": 1})
+    ((rc, _, err),) = finish([start(tmp_path, cache, f"hydra.sweeper.storage={url}",
+                                    "hydra.sweeper.study_name=space")], timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "different search space" in lines[0], err
+    assert len(optuna.load_study(study_name="space", storage=url).get_trials()) == 1
