@@ -117,6 +117,14 @@ def check_offline(text: str) -> None:
     assert not bad, bad
 
 
+def trial_run_dir(t) -> Path:
+    """A trial's offline W&B run: its `wandb_run` attr, else (pruned, failed) the one in its output dir."""
+    if t.user_attrs.get("wandb_run"):
+        return Path(t.user_attrs["wandb_run"])
+    (run,) = Path(t.user_attrs["output_dir"], "wandb").glob("offline-run-*")
+    return run
+
+
 def report(cwd: Path, *studies: str, extra: tuple[str, ...] = ()) -> Path:
     proc = rs(cwd, "report", *studies, "--storage", storage_url(cwd), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -157,8 +165,8 @@ def test_report_one_study(swept, tmp_path):
     for t in trials:
         row = dict(rows)[str(t.number)]
         assert Path(t.user_attrs["output_dir"]).as_uri() in row
-        assert Path(t.user_attrs["wandb_run"]).as_uri() in row
-        if t.user_attrs["role"] == "rung":
+        assert trial_run_dir(t).as_uri() in row
+        if t.user_attrs["role"] == "rung" and t.state.name == "COMPLETE":
             size = Path(t.user_attrs["output_dir"], "adapter", "adapter_model.safetensors").stat().st_size
             assert f"{size / 1e6:.3f}" in row  # adapter MB
     # the recommendation, knee and stop reason, as the sweep summary has them
@@ -177,7 +185,9 @@ def test_report_ladders_equal_sweep_summary(swept):
         assert json.loads(json.dumps(data.ladders)) == doc["ladders"]
         for row in data.trials:
             assert row.output_dir is not None and row.output_dir.is_dir()
-            assert row.adapter_mb is not None and row.adapter_mb > 0
+            assert row.wandb_dir is not None and row.wandb_dir.is_dir()
+            if row.state == "COMPLETE":
+                assert row.adapter_mb is not None and row.adapter_mb > 0
 
 
 @slow
@@ -261,7 +271,7 @@ def run_group(run_dir: str) -> str | None:
 def test_wandb_runs_read_back(swept):
     study = load(swept, "rs_targets")
     for t in study.get_trials():
-        if t.user_attrs["role"] != "rung":
+        if t.user_attrs["role"] != "rung" or t.state.name != "COMPLETE":
             continue
         run_dir = t.user_attrs["wandb_run"]
         info = json.loads(leet("--summary", "--json", run_dir))
@@ -277,6 +287,13 @@ def test_wandb_runs_read_back(swept):
         assert s["eval_loss"] == pytest.approx(t.value, rel=1e-6)
         assert s["trainable_params"] == t.user_attrs["trainable_params"]
         assert s["peak_mem_gb"] == pytest.approx(t.user_attrs["peak_mem_gb"])
+    # the sweep's summary run: same group, the recommendation per ladder
+    (summary_run,) = (swept / "outputs" / "sweeps" / "rs_targets" / "wandb").glob("offline-run-*")
+    info = json.loads(leet("--summary", "--json", str(summary_run)))
+    assert info["name"] == "rs_targets-summary" and run_group(str(summary_run)) == "rs_targets"
+    doc = json.loads((swept / "outputs" / "sweeps" / "rs_targets" / "sweep_summary.json").read_text())
+    for lad in doc["ladders"]:
+        assert info["summary"][f"{lad['key']}/recommended_rank"] == lad["recommendation"]["rank"]
 
 
 @slow
@@ -285,7 +302,7 @@ def test_sync_collects_run_dirs(swept):
 
     study = load(swept, "rs_targets")
     dirs = wandb_run_dirs("rs_targets", storage_url(swept))
-    per_trial = [Path(t.user_attrs["wandb_run"]) for t in sorted(study.get_trials(), key=lambda t: t.number)]
+    per_trial = [trial_run_dir(t) for t in sorted(study.get_trials(), key=lambda t: t.number)]
     summary_runs = sorted((swept / "outputs" / "sweeps" / "rs_targets" / "wandb").glob("offline-run-*"))
     assert len(summary_runs) == 1
     assert dirs == per_trial + summary_runs

@@ -27,7 +27,7 @@ BIN = str(Path(sys.executable).parent / "ranksweep")
 TINY = [
     "model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
     "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4", "logger=none",
-    "hydra.sweeper.max_rank=64", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
+    "hydra.sweeper.max_rank=64", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8",
     "hydra.sweeper.poll_s=1",
 ]
 
@@ -100,8 +100,12 @@ def test_three_workers_on_postgres_train_each_rank_once(pg, tmp_path, cache, sin
     assert curve(tmp_path / "outputs" / "sweeps" / "three" / "sweep_summary.json") == single
 
 
-def test_killed_worker_trial_is_retried(pg, tmp_path, cache, single):
-    url = pg.create_db("killed")
+@pytest.mark.parametrize("kind", ["postgresql", "journal"])
+def test_killed_worker_trial_is_retried(pg, tmp_path, cache, single, kind):
+    from ranksweep.storage import open_storage
+
+    url = pg.create_db("killed") if kind == "postgresql" else f"journal://{tmp_path / 'study.log'}"
+    storage = open_storage(url, heartbeat=False)
     args = (f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=killed")
     procs = [start(tmp_path, cache, *args) for _ in range(2)]
     victim = None
@@ -110,7 +114,7 @@ def test_killed_worker_trial_is_retried(pg, tmp_path, cache, single):
         while victim is None and time.time() < deadline:
             time.sleep(0.5)
             try:
-                trials = optuna.load_study(study_name="killed", storage=url).get_trials()
+                trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
             except Exception:
                 continue
             for t in trials:
@@ -129,7 +133,7 @@ def test_killed_worker_trial_is_retried(pg, tmp_path, cache, single):
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    study = optuna.load_study(study_name="killed", storage=url)
+    study = optuna.load_study(study_name="killed", storage=storage)
     key = (victim.user_attrs["ladder"], victim.user_attrs["rank"], victim.user_attrs["seed"])
     ts = jobs(study)[key]
     assert ts[0].number == victim.number and ts[0].state == TrialState.FAIL

@@ -106,7 +106,8 @@ def run_job(cfg: DictConfig, out_dir: str) -> float:
             "peak_mem_gb": m["peak_mem_gb"], "duration_s": time.perf_counter() - t0, "alpha": m["alpha"],
             "tokens_per_s": m["tokens_per_s"], "eval_loss": m["eval_loss"], "exact_match": m.get("exact_match"),
         })
-    lines = [f"{m['name']}: eval_loss {m['eval_loss']:.4f}  perplexity {m['perplexity']:.3f}"]
+    lines = [f"{m['name']}: eval_loss {m['eval_loss']:.4f}  perplexity {m['perplexity']:.3f}  "
+             f"token_accuracy {m.get('token_accuracy', float('nan')):.3f}"]
     if "exact_match" in m:
         lines[0] += f"  exact_match {m['exact_match']:.3f} (n={m['exact_match_n']})"
     lines.append(f"  trainable params {m['trainable_params']:,}  {m['tokens_per_s']:.0f} tok/s  "

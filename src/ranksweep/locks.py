@@ -3,7 +3,8 @@
 Workers plan and create their next trials inside this lock, which makes
 "no (ladder, rank, seed) runs twice" hold on every shared storage:
 
-- SQLite and JournalFileStorage: ``fcntl.flock`` on ``<file>.lock`` beside the storage file;
+- SQLite and JournalFileStorage: ``fcntl.flock`` on ``<file>.ranksweep-lock`` beside the storage
+  file (not ``<file>.lock``: that is JournalFileStorage's own lock file);
 - PostgreSQL: a session-level advisory lock (``pg_advisory_lock``) keyed by the study name;
 - MySQL: ``GET_LOCK``.
 
@@ -41,7 +42,7 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     """Hold the study's claim lock for the ``with`` block."""
     path = _file_of(url)
     if path is not None:
-        lock = path.with_name(path.name + ".lock")
+        lock = path.with_name(path.name + ".ranksweep-lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)

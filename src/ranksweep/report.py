@@ -309,6 +309,10 @@ def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE) -> Stud
         wb_dir = _resolve(wb, roots) if wb else None
         if wb_dir is not None and not wb_dir.is_dir():
             wb_dir = None  # an online run path (entity/project/id) or a deleted dir
+        if not wb and out is not None and (out / "wandb").is_dir():
+            # Pruned and failed trials do not record `wandb_run`, but their run is on disk.
+            found = sorted(p for p in (out / "wandb").glob("offline-run-*") if p.is_dir())
+            wb_dir = found[-1] if found else None
         rank = a.get("rank", t.params.get("rank", 0))
         seed = a.get("seed", t.params.get("seed", 0))
         rows.append(

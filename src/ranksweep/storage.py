@@ -41,9 +41,7 @@ def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.sto
             if not path.parent.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists() and path.stat().st_size > 0:
-                with open(path, "rb") as fh:
-                    if fh.read(16) != b"SQLite format 3\x00":
-                        raise ConfigError(f"{key}: {path} is not an SQLite database")
+                _check_optuna_sqlite(path, key)
         elif "://" not in url:
             raise ConfigError(f"{key}: not a storage URL: {url!r} (e.g. sqlite:///outputs/ranksweep.db)")
         kwargs: dict[str, Any] = {}
@@ -69,6 +67,27 @@ def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.sto
     except Exception as exc:  # sqlalchemy / psycopg errors: unreachable host, bad credentials, corrupt file
         first = " ".join(str(exc).split())[:300]
         raise ConfigError(f"{key}: cannot open {_mask(url)}: {first}") from exc
+
+
+def _check_optuna_sqlite(path: Path, key: str) -> None:
+    """Refuse an SQLite file that is not an Optuna storage (read-only check): Optuna would add its
+    tables to any SQLite file it opens, a user's own database included."""
+    import sqlite3
+
+    with open(path, "rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            raise ConfigError(f"{key}: {path} is not an SQLite database")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {' '.join(str(exc).split())[:200]}") from exc
+    if tables and not {"studies", "trials", "version_info"} <= tables:
+        raise ConfigError(f"{key}: {path} is an SQLite database but not an Optuna storage; "
+                          "point the storage at a new file")
 
 
 def default_storage_url(root: str | os.PathLike = "outputs") -> str:

@@ -74,6 +74,33 @@ class Claim:
     parent: int | None = None
 
 
+class _AttrHeartbeat:
+    """A heartbeat for storages without Optuna's (JournalStorage): a timestamp user attribute."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        import threading
+
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, "heartbeat_at", time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # another worker declared this one dead; _tell says so
+            if self.stop.wait(self.interval):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def _quote(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -168,6 +195,10 @@ class RankSweep:
                 f"hydra.sweeper.study_name: study {self.study_name!r} was created with a different search "
                 f"space (differs in: {', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
                 "rerun with the same overrides to resume, or pick a new study_name")
+        # The stop-rule settings, for readers of the study (report); they may change between runs.
+        study.set_user_attr("ranksweep_settings", {
+            "ranks": self.ranks, "max_rank": self.max_rank, "min_gain": self.rule.min_gain,
+            "patience": self.rule.patience, "tolerance": self.tolerance, "direction": self.direction})
         return study
 
     # -- overrides -------------------------------------------------------------------------
@@ -258,7 +289,10 @@ class RankSweep:
     def _claim(self, free: int) -> tuple[list[Claim], bool]:
         """Under the study lock: mark dead workers' trials, plan, and create this worker's next trials."""
         with study_lock(self.storage_url, self.study_name):
-            optuna.storages.fail_stale_trials(self.study)
+            if self._rdb:
+                optuna.storages.fail_stale_trials(self.study)
+            else:
+                self._fail_stale_journal()
             trials = self.study.get_trials(deepcopy=False)
             self._check_failures(trials)
             idx = plan.index_trials(trials)
@@ -275,6 +309,24 @@ class RankSweep:
             created: dict[tuple[str, int, int], int] = {}
             claims = [self._create(item, idx, created, by_key[item.ladder]) for item, _ in cands[:free]]
         return claims, running
+
+    @property
+    def _rdb(self) -> bool:
+        return isinstance(self.storage, optuna.storages.RDBStorage)
+
+    def _fail_stale_journal(self) -> None:
+        """Optuna's heartbeat is RDB-only; on a journal file a trial's worker beats a user attribute."""
+        grace = self.heartbeat[1]
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            last = t.user_attrs.get("heartbeat_at")
+            if last is not None and time.time() - float(last) > grace:
+                try:
+                    self.storage.set_trial_user_attr(
+                        t._trial_id, "fail_reason", f"worker {t.user_attrs.get('worker')} stopped (no heartbeat)")
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue  # its worker finished it meanwhile: alive after all
+                log.warning("trial %d: its worker stopped beating; it will run again", t.number)
 
     def _create(self, item: plan.Item, idx, created: dict, view: plan.LadderView) -> Claim:
         trial = self.study.ask()
@@ -364,7 +416,8 @@ class RankSweep:
         """Run one job through Hydra's launcher while a heartbeat says its worker is alive."""
         from optuna.storages._heartbeat import get_heartbeat_thread
 
-        beat = get_heartbeat_thread(c.trial._trial_id, self.storage)
+        beat = (get_heartbeat_thread(c.trial._trial_id, self.storage) if self._rdb
+                else _AttrHeartbeat(self.storage, c.trial._trial_id, self.heartbeat[0]))
         beat.start()
         try:
             (ret,) = self.launcher.launch([self._overrides(c.item, c.trial.number, c.parent)],
@@ -375,6 +428,18 @@ class RankSweep:
 
     def _tell(self, c: Claim, ret: Any) -> Any:
         """Record a finished job in the study: COMPLETE, PRUNED or FAIL with its reason."""
+        trial = c.trial
+        try:
+            self._record(c, ret)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker missed this worker's heartbeat for grace_period and marked the
+            # trial failed; its (ladder, rank, seed) runs again. Raise grace_period if this repeats.
+            log.warning("trial %d was marked failed by another worker (missed heartbeats); its result "
+                        "is dropped and the job runs again", trial.number)
+        self._progress(c)
+        return ret
+
+    def _record(self, c: Claim, ret: Any) -> None:
         from hydra.core.utils import JobStatus
 
         from ranksweep.trial import TrialPruned
@@ -401,8 +466,6 @@ class RankSweep:
             log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
             if isinstance(exc, RanksweepError):  # bad input fails every trial alike: stop at once
                 raise
-        self._progress(c)
-        return ret
 
     def _progress(self, last: Claim) -> None:
         """One line per finished trial (a bar on a terminal): done, failed, planned, rank, ETA."""

@@ -30,7 +30,9 @@ def mask_secrets(value: Any) -> Any:
 
 
 def run_label(run: RunConfig) -> str:
-    """A short trial name such as ``r16-a32-all_linear-nf4``."""
+    """A short trial name such as ``r16-a32-all_linear-nf4``; ``base-all_linear-nf4`` for a base evaluation."""
+    if run.trainer.max_steps == 0:
+        return f"base-{run.lora.targets.replace('+', '_')}-{run.quant.name}"
     alpha = run.lora.lora_alpha
     a = int(alpha) if float(alpha).is_integer() else round(alpha, 2)
     return f"r{run.lora.r}-a{a}-{run.lora.targets.replace('+', '_')}-{run.quant.name}"
@@ -56,6 +58,9 @@ def flat_keys(run: RunConfig) -> dict[str, Any]:
         "seed": run.trainer.seed,
         "max_steps": run.trainer.max_steps,
         "lr": run.trainer.lr,
+        "role": "base" if run.trainer.max_steps == 0 else "rung",
+        "trial_number": run.trial.trial_number,
+        "study": run.trial.study_name,
     }
 
 
@@ -72,7 +77,8 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         config = dict(flat_keys(run))
         config.update(mask_secrets({k: v for k, v in resolved.items() if k != "hydra"}))
-        tags = list(cfg.tags) + [f"r{run.lora.r}", run.lora.targets, run.quant.name, run.model.family]
+        rank_tag = "base" if run.trainer.max_steps == 0 else f"r{run.lora.r}"
+        tags = list(cfg.tags) + [rank_tag, run.lora.targets, run.quant.name, run.model.family]
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,

@@ -80,6 +80,8 @@ def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter], objective
 
         def __init__(self) -> None:
             self.t0 = time.perf_counter()
+            self.eval_s = 0.0
+            self.last_eval: Optional[tuple[int, dict]] = None
             self.last_tokens = 0
             self.last_t = self.t0
 
@@ -105,10 +107,15 @@ def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter], objective
             metrics = metrics or {}
             if "eval_loss" not in metrics:
                 return
+            self.eval_s += float(metrics.get("eval_runtime", 0.0))
+            self.last_eval = (state.global_step, dict(metrics))
             loss = float(metrics["eval_loss"])
             if not math.isfinite(loss):
                 raise TrialFailed(f"non-finite eval loss {loss} at step {state.global_step}", kind="nan")
-            tracker.log({"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50))}, step=state.global_step)
+            row = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50))}
+            if "eval_token_accuracy" in metrics:
+                row["eval/token_accuracy"] = float(metrics["eval_token_accuracy"])
+            tracker.log(row, step=state.global_step)
             log.info("step %d/%d  eval loss %.4f", state.global_step, state.max_steps, loss)
             if reporter is not None and state.global_step > 0:
                 value = objective_of_eval(loss)
@@ -117,6 +124,21 @@ def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter], objective
                     raise TrialPruned(state.global_step, value)
 
     return [Watch()]
+
+
+def _argmax_logits(logits, labels):
+    """Keep only the predicted ids: the Trainer then never gathers [batch, seq, vocab] logits."""
+    return logits.argmax(dim=-1)
+
+
+def _token_accuracy(eval_pred) -> dict[str, float]:
+    """Next-token accuracy on response tokens: informative long before exact match moves off 0."""
+    import numpy as np
+
+    preds, labels = eval_pred.predictions, eval_pred.label_ids
+    preds, labels = preds[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    return {"token_accuracy": float((preds == labels)[mask].mean()) if mask.any() else float("nan")}
 
 
 @torch.no_grad()
@@ -210,6 +232,8 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
     if reporter is not None and hasattr(reporter, "set_attrs"):
         reporter.set_attrs({"alpha": run.lora.lora_alpha, "trainable_params": trainable, "target_modules": modules})
     tracker = Tracker(run.logger, run, resolved, str(out))
+    if reporter is not None and hasattr(reporter, "set_attrs") and tracker.run_path:
+        reporter.set_attrs({"wandb_run": tracker.run_path})  # known now: pruned and failed runs have one too
     name = run_label(run)
     log.info("trial %s: %s on %s, %d-bit, %d trainable params (%.3f%%), %d train / %d eval examples",
              name, run.model.name, device, run.quant.bits, trainable, 100 * trainable / max(total, 1),
@@ -241,9 +265,12 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
         optim="adamw_torch",
         gradient_checkpointing=False,  # enabled above, before peft wraps the model
     )
+    callbacks = _trainer_callbacks(tracker, reporter, sign)
+    watch = callbacks[0]
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=data_mod.CausalCollator(tok), callbacks=_trainer_callbacks(tracker, reporter, sign),
+        data_collator=data_mod.CausalCollator(tok), callbacks=callbacks,
+        compute_metrics=_token_accuracy, preprocess_logits_for_metrics=_argmax_logits,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -256,13 +283,18 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
             trainer.train()
             train_s = time.perf_counter() - t_train
             tokens = int(trainer.state.num_input_tokens_seen or 0)
-        eval_metrics = trainer.evaluate()
+        train_s -= watch.eval_s  # tokens/s counts training time only
+        if watch.last_eval is not None and watch.last_eval[0] == trainer.state.global_step:
+            eval_metrics = watch.last_eval[1]  # the last periodic eval was at the final step
+        else:
+            eval_metrics = trainer.evaluate()
         eval_loss = float(eval_metrics["eval_loss"])
         if not math.isfinite(eval_loss):
             raise TrialFailed(f"non-finite eval loss {eval_loss}", kind="nan")
         metrics: dict[str, Any] = {
             "eval_loss": eval_loss,
             "perplexity": math.exp(min(eval_loss, 50)),
+            "token_accuracy": float(eval_metrics.get("eval_token_accuracy", float("nan"))),
             "trainable_params": trainable,
             "total_params": total,
             "target_modules": modules,
@@ -293,6 +325,10 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
         _atomic_json(out / "metrics.json", metrics)
         exit_code = 0
         return TrialResult(objective=metrics["objective_value"], metrics=metrics, out_dir=str(out))
+    except TrialPruned:
+        tracker.summary({"pruned": True})
+        exit_code = 0  # a prune is a decision, not a crash
+        raise
     except torch.cuda.OutOfMemoryError as exc:
         raise TrialFailed(f"CUDA out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
     finally:
