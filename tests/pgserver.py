@@ -46,7 +46,7 @@ class PgServer:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=120)
 
-    def start(self) -> "PgServer":
+    def start(self) -> PgServer:
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
         pwfile = self.root / "pw"

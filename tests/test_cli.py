@@ -39,7 +39,9 @@ def fingerprint(root: Path) -> dict[str, tuple[int, str]]:
 
 def _bad_cases(data: Path, good_dir: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """id -> (overrides, substrings the error line must contain)."""
-    jsonl = lambda name: ("data=jsonl", f"data.path={data / name}")
+    def jsonl(name: str) -> tuple[str, str]:
+        return ("data=jsonl", f"data.path={data / name}")
+
     return {
         "r_negative": (("lora.r=-4",), ("lora.r", "-4")),
         "r_text": (("lora.r=abc",), ("lora.r", "abc")),

@@ -31,7 +31,7 @@ def test_parent_rank_pruner(step, child, pruned):
     study.pruner = ParentRankPruner(after_step=6, margin=0.1)
     trial = study.ask()
     trial.set_user_attr("parent_trial_number", parent_no)
-    trial.set_user_attr("base_value", 5.0)  # parent's gain over base at step 8: 1.0
+    trial.set_user_attr("base_eval_loss", 5.0)  # parent's gain over base at step 8: 1.0
     trial.report(child, step)
     assert trial.should_prune() is pruned
 
@@ -44,15 +44,27 @@ def test_pruner_needs_a_parent():
     assert trial.should_prune() is False
 
 
-def test_maximize_direction_prunes_the_lower_value():
+def test_intermediate_values_are_losses_whatever_the_objective():
+    """An exact-match study maximizes, but trials report eval losses: higher is still worse."""
     study = optuna.create_study(direction="maximize", pruner=ParentRankPruner(after_step=1, margin=0.0))
     parent = study.ask()
-    parent.report(0.8, 4)
+    parent.report(2.0, 4)
     study.tell(parent, 0.8)
-    child = study.ask()
-    child.set_user_attr("parent_trial_number", parent.number)
-    child.report(0.5, 4)
-    assert child.should_prune() is True
+    worse, better = study.ask(), study.ask()
+    for trial, loss in ((worse, 2.5), (better, 1.5)):
+        trial.set_user_attr("parent_trial_number", parent.number)
+        trial.report(loss, 4)
+    assert worse.should_prune() is True
+    assert better.should_prune() is False
+
+
+def test_cancelled_speculative_rank_is_pruned_at_once():
+    study = optuna.create_study(pruner=ParentRankPruner(after_step=100, compare=False))
+    trial = study.ask()
+    trial.report(1.0, 1)
+    assert trial.should_prune() is False
+    trial.set_user_attr("cancel_reason", "not needed: the ladder stopped at r=32")
+    assert trial.should_prune() is True
 
 
 def test_oom_retry_halves_the_micro_batch_and_doubles_accumulation():

@@ -17,7 +17,6 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-
 from pgserver import PgServer, bin_dir
 
 pytestmark = [pytest.mark.slow,

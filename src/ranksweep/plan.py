@@ -208,3 +208,18 @@ def rungs(view: LadderView) -> list[dict[str, Any]]:
             "wandb_runs": [t.user_attrs.get("wandb_run") for t in ts],
         })
     return out
+
+
+def build_ladders(trials: Sequence[FrozenTrial], specs: Sequence[tuple[str, tuple[str, ...]]], s: Settings,
+                  objective: str, tolerance: float) -> list[dict[str, Any]]:
+    """Each ladder as written to ``sweep_summary.json``: the sweeper's end and the report both use this."""
+    from ranksweep.summary import build_ladder
+
+    idx = index_trials(trials)
+    built = []
+    for key, combo in specs:
+        view = evaluate(key, combo, idx, s)
+        built.append(build_ladder(key=key, direction=s.direction, objective=objective, base=view.base,
+                                  rungs=rungs(view), stop_reason=view.stop_reason or "incomplete",
+                                  tolerance=tolerance))
+    return built

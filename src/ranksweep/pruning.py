@@ -25,7 +25,7 @@ class ParentRankPruner(BasePruner):
 
     The parent is named by the trial's ``parent_trial_number`` user attribute
     (set by the sweeper). ``margin`` is a share of the parent's own gain over
-    the base model (user attribute ``base_value``), so the rule does not
+    the base model's eval loss (user attribute ``base_eval_loss``), so the rule does not
     depend on the task's irreducible loss.
     """
 
@@ -50,12 +50,14 @@ class ParentRankPruner(BasePruner):
             return False
         mine = trial.intermediate_values[step]
         theirs = parent.intermediate_values[step]
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-        base = trial.user_attrs.get("base_value")
+        # Intermediate values are eval losses (lower is better) whatever the study's objective,
+        # so the comparison ignores the study's direction; the margin is a share of the parent's
+        # loss gain over the base's eval loss (user attribute base_eval_loss).
+        base = trial.user_attrs.get("base_eval_loss")
         slack = 0.0
         if base is not None and math.isfinite(float(base)):
             slack = self.margin * abs(float(base) - theirs)
-        return sign * (mine - theirs) > slack
+        return mine - theirs > slack
 
 
 class OptunaReporter:

@@ -217,19 +217,16 @@ def build_ladders(
     keys: Optional[Sequence[str]] = None,
     ranks_seen: Sequence[int] = (),
 ) -> list[dict]:
-    """The study's ladders, built from its trials the way the sweeper's ``_finish`` builds them.
+    """The study's ladders, built from its trials as the sweeper builds them (:func:`ranksweep.plan.build_ladders`).
 
-    Per ladder: :func:`ranksweep.plan.evaluate` (base, statuses, the stop rule) ->
-    :func:`ranksweep.plan.rungs` -> :func:`ranksweep.summary.build_ladder`. The stop-rule
-    settings (max_rank, min_gain, patience, tolerance) are not stored in the study; they
-    come from ``meta`` (the ``sweep`` block of ``sweep_summary.json``), else the defaults,
-    with max_rank the largest rank that ran.
+    The stop-rule settings come from the study's ``ranksweep_settings`` attribute (written by
+    the sweeper), else ``meta`` (the ``sweep`` block of ``sweep_summary.json``), else the
+    defaults, with max_rank the largest rank that ran.
     """
     from ranksweep import plan
     from ranksweep.ladder import StopRule, rank_ladder
-    from ranksweep.summary import build_ladder
 
-    meta = meta or {}
+    meta = {**(meta or {}), **(study.user_attrs.get("ranksweep_settings") or {})}
     start = int(space.get("start_rank", 8))
     factor = int(space.get("factor", 2))
     ranks = [int(r) for r in meta.get("ranks") or []]
@@ -237,35 +234,14 @@ def build_ladders(
     rule = StopRule(min_gain=float(meta.get("min_gain", 0.05)), patience=int(meta.get("patience", 2)))
     direction = study.direction.name.lower()
     objective = str(space.get("objective", meta.get("objective", "eval_loss")))
-    settings = plan.Settings(
-        ranks=rank_ladder(start, factor, max_rank),
-        seeds=int(space.get("seeds_per_rank", 1)),
-        rule=rule,
-        direction=direction,
-        max_rank=max_rank,
-        factor=factor,
-    )
+    settings = plan.Settings(ranks=rank_ladder(start, factor, max_rank), seeds=int(space.get("seeds_per_rank", 1)),
+                             rule=rule, direction=direction, max_rank=max_rank, factor=factor)
     trials = study.get_trials(deepcopy=False)
-    idx = plan.index_trials(trials)
     order = [k for k in keys or [] if k]
     order += [k for k in space.get("ladders") or [] if k not in order]
     order += [k for k in dict.fromkeys(t.user_attrs.get("ladder") for t in trials) if k and k not in order]
-    built = []
-    for key in order:
-        combo = () if key == "default" else tuple(key.split(" "))
-        view = plan.evaluate(key, combo, idx, settings)
-        built.append(
-            build_ladder(
-                key=key,
-                direction=direction,
-                objective=objective,
-                base=view.base,
-                rungs=plan.rungs(view),
-                stop_reason=view.stop_reason or "incomplete",
-                tolerance=float(meta.get("tolerance", 0.05)),
-            )
-        )
-    return built
+    specs = [(key, () if key == "default" else tuple(key.split(" "))) for key in order]
+    return plan.build_ladders(trials, specs, settings, objective, float(meta.get("tolerance", 0.05)))
 
 
 def sweep_dirs(study_name: str, storage_url: str, attrs: Sequence[dict]) -> list[Path]:

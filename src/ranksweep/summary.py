@@ -307,7 +307,15 @@ def plot_rank_curve(path_png: str | os.PathLike[str], ladders: Sequence[Ladder])
                 label="pruned/failed",
             )
         if lad.get("base") is not None:
-            ax.axhline(float(lad["base"]), color=color, ls="--", lw=1.2, label=f"base model ({label})")
+            base = float(lad["base"])
+            means = [_mean_of(r) for r in done] if done else []
+            span = (max(means) - min(means)) if len(means) > 1 else 0.0
+            if means and span > 0 and min(abs(base - m) for m in means) > 3 * span:
+                # The base is far off the curve (e.g. before the task's format is learnt): a line there
+                # would flatten the curve, so name it in the legend instead.
+                ax.plot([], [], color=color, ls="--", lw=1.2, label=f"base model ({label}): {base:.4g}, off the axis")
+            else:
+                ax.axhline(base, color=color, ls="--", lw=1.2, label=f"base model ({label})")
         rec = lad.get("recommendation")
         titles.append(f"r={rec['rank']}" if rec else "no completed rank")
 

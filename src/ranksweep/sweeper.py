@@ -345,6 +345,9 @@ class RankSweep:
             attrs["parent_trial_number"] = parent
         if view.base is not None:
             attrs["base_value"] = view.base
+            _, base_t = plan.status(idx.get((item.ladder, 0, 0), []))
+            if base_t is not None and base_t.user_attrs.get("eval_loss") is not None:
+                attrs["base_eval_loss"] = base_t.user_attrs["eval_loss"]  # the pruner's reference
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         created[(item.ladder, item.rank, item.seed)] = trial.number
@@ -496,13 +499,8 @@ class RankSweep:
 
     # -- the end ---------------------------------------------------------------------------
     def _finish(self, study: optuna.Study) -> list:
-        idx = plan.index_trials(study.get_trials(deepcopy=False))
-        built = []
-        for key, combo in self.specs:
-            view = plan.evaluate(key, combo, idx, self.settings)
-            built.append(summary_mod.build_ladder(
-                key=key, direction=self.direction, objective=self.objective, base=view.base,
-                rungs=plan.rungs(view), stop_reason=view.stop_reason or "incomplete", tolerance=self.tolerance))
+        built = plan.build_ladders(study.get_trials(deepcopy=False), self.specs, self.settings, self.objective,
+                                   self.tolerance)
         summary_path = self.sweep_dir / "sweep_summary.json"
         plot_path = self.sweep_dir / "rank_curve.png"
         summary_mod.write_summary(summary_path, built, meta={

@@ -18,7 +18,8 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
@@ -27,12 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from ranksweep import data as data_mod
 from ranksweep.config import RunConfig, to_run_config
-from ranksweep.errors import ConfigError, TrialFailed
+from ranksweep.errors import TrialFailed
 from ranksweep.models import disable_cpu_bf16_repack, load_base, pick_device, torch_dtype
 from ranksweep.targets import resolve_targets
 from ranksweep.tracking import Tracker, run_label
 
 log = logging.getLogger("ranksweep")
+# transformers 5 renames gradient_checkpointing; peft still calls the old names on every trial.
+warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
 
 
 class Reporter(Protocol):
@@ -72,7 +75,7 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter], objective_of_eval):
+def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter]):
     from transformers import TrainerCallback
 
     class Watch(TrainerCallback):
@@ -118,10 +121,10 @@ def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter], objective
             tracker.log(row, step=state.global_step)
             log.info("step %d/%d  eval loss %.4f", state.global_step, state.max_steps, loss)
             if reporter is not None and state.global_step > 0:
-                value = objective_of_eval(loss)
-                reporter.report(state.global_step, value)
+                # Intermediate values are eval losses (lower is better), whatever the objective.
+                reporter.report(state.global_step, loss)
                 if reporter.should_prune():
-                    raise TrialPruned(state.global_step, value)
+                    raise TrialPruned(state.global_step, loss)
 
     return [Watch()]
 
@@ -133,7 +136,6 @@ def _argmax_logits(logits, labels):
 
 def _token_accuracy(eval_pred) -> dict[str, float]:
     """Next-token accuracy on response tokens: informative long before exact match moves off 0."""
-    import numpy as np
 
     preds, labels = eval_pred.predictions, eval_pred.label_ids
     preds, labels = preds[:, :-1], labels[:, 1:]
@@ -238,7 +240,6 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
     log.info("trial %s: %s on %s, %d-bit, %d trainable params (%.3f%%), %d train / %d eval examples",
              name, run.model.name, device, run.quant.bits, trainable, 100 * trainable / max(total, 1),
              len(train_ds), len(eval_ds))
-    sign = (lambda v: v)  # eval loss is what the sweeper prunes on
     args = TrainingArguments(
         output_dir=str(out / "trainer"),
         max_steps=run.trainer.max_steps,
@@ -265,7 +266,7 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
         optim="adamw_torch",
         gradient_checkpointing=False,  # enabled above, before peft wraps the model
     )
-    callbacks = _trainer_callbacks(tracker, reporter, sign)
+    callbacks = _trainer_callbacks(tracker, reporter)
     watch = callbacks[0]
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
