@@ -73,3 +73,17 @@ def test_oom_retry_halves_the_micro_batch_and_doubles_accumulation():
     assert (retry.trainer.micro_batch, retry.trainer.grad_accum) == (4, 4)
     assert cfg.trainer.micro_batch == 8, "the original config is untouched"
     assert halve_batch(OmegaConf.create({"trainer": {"micro_batch": 1, "grad_accum": 1}})) is None
+
+
+def test_job_exceptions_survive_pickling():
+    """Out-of-process launchers (submitit, joblib) pickle a failed job's exception back."""
+    import pickle
+
+    from ranksweep.errors import ConfigError, TrialFailed
+    from ranksweep.trial import TrialPruned
+
+    pruned = pickle.loads(pickle.dumps(TrialPruned(12, 1.25)))
+    assert (pruned.step, pruned.value) == (12, 1.25)
+    failed = pickle.loads(pickle.dumps(TrialFailed("CUDA out of memory", kind="oom")))
+    assert (failed.reason, failed.kind) == ("CUDA out of memory", "oom")
+    assert str(pickle.loads(pickle.dumps(ConfigError("lora.r must be a positive integer, got -4")))).startswith("lora.r")

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 _SUBCOMMANDS: dict = {
     # Imported lazily: `ranksweep report ...` must not pay for Hydra, torch or transformers.
     name: (lambda argv, _name=name: __import__("ranksweep.commands", fromlist=["main"]).main(_name, argv))
-    for name in ("report", "sync", "dashboard")
+    for name in ("report", "sync", "dashboard", "estimate")
 }
 
 

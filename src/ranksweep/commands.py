@@ -121,7 +121,44 @@ def dashboard(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"report": report, "sync": sync, "dashboard": dashboard}
+def estimate(argv: Sequence[str]) -> int:
+    """``ranksweep estimate [overrides...]``: a trial's predicted peak memory, by part; downloads nothing."""
+    args = list(argv)
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: ranksweep estimate [hydra overrides ...]   e.g. model=llama3_1_8b trainer=gpu lora.r=16")
+        return 0
+    bad = [a for a in args if a.startswith("-")]
+    if bad:
+        raise RanksweepError(f"ranksweep estimate: unrecognized arguments: {' '.join(bad)}")
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ranksweep.cli import _one_line, conf_dir
+    from ranksweep.config import register_configs, to_run_config
+
+    register_configs()
+    # Building a tiny model or converting the embedded one must not draw progress bars on stderr.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            cfg = compose("config", overrides=args)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise RanksweepError(_one_line(exc)) from exc
+    run = to_run_config(cfg)
+    from ranksweep.memory import estimate_run
+
+    est = estimate_run(run)
+    print(f"model {run.model.name} ({run.model.id}), quant {run.quant.name}")
+    print(est.table())
+    if run.quant.bits in (4, 8):
+        print("  (as ranksweep's trial runs it: prepare_model_for_kbit_training upcasts embeddings, "
+              "lm_head and norms to fp32)")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"report": report, "sync": sync, "dashboard": dashboard,
+                                                     "estimate": estimate}
 
 
 def main(name: str, argv: Optional[Sequence[str]] = None) -> int:

@@ -33,3 +33,6 @@ class TrialFailed(RuntimeError):
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
+
+    def __reduce__(self):  # keep `kind` when a launcher pickles the exception
+        return (type(self), (self.reason, self.kind))

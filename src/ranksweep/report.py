@@ -122,31 +122,12 @@ def _storage_root(url: str) -> Optional[Path]:
 
 
 def check_optuna_sqlite(db: Path) -> None:
-    """Refuse an SQLite file that is not an Optuna database, read-only: Optuna's RDBStorage would add its
-    tables to any SQLite file it opens. A file without the SQLite header is left to
-    :func:`ranksweep.storage.open_storage`, which says so."""
-    import sqlite3
+    """Refuse an empty file or an SQLite file that is not an Optuna storage (read-only check)."""
+    from ranksweep.storage import check_optuna_sqlite as check
 
-    with open(db, "rb") as fh:
-        head = fh.read(16)
-    if head != b"SQLite format 3\x00":
-        if not head:
-            raise RanksweepError(f"--storage: {db} is empty, not an Optuna database")
-        return
-    try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise RanksweepError(f"--storage: cannot read {db}: {' '.join(str(exc).split())[:200]}") from exc
-    missing = {"studies", "trials", "version_info"} - tables
-    if missing:
-        raise RanksweepError(
-            f"--storage: {db} is an SQLite database but not an Optuna storage "
-            f"(no {', '.join(sorted(missing))} table)"
-        )
+    if db.stat().st_size == 0:
+        raise RanksweepError(f"--storage: {db} is empty, not an Optuna database")
+    check(db, "--storage")
 
 
 def open_study(study_name: str, storage_url: str = DEFAULT_STORAGE):

@@ -41,7 +41,7 @@ def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.sto
             if not path.parent.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists() and path.stat().st_size > 0:
-                _check_optuna_sqlite(path, key)
+                check_optuna_sqlite(path, key)
         elif "://" not in url:
             raise ConfigError(f"{key}: not a storage URL: {url!r} (e.g. sqlite:///outputs/ranksweep.db)")
         kwargs: dict[str, Any] = {}
@@ -69,7 +69,7 @@ def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.sto
         raise ConfigError(f"{key}: cannot open {_mask(url)}: {first}") from exc
 
 
-def _check_optuna_sqlite(path: Path, key: str) -> None:
+def check_optuna_sqlite(path: Path, key: str) -> None:
     """Refuse an SQLite file that is not an Optuna storage (read-only check): Optuna would add its
     tables to any SQLite file it opens, a user's own database included."""
     import sqlite3

@@ -259,13 +259,22 @@ class RankSweep:
                     claimed, running_elsewhere = self._claim(slots - len(inflight))
                 for c in claimed:
                     if pool is None:
-                        returns.append(self._tell(c, self._launch(c)))
+                        try:
+                            ret = self._launch(c)
+                        except Exception as exc:  # the launcher itself failed
+                            ret = exc
+                        returns.append(self._tell(c, ret))
                     else:
                         inflight[pool.submit(self._launch, c)] = c
                 if inflight:  # no barrier: whichever job ends first frees its slot
                     done, _ = wait(list(inflight), timeout=self.poll_s, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        returns.append(self._tell(inflight.pop(fut), fut.result()))
+                        c = inflight.pop(fut)
+                        try:
+                            ret = fut.result()
+                        except Exception as exc:  # the launcher itself failed (lost job, unreadable result)
+                            ret = exc
+                        returns.append(self._tell(c, ret))
                     continue
                 if claimed:
                     continue
@@ -451,6 +460,8 @@ class RankSweep:
         try:
             # JobReturn.return_value re-raises a job's exception after printing its overrides;
             # read the status and the stored value instead.
+            if isinstance(ret, BaseException):
+                raise ret
             if ret.status != JobStatus.COMPLETED:
                 raise ret._return_value
             value = float(ret._return_value)

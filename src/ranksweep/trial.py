@@ -54,6 +54,9 @@ class TrialPruned(Exception):
         self.step = step
         self.value = value
 
+    def __reduce__(self):  # out-of-process launchers (submitit, joblib) pickle a job's exception
+        return (type(self), (self.step, self.value))
+
 
 @dataclass
 class TrialResult:
