@@ -107,6 +107,9 @@ def test_sweep_end_to_end(full):
     png = cwd / "outputs" / "sweeps" / "full" / "rank_curve.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert f"r={rec['rank']}" in proc.stdout and "rank" in proc.stdout
+    # Progress, as plain log lines off a terminal: training steps inside a trial, trials across the sweep.
+    assert "step 10/12  loss" in proc.stdout  # trainer=tiny logs every 5 steps
+    assert f"sweep full: {len(trials)} done, 0 failed" in proc.stdout
 
 
 def test_wandb_runs_agree_with_study(full):
