@@ -1,0 +1,42 @@
+"""ranksweep: find the LoRA rank worth paying for.
+
+The public API, re-exported from the modules that define it (imported lazily, so that
+``import ranksweep`` does not pull in torch):
+
+- :func:`run_trial`, :class:`TrialResult`: one QLoRA trial from a composed config;
+- :class:`RunConfig`, :func:`to_run_config`: the validated config;
+- :class:`StopRule`, :func:`decide`, :func:`recommend`, :func:`find_knee`, :func:`rank_ladder`:
+  the ladder logic;
+- :func:`estimate`: a trial's peak memory before launching;
+- :class:`RanksweepError`, :class:`ConfigError`, :class:`DataError`: one-line user errors.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "run_trial": "ranksweep.trial",
+    "TrialResult": "ranksweep.trial",
+    "RunConfig": "ranksweep.config",
+    "to_run_config": "ranksweep.config",
+    "StopRule": "ranksweep.ladder",
+    "decide": "ranksweep.ladder",
+    "recommend": "ranksweep.ladder",
+    "find_knee": "ranksweep.ladder",
+    "rank_ladder": "ranksweep.ladder",
+    "estimate": "ranksweep.memory",
+    "RanksweepError": "ranksweep.errors",
+    "ConfigError": "ranksweep.errors",
+    "DataError": "ranksweep.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ranksweep' has no attribute {name!r}")
