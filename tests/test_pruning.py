@@ -86,4 +86,5 @@ def test_job_exceptions_survive_pickling():
     assert (pruned.step, pruned.value) == (12, 1.25)
     failed = pickle.loads(pickle.dumps(TrialFailed("CUDA out of memory", kind="oom")))
     assert (failed.reason, failed.kind) == ("CUDA out of memory", "oom")
-    assert str(pickle.loads(pickle.dumps(ConfigError("lora.r must be a positive integer, got -4")))).startswith("lora.r")
+    config_error = pickle.loads(pickle.dumps(ConfigError("lora.r must be a positive integer, got -4")))
+    assert str(config_error).startswith("lora.r")
