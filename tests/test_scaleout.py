@@ -154,12 +154,13 @@ def test_two_workers_on_a_journal_file(tmp_path, cache, single):
     assert curve(tmp_path / "outputs" / "sweeps" / "jr" / "sweep_summary.json") == single
 
 
-def test_submitit_local_launcher(tmp_path, cache, single):
-    results = finish([start(tmp_path, cache, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+@pytest.mark.parametrize("launcher, marker", [("submitit_local", "Submitit 'local'"), ("joblib", "Joblib.Parallel")])
+def test_hydra_launchers_run_the_sweep(tmp_path, cache, single, launcher, marker):
+    results = finish([start(tmp_path, cache, f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2",
                             "hydra.sweeper.study_name=sub")])
     (rc, out, err), = results
     assert rc == 0, err[-3000:]
-    assert "Submitit 'local'" in out + err
+    assert marker in out + err
     assert curve(tmp_path / "outputs" / "sweeps" / "sub" / "sweep_summary.json") == single
 
 
