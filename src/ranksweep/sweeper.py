@@ -59,13 +59,6 @@ class SweepAborted(RanksweepError):
 
 
 @dataclass
-class LadderState:
-    key: str
-    combo: tuple[str, ...]
-    axes: dict[str, str]
-
-
-@dataclass
 class Claim:
     """A job this worker created a trial for and will run."""
 
@@ -226,23 +219,20 @@ class RankSweep:
         assert self.config is not None
         fixed, axes = self._parse(arguments)
         combos = list(itertools.product(*[vals for _, vals in axes])) if axes else [()]
-        ladders = {}
-        for combo in combos:
-            key = " ".join(combo) or "default"
-            ladders[key] = LadderState(key=key, combo=tuple(combo),
-                                       axes={c.split("=", 1)[0]: c.split("=", 1)[1] for c in combo})
+        # One ladder per combination of the other axes: (key, combo), key "default" when there are none.
+        self.specs = [(" ".join(combo) or "default", tuple(combo)) for combo in combos]
+        ladders = [key for key, _ in self.specs]
         space = {
             "ladders": sorted(ladders), "fixed": sorted(fixed), "start_rank": self.start_rank,
             "factor": self.factor, "seeds_per_rank": self.seeds, "objective": self.objective,
         }
         self.fixed = fixed
-        for lad in ladders.values():  # bad overrides fail here, before anything is stored
-            self._validate(lad)
+        for key, combo in self.specs:  # bad overrides fail here, before anything is stored
+            self._validate(key, combo)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.study = study = self._open_study(space)
         self.axis_dists = {k: CategoricalDistribution(sorted({c.split("=", 1)[1] for c in vals}))
                            for k, vals in axes}
-        self.specs = [(lad.key, lad.combo) for lad in ladders.values()]
         self.settings = plan.Settings(ranks=self.ranks, seeds=self.seeds, rule=self.rule,
                                       direction=self.direction, max_rank=self.max_rank, factor=self.factor)
         slots = self._slots()
@@ -374,11 +364,11 @@ class RankSweep:
         st, t = plan.status(idx.get(key, []))
         return t.number if t is not None and st in ("done", "running") else None
 
-    def _validate(self, lad: LadderState) -> None:
+    def _validate(self, key: str, combo: tuple[str, ...]) -> None:
         """Compose one job config of this ladder and validate it like a trial would."""
         from ranksweep.config import to_run_config
 
-        overrides = self._overrides(plan.Item(lad.key, lad.combo, self.start_rank, 0), 0)
+        overrides = self._overrides(plan.Item(key, combo, self.start_rank, 0), 0)
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg):
             cfg.pop("hydra", None)
