@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ranksweep.errors import RanksweepError
+from ranksweep.storage import DEFAULT_STORAGE_URL
 
-DEFAULT_STORAGE = "sqlite:///outputs/ranksweep.db"
+DEFAULT_STORAGE = DEFAULT_STORAGE_URL
 _TRACEBACKS = "HYDRA_FULL_ERROR" in os.environ
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ranksweep.errors import RanksweepError
+from ranksweep.storage import DEFAULT_STORAGE_URL
 
 __all__ = [
     "StudyData",
@@ -48,7 +49,7 @@ __all__ = [
     "wandb_run_dirs",
 ]
 
-DEFAULT_STORAGE = "sqlite:///outputs/ranksweep.db"
+DEFAULT_STORAGE = DEFAULT_STORAGE_URL
 SUMMARY_FILENAME = "sweep_summary.json"
 ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
 

@@ -7,15 +7,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from ranksweep.errors import ConfigError
 
+# The embedded default storage, relative to the working directory.
+DEFAULT_STORAGE_URL = "sqlite:///outputs/ranksweep.db"
 HEARTBEAT_S = 30
 GRACE_S = 90
 
@@ -28,6 +27,8 @@ def _mask(url: str) -> str:
 
 def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.storage") -> Any:
     """An Optuna storage for ``url``. RDB storages get heartbeats so a killed worker's trial is retried."""
+    import optuna  # here, not at import: the constants above serve light commands too
+
     url = str(url)
     try:
         if url.startswith("journal://"):
@@ -88,7 +89,3 @@ def check_optuna_sqlite(path: Path, key: str) -> None:
     if tables and not {"studies", "trials", "version_info"} <= tables:
         raise ConfigError(f"{key}: {path} is an SQLite database but not an Optuna storage; "
                           "point the storage at a new file")
-
-
-def default_storage_url(root: str | os.PathLike = "outputs") -> str:
-    return f"sqlite:///{Path(root) / 'ranksweep.db'}"

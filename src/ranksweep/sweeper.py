@@ -38,7 +38,7 @@ from ranksweep import plan
 from ranksweep import summary as summary_mod
 from ranksweep.errors import ConfigError, RanksweepError
 from ranksweep.locks import study_lock
-from ranksweep.storage import open_storage
+from ranksweep.storage import DEFAULT_STORAGE_URL, open_storage
 
 log = logging.getLogger("ranksweep.sweep")
 # We drive heartbeats ourselves (around each launch), not through Study.optimize.
@@ -136,7 +136,7 @@ class RankSweep:
         if not (isinstance(parallel, int) and parallel >= 1):
             raise ConfigError(f"{k}parallel must be a positive integer, got {parallel!r}")
         self.study_name = str(study_name)
-        self.storage_url = storage or "sqlite:///outputs/ranksweep.db"
+        self.storage_url = storage or DEFAULT_STORAGE_URL
         self.factor, self.max_rank, self.start_rank = factor, max_rank, start_rank
         self.rule = ladder_mod.StopRule(min_gain=min_gain, patience=patience)
         self.seeds = seeds_per_rank
