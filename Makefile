@@ -69,3 +69,23 @@ report: $(STAMP) ## HTML report of sweeps, offline: make report STUDY="a [b ...]
 
 dashboard: $(STAMP) ## optuna-dashboard on the study storage, http://127.0.0.1:8080 (PORT=, STORAGE=)
 	$(VENV)/bin/optuna-dashboard '$(STORAGE)' --host 127.0.0.1 --port $(PORT)
+
+# Trial speed: the plain QLoRA loop vs a ranksweep trial in one run (bench/trial_speed.py).
+.PHONY: bench-cpu bench-gpu gpu-wheels
+bench-cpu: $(STAMP) ## trial speed vs the plain loop on CPU: tiny Llama + SmolLM2 (~15 min on 2 cores)
+	$(PY) bench/trial_speed.py cpu --md bench/cpu-latest.md $(ARGS)
+
+bench-gpu: $(STAMP) ## the same on one GPU: Llama-3.2-1B / 3.1-8B shapes, random init (< 8 min on an H100)
+	$(PY) bench/trial_speed.py gpu --md bench/gpu-latest.md $(ARGS)
+
+# For a GPU machine that has torch, transformers and peft but nothing else and no network:
+# wheels for CPython 3.12 into .whl/, installed there by bench/gpu_run.sh.
+GPU_WHEELS := bitsandbytes==0.50.2 hydra-core==1.3.8 omegaconf==2.3.1 datasets==5.2.0 dill==0.4.1 \
+	multiprocess==0.70.19 liger-kernel==0.6.4
+gpu-wheels: | $(PY) ## download the wheels bench/gpu_run.sh installs on a GPU machine without network
+	mkdir -p .whl
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(PIP) wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+	@du -sh .whl

@@ -139,6 +139,12 @@ def test_sweeper_plugin_is_discoverable():
         ("lora.dropout=1.5", "lora.dropout"),
         ("objective=accuracy", "objective"),
         ("trainer.lr=-1", "trainer.lr"),
+        ("trainer.gradient_checkpointing=sometimes", "trainer.gradient_checkpointing"),
+        ("trainer.loss_impl=fused", "trainer.loss_impl"),
+        ("trainer.ce_chunk=0", "trainer.ce_chunk"),
+        ("trainer.kernels=unsloth", "trainer.kernels"),
+        ("trainer.optim=lion", "trainer.optim"),
+        ("trainer.memory_limit_gb=-2", "trainer.memory_limit_gb"),
     ],
 )
 def test_bad_values_name_their_key(compose_cfg, override, key):
@@ -148,7 +154,8 @@ def test_bad_values_name_their_key(compose_cfg, override, key):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("override", ["lora.r=abc", "lora.r=2.5", "trainer.max_steps=many", "lora.alpha=big"])
+@pytest.mark.parametrize("override", ["lora.r=abc", "lora.r=2.5", "trainer.max_steps=many", "lora.alpha=big",
+                                      "trainer.packing=maybe", "trainer.memory_limit_gb=lots"])
 def test_type_errors_name_their_key(compose_cfg, override):
     """A value of the wrong type is refused by the structured schema, naming the key, on one line."""
     with pytest.raises(ConfigError) as info:

@@ -149,9 +149,22 @@ def test_estimate_command_prints_total_and_parts():
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     assert "peak memory estimate:" in res.stdout and " GB" in res.stdout
-    for part in ("weights", "lora", "optimizer", "activations", "logits", "overhead", "total"):
+    for part in ("weights", "dequant_cache", "lora", "optimizer", "activations", "logits", "overhead", "total"):
         assert part in res.stdout
     assert "41,943,040 adapter params" in res.stdout
+
+
+def test_estimate_command_prints_the_plan_for_a_limit():
+    """An 80 GB card: the 8B at 2048x4 fits with some layers checkpointed and every layer's weights
+    dequantized; 12 GB: it does not fit, whatever is recomputed."""
+    res = _estimate_cmd("model=llama3_1_8b", "trainer=gpu", "lora.r=16", "trainer.memory_limit_gb=80")
+    assert res.returncode == 0, res.stderr
+    assert "limit 80.00 GB (trainer.memory_limit_gb memory): fits" in res.stdout
+    assert "dequantized copies of 32 layers" in res.stdout and "grad_ckpt=" in res.stdout
+    total = float(res.stdout.split("peak memory estimate: ")[1].split(" GB")[0])
+    assert total <= 80
+    small = _estimate_cmd("model=llama3_1_8b", "trainer=gpu", "lora.r=16", "trainer.memory_limit_gb=12")
+    assert small.returncode == 0 and "DOES NOT FIT" in small.stdout and "dequantized copies of 0 layers" in small.stdout
 
 
 def test_estimate_command_tiny_model_reads_its_config():

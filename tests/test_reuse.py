@@ -28,7 +28,6 @@ def test_reused_base_gives_the_same_metrics_as_a_fresh_load(compose_cfg, tmp_pat
     assert reused.metrics["eval_loss"] == fresh.metrics["eval_loss"]
     assert reused.metrics["trainable_params"] == fresh.metrics["trainable_params"]
     assert reused.metrics.get("exact_match") == fresh.metrics.get("exact_match")
-    assert reused.metrics["load_s"] < fresh.metrics["load_s"]
     after = _base_state(base[0])
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before), "base weights unchanged by its trials"

@@ -125,7 +125,7 @@ def test_wandb_runs_agree_with_study(full):
         text = json.dumps(doc)
         assert "full" in text  # group = study name
         assert f"r{t.params['rank']}-a{2 * t.params['rank']}-all_linear-nf4" in text  # run name
-        assert str(round(t.value, 4))[:5] in text  # summary eval_loss
+        assert doc["summary"]["eval_loss"] == pytest.approx(t.value, rel=1e-9)  # summary eval_loss
     (run,) = list((cwd / "outputs" / "sweeps" / "full" / "wandb").glob("offline-run-*"))  # one summary run
     out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json",
                           str(run)], capture_output=True, text=True, timeout=60)
@@ -261,3 +261,31 @@ def test_sweep_aborts_past_max_failure_rate(tmp_path, cache):
     assert len(lines) == 1 and "max_failure_rate" in lines[0], proc.stderr[-2000:]
     trials = load_study(tmp_path, "doomed").get_trials()
     assert [t.user_attrs["rank"] for t in trials if t.state == TrialState.FAIL] == [8, 16]
+
+
+def test_ranks_that_would_not_fit_are_skipped(tmp_path, cache):
+    """A limit between the r=8 and r=16 estimates: r=8 trains, r=16 is recorded infeasible, not run."""
+    from conftest import compose
+
+    from ranksweep.config import to_run_config
+    from ranksweep.memory import GB, plan_memory
+
+    fixed = ["trainer.gradient_checkpointing=false", "trainer.dequant_cache=false"]  # no plan to adapt
+    shrink = [a for a in TINY if not a.startswith("hydra.")] + fixed
+    est = {r: plan_memory(to_run_config(compose(*shrink, f"lora.r={r}")), "cpu").estimate.total / GB
+           for r in (8, 16)}
+    assert est[8] < est[16]
+    limit = (est[8] + est[16]) / 2
+    proc = sweep(tmp_path, cache, "hydra.sweeper.study_name=fit", *fixed, f"trainer.memory_limit_gb={limit}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load_study(tmp_path, "fit").get_trials()
+    by_rank = {t.user_attrs["rank"]: t for t in trials}
+    assert sorted(by_rank) == [0, 8, 16], "nothing past the first rank that does not fit"
+    assert by_rank[8].state == TrialState.COMPLETE
+    skipped = by_rank[16]
+    assert skipped.state == TrialState.FAIL and skipped.user_attrs["failure_kind"] == "infeasible"
+    assert "would not fit" in skipped.user_attrs["fail_reason"] and "duration_s" not in skipped.user_attrs
+    assert not (tmp_path / "outputs" / "sweeps" / "fit" / f"trial-{skipped.number:04d}-r16-s0").exists()
+    (lad,) = summary(tmp_path, "fit")["ladders"]
+    assert lad["stop_reason"].startswith("r=16 would not fit")
+    assert [r["rank"] for r in lad["rungs"]] == [8] and lad["recommendation"]["rank"] == 8

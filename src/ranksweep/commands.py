@@ -147,11 +147,21 @@ def estimate(argv: Sequence[str]) -> int:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise RanksweepError(_one_line(exc)) from exc
     run = to_run_config(cfg)
-    from ranksweep.memory import estimate_run
+    from ranksweep.memory import estimate_run, plan_memory
 
-    est = estimate_run(run)
-    print(f"model {run.model.name} ({run.model.id}), quant {run.quant.name}")
+    device = run.trainer.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    mem = plan_memory(run, device)
+    est = mem.estimate if mem.estimate is not None else estimate_run(run)  # raises the one-line reason
+    print(f"model {run.model.name} ({run.model.id}), quant {run.quant.name}, device {device}")
     print(est.table())
+    if mem.limit_gb is not None:
+        verdict = "fits" if mem.fits else "DOES NOT FIT: a sweep skips this trial"
+        print(f"  limit {mem.limit_gb:.2f} GB ({'trainer.memory_limit_gb' if run.trainer.memory_limit_gb else device}"
+              f" memory): {verdict}")
     if run.quant.bits in (4, 8):
         print("  (as ranksweep's trial runs it: prepare_model_for_kbit_training upcasts embeddings, "
               "lm_head and norms to fp32)")

@@ -27,6 +27,15 @@ SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 DATA_SOURCES = ("cmudict", "jsonl", "csv", "parquet", "hub")
 METRICS = ("exact_match", "none")
 OBJECTIVES = ("eval_loss", "perplexity", "exact_match")
+LOSS_IMPLS = ("chunked", "plain")
+KERNELS = ("auto", "liger", "none")
+# trainer.optim -> (TrainingArguments.optim, the memory estimator's optimizer state)
+OPTIMS = {
+    "adamw_torch": ("adamw_torch", "adamw"),
+    "adamw_8bit": ("adamw_bnb_8bit", "adamw_8bit"),
+    "paged_adamw_8bit": ("paged_adamw_8bit", "adamw_8bit"),
+    "paged_adamw_32bit": ("paged_adamw_32bit", "adamw"),
+}
 
 
 def _require(ok: bool, message: str) -> None:
@@ -178,7 +187,29 @@ class TrainerConfig:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_seq_len: int = 128
-    gradient_checkpointing: bool = False
+    # auto: off when the memory estimate without it fits memory_limit_gb (recomputation costs
+    # ~30% of a step on a GPU), on when only it fits. true / false force it.
+    gradient_checkpointing: Any = "auto"
+    # auto: keep dequantized copies of as many 4-bit layers as memory_limit_gb leaves room for
+    # (bitsandbytes otherwise dequantizes every weight in every forward and backward; the values
+    # are the same). true: every layer; false: none.
+    dequant_cache: Any = "auto"
+    # Concatenate each micro-batch into one row (positions restart per example): no padding FLOPs,
+    # no attention across examples, the same loss.
+    packing: bool = True
+    # chunked: loss from hidden states, output head only on labelled positions, ce_chunk rows at a
+    # time (no [tokens, vocab] fp32 logits); plain: the model's own loss.
+    loss_impl: str = "chunked"
+    ce_chunk: int = 1024
+    # auto: Liger's fused RMSNorm/SwiGLU/RoPE on CUDA when liger-kernel is installed; liger; none.
+    kernels: str = "auto"
+    # adamw_torch, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit (bitsandbytes).
+    optim: str = "adamw_torch"
+    # torch.compile the model (off: on the measured CPU shapes it did not pay, see bench/RESULTS.md).
+    compile: bool = False
+    # Device memory a trial may use (GB); null = the device's (GPU total memory, CPU available RAM).
+    # Sweeps skip ranks whose estimate exceeds it; checkpointing=auto decides by it.
+    memory_limit_gb: Optional[float] = None
     eval_every: int = 20
     eval_batch: int = 16
     seed: int = 0
@@ -187,6 +218,18 @@ class TrainerConfig:
     # Keep the quantized base loaded between trials of one worker; each trial gets a fresh adapter.
     reuse_base: bool = True
     log_every: int = 5
+
+    @property
+    def caching(self) -> Optional[bool]:
+        """dequant_cache: True / False when forced, None for auto."""
+        value = str(self.dequant_cache).lower()
+        return None if value == "auto" else value == "true"
+
+    @property
+    def checkpointing(self) -> Optional[bool]:
+        """True / False when forced, None for auto."""
+        value = str(self.gradient_checkpointing).lower()
+        return None if value == "auto" else value == "true"
 
     def validate(self) -> None:
         _require(
@@ -199,6 +242,23 @@ class TrainerConfig:
         _choice("trainer.schedule", self.schedule, SCHEDULES)
         _require(0 <= self.warmup_ratio < 1, f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         _positive_int("trainer.max_seq_len", self.max_seq_len)
+        _require(
+            str(self.gradient_checkpointing).lower() in ("auto", "true", "false"),
+            f"trainer.gradient_checkpointing must be auto, true or false, got {self.gradient_checkpointing!r}",
+        )
+        _require(
+            str(self.dequant_cache).lower() in ("auto", "true", "false"),
+            f"trainer.dequant_cache must be auto, true or false, got {self.dequant_cache!r}",
+        )
+        _choice("trainer.loss_impl", self.loss_impl, LOSS_IMPLS)
+        _positive_int("trainer.ce_chunk", self.ce_chunk)
+        _choice("trainer.kernels", self.kernels, KERNELS)
+        _choice("trainer.optim", self.optim, tuple(OPTIMS))
+        if self.memory_limit_gb is not None:
+            _require(
+                math.isfinite(self.memory_limit_gb) and self.memory_limit_gb > 0,
+                f"trainer.memory_limit_gb must be a positive number of GB or null, got {self.memory_limit_gb!r}",
+            )
         _positive_int("trainer.eval_every", self.eval_every)
         _positive_int("trainer.eval_batch", self.eval_batch)
         _positive_int("trainer.log_every", self.log_every)

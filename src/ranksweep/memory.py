@@ -28,10 +28,15 @@
 
   Without checkpointing every layer keeps X: ``L*X*b*s``. With checkpointing only each layer's input
   is kept, plus one layer recomputed during backward: ``(L*a*h + X)*b*s``. Plus the final norm.
-- ``logits``: ``b*s*vocab*(2a + 8)``: the logits in the compute dtype (kept in the model output), the
-  fp32 logits of the loss and their fp32 gradient, and that gradient cast back to the compute dtype,
-  alive together in the cross-entropy backward (12 B per logit in bf16). For a 128k vocabulary this
-  is the largest term.
+- ``logits``: with ``loss_impl=plain``, ``b*s*vocab*(2a + 8)``: the logits in the compute dtype (kept
+  in the model output), the fp32 logits of the loss and their fp32 gradient, and that gradient cast
+  back to the compute dtype, alive together in the cross-entropy backward (12 B per logit in bf16;
+  in fp32 the upcast is the logits themselves: ``a + 8``). For a 128k vocabulary this is the largest
+  term. With ``loss_impl=chunked`` (ranksweep's default) only one chunk of labelled rows has logits
+  at a time: ``min(ce_chunk, b*s)*vocab*(8 [+ a in bf16])`` plus the gathered hidden states and
+  their gradient.
+- ``dequant_cache``: the dequantized copies of ``dequant_layers`` layers' 4-bit weights, ``a`` bytes
+  per weight.
 - ``overhead``: 0.5 B per base linear parameter for what the formula leaves out (bitsandbytes'
   dequantisation buffers, cuBLAS workspaces, autocast copies, allocator rounding). Fitted to the
   four GPU anchors in ``ANCHORS`` (errors +2.2%, +1.9%, +4.3%, -8.5%); without it the 8B anchors
@@ -163,6 +168,7 @@ class MemoryEstimate:
     """A trial's predicted peak memory, in bytes, by part."""
 
     weights: float
+    dequant_cache: float
     lora: float
     optimizer: float
     activations: float
@@ -174,7 +180,8 @@ class MemoryEstimate:
 
     @property
     def total(self) -> float:
-        return self.weights + self.lora + self.optimizer + self.activations + self.logits + self.overhead
+        return (self.weights + self.dequant_cache + self.lora + self.optimizer + self.activations + self.logits
+                + self.overhead)
 
     @property
     def footprint(self) -> float:
@@ -182,8 +189,9 @@ class MemoryEstimate:
         return self.weights - self.quant_state
 
     def parts(self) -> dict[str, float]:
-        return {"weights": self.weights, "lora": self.lora, "optimizer": self.optimizer,
-                "activations": self.activations, "logits": self.logits, "overhead": self.overhead}
+        return {"weights": self.weights, "dequant_cache": self.dequant_cache, "lora": self.lora,
+                "optimizer": self.optimizer, "activations": self.activations, "logits": self.logits,
+                "overhead": self.overhead}
 
     def table(self) -> str:
         """A human-readable breakdown in GB (1e9 bytes)."""
@@ -191,29 +199,42 @@ class MemoryEstimate:
         head = (f"peak memory estimate: {self.total / GB:.{2 if self.total >= GB else 4}f} GB"
                 + (f"  ({inp['family']}, {inp['bits']}-bit, r={inp['r']}, targets={inp['targets']}, "
                    f"micro_batch={inp['micro_batch']} x seq {inp['seq_len']}, "
-                   f"grad_ckpt={'on' if inp['grad_ckpt'] else 'off'}, "
+                   f"grad_ckpt={_ckpt_text(inp)}, "
                    f"{'bf16/fp16' if inp['dtype_bytes'] == 2 else 'fp32'})" if inp else ""))
         notes = {
             "weights": f"frozen base (footprint {self.footprint / GB:.2f} GB "
                        f"+ quant state {self.quant_state / GB:.2f})",
+            "dequant_cache": f"dequantized copies of {inp.get('dequant_layers', 0)} layers' 4-bit weights",
             "lora": f"{self.lora_params:,} adapter params, fp32",
             "optimizer": "fp32 grads + optimizer states",
             "activations": "stored for backward" + (" (checkpointed)" if inp.get("grad_ckpt") else ""),
-            "logits": "logits, fp32 logits and their grads (loss backward)",
+            "logits": ("one chunk of labelled rows' fp32 logits + hidden-state grads (chunked loss)"
+                       if inp.get("loss_impl") == "chunked" else "logits, fp32 logits and their grads (loss backward)"),
             "overhead": "workspaces, dequant buffers, allocator (fitted)",
         }
         lines = [head]
         digits = 2 if self.total >= GB else 4  # tiny models: keep the parts readable
         for name, value in self.parts().items():
-            lines.append(f"  {name:<12}{value / GB:>9.{digits}f} GB   {notes[name]}")
-        lines.append(f"  {'total':<12}{self.total / GB:>9.{digits}f} GB")
+            lines.append(f"  {name:<14}{value / GB:>9.{digits}f} GB   {notes[name]}")
+        lines.append(f"  {'total':<14}{self.total / GB:>9.{digits}f} GB")
         return "\n".join(lines)
 
 
+def _ckpt_text(inp: dict[str, Any]) -> str:
+    k, layers = int(inp.get("grad_ckpt") or 0), int(inp.get("layers") or 0)
+    return "off" if not k else "on" if not layers or k >= layers else f"{k}/{layers} layers"
+
+
 def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[str, ...] | list[str],
-             micro_batch: int, seq_len: int, grad_ckpt: bool, dtype_bytes: int = 2, double_quant: bool = True,
-             optimizer: str = "adamw", lora_dropout: float = 0.05, kbit_prep: bool = False) -> MemoryEstimate:
-    """Predict the peak memory of one training step (see the module docstring for the formula)."""
+             micro_batch: int, seq_len: int, grad_ckpt: bool | int, dtype_bytes: int = 2, double_quant: bool = True,
+             optimizer: str = "adamw", lora_dropout: float = 0.05, kbit_prep: bool = False,
+             loss_impl: str = "plain", ce_chunk: int = 1024, eval_batch: int = 0,
+             dequant_layers: int = 0) -> MemoryEstimate:
+    """Predict the peak memory of one training step (see the module docstring for the formula).
+
+    ``grad_ckpt``: True / False for every layer or none, or the number of checkpointed layers.
+    ``dequant_layers``: 4-bit layers whose dequantized weights are kept (in the compute dtype).
+    """
     if family not in FAMILY_MODULES:
         raise ConfigError(f"model.family: unknown family {family!r}; known: {', '.join(FAMILY_MODULES)}")
     if bits not in (4, 8, 16):
@@ -250,6 +271,7 @@ def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[s
         quant_state = 0.0
     other_bytes = 4 if (kbit_prep and bits in (4, 8)) else a
     weights = stored + quant_state + other_bytes * (embed + norms)
+    cache = float(a * per_layer_linear * max(0, min(int(dequant_layers), L))) if bits == 4 else 0.0
 
     # Adapter and optimizer.
     shapes = target_shapes(config, family, targets)
@@ -265,20 +287,35 @@ def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[s
         x += a * r + ((a + 1) * in_f if lora_dropout > 0 else 0)
     tokens = micro_batch * seq_len
     final_norm = (4 + a) * h
-    per_token = (L * a * h + x) if grad_ckpt else (L * x)
+    k = L if grad_ckpt is True else (0 if grad_ckpt is False else max(0, min(int(grad_ckpt), L)))
+    # The first k layers keep only their input; the others all of X. The peak is at the start of the
+    # backward pass, or while the last checkpointed layer recomputes (the layers above it freed).
+    per_token = k * a * h + max((L - k) * x, x if k else 0)
     activations = float(tokens * (per_token + final_norm))
 
-    logits = float(tokens * V * (2 * a + LOGIT_EXTRA_BYTES))
+    if loss_impl == "chunked":
+        # One chunk of labelled rows: its fp32 logits, their softmax-gradient and its 16-bit copy;
+        # plus the gathered hidden states and their gradient.
+        rows = min(int(ce_chunk), tokens)
+        logits = float(rows * V * (LOGIT_EXTRA_BYTES + (a if a == 2 else 0)) + 2 * tokens * a * h)
+    else:
+        # In fp32 the loss's upcast is the logits themselves: one copy fewer than in bf16.
+        logits = float(tokens * V * (a + LOGIT_EXTRA_BYTES + (a if a == 2 else 0)))
+        if eval_batch:
+            # Evaluation through the model's own loss: [eval_batch, seq, vocab] logits and their fp32
+            # log-softmax, while the adapter and optimizer states stay allocated.
+            logits = max(logits, float(eval_batch * seq_len * V * (a + 8)))
     if kbit_prep and bits in (4, 8) and a == 2:
         logits += 2.0 * V * h  # autocast's 16-bit copy of the fp32 head, saved for backward
     overhead = OVERHEAD_PER_PARAM * linear
 
     return MemoryEstimate(
-        weights=float(weights), lora=lora, optimizer=opt, activations=activations, logits=logits,
+        weights=float(weights), dequant_cache=cache, lora=lora, optimizer=opt, activations=activations, logits=logits,
         overhead=overhead, quant_state=float(quant_state), lora_params=n_lora,
         inputs=dict(family=family, bits=bits, r=r, targets=targets if isinstance(targets, str) else "+".join(targets),
-                    micro_batch=micro_batch, seq_len=seq_len, grad_ckpt=grad_ckpt, dtype_bytes=dtype_bytes,
-                    double_quant=double_quant, optimizer=optimizer),
+                    micro_batch=micro_batch, seq_len=seq_len, grad_ckpt=k, layers=L, dtype_bytes=dtype_bytes,
+                    dequant_layers=max(0, min(int(dequant_layers), L)) if bits == 4 else 0,
+                    double_quant=double_quant, optimizer=optimizer, loss_impl=loss_impl),
     )
 
 
@@ -321,13 +358,135 @@ def _device_dtype_bytes(run: Any) -> int:
     return 2 if device == "cuda" else 4
 
 
-def estimate_run(run: Any) -> MemoryEstimate:
-    """The estimate for a validated :class:`ranksweep.config.RunConfig`, as ranksweep's trial runs it."""
+def estimate_run(run: Any, grad_ckpt: Optional[bool | int] = None, dequant_layers: int = 0) -> MemoryEstimate:
+    """The estimate for a validated :class:`ranksweep.config.RunConfig`, as ranksweep's trial runs it.
+
+    ``grad_ckpt`` overrides the config's (``auto`` is resolved by :func:`plan_memory`).
+    """
+    from ranksweep.config import OPTIMS
+
     config = model_config_for(run)
+    if grad_ckpt is None:
+        grad_ckpt = bool(run.trainer.checkpointing)
     return estimate(
         config, run.model.family, run.quant.bits, run.lora.r, run.lora.targets,
         micro_batch=run.trainer.micro_batch, seq_len=run.trainer.max_seq_len,
-        grad_ckpt=run.trainer.gradient_checkpointing, dtype_bytes=_device_dtype_bytes(run),
+        grad_ckpt=grad_ckpt, dtype_bytes=_device_dtype_bytes(run),
         double_quant=run.quant.double_quant, lora_dropout=run.lora.dropout,
         kbit_prep=run.quant.bits in (4, 8),  # the trial calls prepare_model_for_kbit_training
+        optimizer=OPTIMS[run.trainer.optim][1], loss_impl=run.trainer.loss_impl,
+        ce_chunk=run.trainer.ce_chunk, eval_batch=run.trainer.eval_batch, dequant_layers=dequant_layers,
     )
+
+
+def device_memory_gb(device: str) -> Optional[float]:
+    """What a trial on ``device`` may use: a GPU's total memory, or the RAM available now (CPU)."""
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / GB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+HEADROOM = 0.9  # auto spends memory on speed up to this share of the limit (the estimate is +-15%)
+
+
+@dataclass
+class MemoryPlan:
+    """How a trial will use memory: checkpointed and dequant-cached layers, estimate, limit, fit."""
+
+    ckpt_layers: int
+    layers: int
+    estimate: Optional[MemoryEstimate]
+    limit_gb: Optional[float]
+    reason: str = ""
+    dequant_layers: int = 0
+
+    @property
+    def grad_ckpt(self) -> bool:
+        return self.ckpt_layers > 0
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate is None or self.limit_gb is None or self.estimate.total / GB <= self.limit_gb
+
+    def describe(self) -> str:
+        if self.estimate is None:
+            return self.reason or "no estimate"
+        limit = f"{self.limit_gb:.2f} GB" if self.limit_gb is not None else "unknown"
+        ckpt = ("off" if not self.ckpt_layers else "on" if self.ckpt_layers >= self.layers
+                else f"on for {self.ckpt_layers} of {self.layers} layers")
+        cache = f", dequantized weights kept for {self.dequant_layers} of {self.layers} layers" \
+            if self.dequant_layers else ""
+        return (f"estimated peak {self.estimate.total / GB:.2f} GB (gradient checkpointing {ckpt}{cache}) "
+                f"for a limit of {limit}")
+
+
+def _largest(lo: int, hi: int, ok) -> int:
+    """The largest n in [lo, hi] with ok(n), for ok true up to some point; lo - 1 when none."""
+    if not ok(lo):
+        return lo - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def plan_memory(run: Any, device: str) -> MemoryPlan:
+    """Spend the memory limit on speed: dequantized weights first, then fewer recomputed layers.
+
+    ``trainer.memory_limit_gb`` (default: the device's memory) is the budget. Under ``auto``:
+
+    1. dequant_cache keeps the dequantized weights of as many 4-bit layers as fit in
+       ``HEADROOM`` of the limit with every layer checkpointed (bitsandbytes otherwise
+       dequantizes each weight in every forward and backward: the reference's NF4 LoRA ran 25%
+       slower than bf16 LoRA; a layer's copy costs 2 bytes per weight on a GPU);
+    2. gradient checkpointing recomputes as few layers as keep the estimate in that budget
+       (recomputing every layer cost 26% of a step on the 1B anchor, 30,486 vs 22,559
+       tokens/s, for 2.3x less memory).
+
+    Forced values (true/false) are kept. The trial fits when the estimate of the plan is under
+    the limit. A model whose shape cannot be read gets no estimate: it runs with neither.
+    """
+    ckpt, cache = run.trainer.checkpointing, run.trainer.caching
+    limit = run.trainer.memory_limit_gb
+    if limit is None:
+        limit = device_memory_gb(device)
+    try:
+        layers = int(_dims(model_config_for(run))["L"])
+        estimate_run(run, grad_ckpt=False)
+    except ConfigError as exc:
+        return MemoryPlan(1 if ckpt else 0, 1, None, limit, reason=str(exc))
+    n_cache = layers if cache and run.quant.bits == 4 else 0
+    if limit is None:  # nothing to plan against: the forced values, else neither
+        k = layers if ckpt else 0
+        return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache), limit,
+                          dequant_layers=n_cache)
+    budget = HEADROOM * limit
+
+    def total(k: int, c: int) -> float:
+        return estimate_run(run, grad_ckpt=k, dequant_layers=c).total / GB
+
+    # Checkpointing the last layer saves nothing (it would be recomputed first, at once), so auto
+    # recomputes at most layers - 1; true recomputes every layer, as transformers does.
+    k_most = layers if ckpt else 0 if ckpt is False else max(layers - 1, 1)
+    if cache is None and run.quant.bits == 4:
+        n_cache = max(0, _largest(0, layers, lambda c: total(k_most, c) <= budget))
+    k = k_most
+    if ckpt is None:  # the fewest recomputed layers that keep the plan in the budget
+        k = layers - _largest(layers - k_most, layers, lambda m: total(layers - m, n_cache) <= budget)
+        k = min(k, k_most)
+    return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache), limit,
+                      dequant_layers=n_cache)

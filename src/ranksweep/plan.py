@@ -116,6 +116,13 @@ def evaluate(key: str, combo: tuple[str, ...], idx: dict[Key, list[FrozenTrial]]
     for r in s.ranks:
         if not finished[r]:
             break
+        if all(st == "failed" and t is not None and t.user_attrs.get("failure_kind") == "infeasible"
+               for st, t in view.statuses[r]):
+            # The memory estimate says this rank does not fit; larger ones take more.
+            t = view.statuses[r][0][1]
+            view.done, view.stop_rank = True, (ranks[-1] if ranks else None)
+            view.stop_reason = f"r={r} {t.user_attrs.get('fail_reason', 'would not fit') if t else 'would not fit'}"
+            return view
         vals = [value(t) for st, t in view.statuses[r] if st == "done"]
         vals = [v for v in vals if v is not None and math.isfinite(v)]
         if not vals:

@@ -153,6 +153,8 @@ class RankSweep:
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.config: DictConfig | None = None
         self._bar: Any = None
+        self._fit_cache: dict[tuple[str, int], str | None] = {}
+        self._skipped = False
 
     # -- Hydra plumbing -------------------------------------------------------------------
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -245,6 +247,7 @@ class RankSweep:
             while True:
                 claimed: list[Claim] = []
                 running_elsewhere = False
+                self._skipped = False
                 if slots - len(inflight) > 0:
                     claimed, running_elsewhere = self._claim(slots - len(inflight))
                 for c in claimed:
@@ -266,7 +269,7 @@ class RankSweep:
                             ret = exc
                         returns.append(self._tell(c, ret))
                     continue
-                if claimed:
+                if claimed or self._skipped:  # a skipped rank ends its ladder: plan again at once
                     continue
                 if running_elsewhere:  # another worker holds a job this ladder needs
                     time.sleep(self.poll_s)
@@ -306,8 +309,51 @@ class RankSweep:
             cands, running = plan.candidates(views, self.seeds, self.parallel)
             by_key = {v.key: v for v in views}
             created: dict[tuple[str, int, int], int] = {}
-            claims = [self._create(item, idx, created, by_key[item.ladder]) for item, _ in cands[:free]]
+            claims: list[Claim] = []
+            blocked: dict[str, int] = {}  # ladder -> a rank that does not fit: larger ones need more
+            for item, _ in cands:
+                if len(claims) >= free:
+                    break
+                if item.rank > blocked.get(item.ladder, 1 << 30):
+                    continue
+                reason = self._infeasible(item)
+                claim = self._create(item, idx, created, by_key[item.ladder])
+                if reason is None:
+                    claims.append(claim)
+                else:  # recorded, not run: the stop rule ends the ladder at the last rank that fits
+                    blocked[item.ladder] = item.rank
+                    claim.trial.set_user_attr("failure_kind", "infeasible")
+                    claim.trial.set_user_attr("fail_reason", reason)
+                    self.study.tell(claim.trial, state=TrialState.FAIL)
+                    log.warning("trial %d (%s r=%d) skipped: %s", claim.trial.number, item.ladder, item.rank, reason)
+                    self._skipped = True
         return claims, running
+
+    def _infeasible(self, item: plan.Item) -> str | None:
+        """Why the trial would not fit the device (memory estimate over the limit), or None.
+
+        The base evaluation (rank 0) is never skipped: it trains nothing. Cached per (ladder, rank).
+        """
+        if item.rank == 0:
+            return None
+        key = (item.ladder, item.rank)
+        if key not in self._fit_cache:
+            from ranksweep.config import to_run_config
+            from ranksweep.memory import plan_memory
+
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self._overrides(item, 0))
+            with open_dict(cfg):
+                cfg.pop("hydra", None)
+            run = to_run_config(cfg)
+            device = run.trainer.device
+            if device == "auto":
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            mem = plan_memory(run, device)
+            self._fit_cache[key] = None if mem.fits else (
+                f"would not fit: {mem.describe()} (trainer.memory_limit_gb; `ranksweep estimate` shows the parts)")
+        return self._fit_cache[key]
 
     @property
     def _rdb(self) -> bool:
@@ -380,7 +426,8 @@ class RankSweep:
         return mask_secrets(self.storage_url)
 
     def _check_failures(self, trials: Sequence[FrozenTrial]) -> None:
-        failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind")]
+        failed = [t for t in trials if t.state == TrialState.FAIL
+                  and t.user_attrs.get("failure_kind") not in (None, "infeasible")]
         finished = [t for t in trials if t.state in FINISHED] + failed
         if len(failed) >= 2 and len(failed) / max(len(finished), 1) > self.max_failure_rate:
             last = failed[-1].user_attrs.get("fail_reason", "?")

@@ -21,13 +21,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ranksweep import data as data_mod
-from ranksweep.config import RunConfig, to_run_config
+from ranksweep.config import OPTIMS, RunConfig, to_run_config
 from ranksweep.errors import TrialFailed
 from ranksweep.models import disable_cpu_bf16_repack, load_base, pick_device, torch_dtype
 from ranksweep.targets import resolve_targets
@@ -134,7 +134,57 @@ def _trainer_callbacks(tracker: Tracker, reporter: Optional[Reporter]):
 
 def _argmax_logits(logits, labels):
     """Keep only the predicted ids: the Trainer then never gathers [batch, seq, vocab] logits."""
-    return logits.argmax(dim=-1)
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits if logits.dim() == 2 else logits.argmax(dim=-1)  # the chunked eval returns ids
+
+
+def _trainer_class():
+    """transformers' Trainer with ranksweep's loss and a separate (padded) evaluation collator."""
+    from transformers import Trainer
+
+    from ranksweep.speed import chunked_loss_forward
+
+    class RanksweepTrainer(Trainer):
+        def __init__(self, *args, eval_collator=None, chunked: bool = False, ce_chunk: int = 1024, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.eval_collator = eval_collator
+            self.chunked = chunked
+            self.ce_chunk = ce_chunk
+
+        def floating_point_ops(self, inputs):
+            # Trainer counts FLOPs for its logs by walking every parameter on every step; once is enough.
+            if not hasattr(self, "_n_params"):
+                self._n_params = self.model.num_parameters(exclude_embeddings=True)
+            ids = inputs.get("input_ids")
+            return 6 * self._n_params * (ids.numel() if ids is not None else 0)
+
+        def get_eval_dataloader(self, eval_dataset=None):
+            # Evaluation stays padded: its loss is a mean over batches weighted by rows, as before.
+            if self.eval_collator is None:
+                return super().get_eval_dataloader(eval_dataset)
+            train_collator, self.data_collator = self.data_collator, self.eval_collator
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = train_collator
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.chunked and self.label_smoother is None and self.compute_loss_func is None:
+                items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+                got = chunked_loss_forward(model, inputs, items, self.ce_chunk, training=model.training)
+                if got is not None:
+                    loss, preds = got
+                    if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+                            and num_items_in_batch is not None):
+                        loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss does
+                    if return_outputs:
+                        return loss, {"loss": loss, "logits": preds}
+                    return loss
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return RanksweepTrainer
 
 
 def _token_accuracy(eval_pred) -> dict[str, float]:
@@ -181,12 +231,14 @@ def _objective(run: RunConfig, metrics: dict[str, Any]) -> float:
 
 
 def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Optional[Reporter] = None,
-              base_loader: Optional[Callable[[], Optional[tuple]]] = None) -> TrialResult:
+              base_loader: Optional[Callable[[], Optional[tuple]]] = None,
+              callbacks: Sequence[Any] = ()) -> TrialResult:
     """Train and evaluate one adapter; return the objective and metrics.
 
     ``base_loader`` optionally returns ``(model, tokenizer)`` already loaded
     (a worker reuses one quantized base across its trials); it is called after
-    the data loaded, so a bad dataset fails before any model load.
+    the data loaded, so a bad dataset fails before any model load. ``callbacks`` are extra
+    transformers ``TrainerCallback`` objects (the benchmark times steps with one).
     """
     t_start = time.perf_counter()
     run = to_run_config(cfg)
@@ -203,7 +255,7 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
     train_ex, eval_ex = data_mod.split_examples(examples, run.data.eval_size, run.data.seed)
     # peft and the Trainer take seconds to import: only after the data is known to be good.
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     t_load = time.perf_counter()
     base = base_loader() if base_loader is not None else None
@@ -219,18 +271,41 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
     eval_ds = data_mod.tokenize_examples(eval_ex, tok, run.model.variant, run.data, run.trainer.max_seq_len,
                                          cache_dir=os.path.join(cache_dir, "data"))
 
+    from ranksweep.memory import plan_memory
+    from ranksweep.speed import apply_kernels, cache_dequantized, checkpoint_layers, packing_collator, resolve_kernels
+
+    mem = plan_memory(run, device)
+    ckpt = mem.grad_ckpt
+    log.info("memory: %s", mem.describe())
+    patched = apply_kernels(model, run.model.family, resolve_kernels(run.trainer.kernels, device))
+    kernels = "liger" if patched else "none"
+    if run.quant.bits == 4:  # also drops copies a previous trial on this base kept
+        cache_dequantized(model, mem.dequant_layers, torch_dtype(run.quant.compute_dtype, device))
+
     set_seed(run.trainer.seed)
     if run.quant.bits in (4, 8):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.trainer.gradient_checkpointing)
-    elif run.trainer.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    if not ckpt and getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()  # a reused base may come from a checkpointed trial
+    if ckpt and mem.ckpt_layers < mem.layers:
+        checkpoint_layers(model, mem.ckpt_layers)
     lora_cfg = LoraConfig(
         r=run.lora.r, lora_alpha=run.lora.lora_alpha, lora_dropout=run.lora.dropout, bias=run.lora.bias,
         target_modules=modules, use_rslora=run.lora.use_rslora, task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora_cfg)
     disable_cpu_bf16_repack(model)
+    compiled = None
+    if run.trainer.compile:  # the decoder, which both loss paths call; compiled lazily on the first step
+        from ranksweep.speed import causal_lm_parts
+
+        parts = causal_lm_parts(model)
+        compiled = parts[0] if parts else model
+        compiled.compile()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
@@ -266,15 +341,18 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_pin_memory=device == "cuda",
-        optim="adamw_torch",
+        optim=OPTIMS[run.trainer.optim][0],
         gradient_checkpointing=False,  # enabled above, before peft wraps the model
     )
-    callbacks = _trainer_callbacks(tracker, reporter)
-    watch = callbacks[0]
-    trainer = Trainer(
+    if run.trainer.packing:
+        args.include_num_input_tokens_seen = "all"  # packed rows have no padding to leave out
+    watch = _trainer_callbacks(tracker, reporter)[0]
+    padded = data_mod.CausalCollator(tok)
+    trainer = _trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=data_mod.CausalCollator(tok), callbacks=callbacks,
-        compute_metrics=_token_accuracy, preprocess_logits_for_metrics=_argmax_logits,
+        data_collator=packing_collator(tok, model) if run.trainer.packing else padded,
+        eval_collator=padded, chunked=run.trainer.loss_impl == "chunked", ce_chunk=run.trainer.ce_chunk,
+        callbacks=[watch, *callbacks], compute_metrics=_token_accuracy, preprocess_logits_for_metrics=_argmax_logits,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -282,6 +360,7 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
     exit_code = 1
     try:
         train_s, tokens = 0.0, 0
+        setup_s = time.perf_counter() - t_start  # start, data, load (or reuse), tokenise, adapter, Trainer
         if run.trainer.max_steps > 0:
             t_train = time.perf_counter()
             trainer.train()
@@ -310,6 +389,14 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
             "train_s": train_s,
             "load_s": load_s,
             "device": device,
+            "gradient_checkpointing": ckpt,
+            "checkpointed_layers": mem.ckpt_layers if ckpt else 0,
+            "dequant_cached_layers": mem.dequant_layers,
+            "packing": run.trainer.packing,
+            "loss_impl": run.trainer.loss_impl,
+            "kernels": kernels,
+            "optim": run.trainer.optim,
+            "estimated_peak_gb": mem.estimate.total / 1e9 if mem.estimate is not None else None,
             "name": name,
         }
         if run.data.metric == "exact_match" and run.data.metric_examples > 0:
@@ -318,10 +405,14 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
             metrics["exact_match"] = em
             metrics["exact_match_n"] = min(run.data.metric_examples, len(eval_ds))
             metrics["samples"] = [{"reference": r, "prediction": p} for r, p in samples[:5]]
+        t_finish = time.perf_counter()
         model.save_pretrained(out / "adapter", safe_serialization=True)
         OmegaConf.save(OmegaConf.create(resolved), out / "config.yaml")
         metrics["peak_mem_gb"], metrics["peak_mem_kind"] = _peak_memory_gb(device)
         metrics["wall_s"] = time.perf_counter() - t_start
+        # What a trial spends outside training and evaluation: its overhead.
+        metrics["overhead_s"] = setup_s + (time.perf_counter() - t_finish)
+        metrics["overhead_share"] = metrics["overhead_s"] / max(metrics["wall_s"], 1e-9)
         metrics["objective"] = run.objective
         metrics["objective_value"] = _objective(run, metrics)
         metrics["wandb_run"] = tracker.run_path
@@ -337,6 +428,8 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
         raise TrialFailed(f"CUDA out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
     finally:
         tracker.finish(exit_code)
+        if compiled is not None:
+            compiled._compiled_call_impl = None  # a reused base goes back uncompiled
         if base is not None and hasattr(model, "unload"):
             # Give the shared base back without the adapter (nothing was merged into it).
             model.unload()

@@ -1,0 +1,29 @@
+"""The trial-speed benchmark runs end to end on the tiny model and prints ratios (its numbers are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_trial_speed_bench_runs_on_cpu(tmp_path, rs_cache):
+    md, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "trial_speed.py"), "cpu", "--cases", "tiny-full",
+                           "--md", str(md), "--json", str(js)], capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(RANKSWEEP_CACHE=str(rs_cache)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(js.read_text())
+    timed = [r for r in runs if r["rep"] >= 0]
+    assert [r["variant"] for r in timed] == ["baseline", "ranksweep", "ranksweep:plain"]
+    assert all("error" not in r and r["tok_s"] > 0 for r in runs), runs
+    assert all(r["tensor_peak_gb"] > 0 for r in runs if r["rep"] < 0), "one memory run per variant"
+    ranksweep = timed[1]
+    assert ranksweep["estimated_gb"] > 0 and ranksweep["overhead_share"] < 1
+    table = md.read_text()
+    assert "| tiny-full | baseline |" in table and "1.00x" in table and "estimate vs measured" in table
