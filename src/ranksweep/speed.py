@@ -20,6 +20,7 @@ float rounding; ``tests/test_speed.py`` checks that on every tiny model family.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -78,17 +79,9 @@ class PackedCollator:
             "position_ids": torch.tensor([positions], dtype=torch.long),
         }
         if self.flash_kwargs:
-            cu = torch.tensor([0] + list(_cumsum(lengths)), dtype=torch.int32)
+            cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
         return batch
-
-
-def _cumsum(values: Sequence[int]) -> list[int]:
-    out, total = [], 0
-    for v in values:
-        total += v
-        out.append(total)
-    return out
 
 
 def packing_collator(tokenizer: Any, model: Any) -> PackedCollator:
