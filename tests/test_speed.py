@@ -61,7 +61,7 @@ def _loss_and_grads(model, batch, fn=None):
     loss = fn(model, batch) if fn else model(**batch).loss
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 def _assert_same(a, b):
