@@ -59,6 +59,10 @@ def _bad_cases(data: Path, good_dir: str) -> dict[str, tuple[tuple[str, ...], tu
         "unknown_option": (("model=nope",), ("model/nope",)),
         "unknown_key": (("+lr=1",), ("lr",)),
         "no_data_path": (("data=jsonl",), ("data.path",)),
+        "optim_unknown": (("trainer.optim=lion",), ("trainer.optim", "lion")),
+        "memory_limit_negative": (("trainer.memory_limit_gb=-1",), ("trainer.memory_limit_gb", "-1")),
+        "ckpt_word": (("trainer.gradient_checkpointing=sometimes",), ("trainer.gradient_checkpointing",)),
+        "multirun_and_cfg": (("-m", "--cfg", "job"), ("Only one of --run, --multirun, --cfg",)),
         # Pointed at the good run's folder: the error comes before anything is written there.
         "bad_data_into_old_dir": ((*jsonl("bad.jsonl"), f"output_dir={good_dir}"), ("bad.jsonl", "line 3")),
     }

@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ranksweep: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        # Hydra's own command-line check (`-m --cfg job`) raises a bare ValueError.
+        if _TRACEBACKS or not str(exc).startswith("Only one of --run"):
+            raise
+        print(f"ranksweep: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     finally:
         logging.shutdown()
     return 0
