@@ -180,3 +180,14 @@ def test_format_table(table18_ladder, acc_ladder):
     header = next(line for line in lines if "rank" in line and "alpha" in line)
     for col in ("mean ± std", "share", "params", "time", "state"):
         assert col in header
+
+
+def test_base_off_axis_rule():
+    """make sweep's ladder: the base (7.37) is named in the legend, a nearby base is drawn."""
+    from ranksweep.summary import base_off_axis
+
+    means = [2.068, 1.825, 1.704]
+    assert base_off_axis(7.366, means)
+    assert not base_off_axis(2.5, means)
+    assert not base_off_axis(7.366, [2.0]), "one rank: no spread to compare with"
+    assert not base_off_axis(7.366, [])

@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence
 
 from ranksweep.errors import RanksweepError
 from ranksweep.storage import DEFAULT_STORAGE_URL
+from ranksweep.summary import base_off_axis
 
 __all__ = [
     "StudyData",
@@ -514,9 +515,11 @@ def _ladder_figure(figs: _Figures, data: StudyData, lad: dict, color: str) -> st
             label="pruned / failed",
         )
     if lad.get("base") is not None:
-        ax.axhline(
-            float(lad["base"]), color="black", ls="--", lw=1.2, label=f"base (untrained) {lad['base']:.4g}"
-        )
+        base = float(lad["base"])
+        if base_off_axis(base, [float(r["mean"]) for r in done]):
+            ax.plot([], [], color="black", ls="--", lw=1.2, label=f"base (untrained) {base:.4g}, off the axis")
+        else:
+            ax.axhline(base, color="black", ls="--", lw=1.2, label=f"base (untrained) {base:.4g}")
     _log2_axis(ax, ranks)
     ax.set_ylabel(f"{lad.get('objective', data.objective)} ({_better(lad.get('direction', data.direction))})")
     ax.set_title(f"{data.name}: {lad.get('key') or 'default'}", fontsize=10)
@@ -683,7 +686,8 @@ def _overlay_figures(figs: _Figures, studies: Sequence[StudyData]) -> list[str]:
                         lw=1.8,
                         label=name,
                     )
-                    if lad.get("base") is not None:
+                    if lad.get("base") is not None and not base_off_axis(
+                            float(lad["base"]), [float(r["mean"]) for r in done]):
                         ax.axhline(float(lad["base"]), color=color, ls=ls, lw=0.8, alpha=0.6)
                     rec = (lad.get("recommendation") or {}).get("rank")
                     means = dict(zip(xs, [float(r["mean"]) for r in done]))

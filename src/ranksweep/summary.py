@@ -216,6 +216,15 @@ def write_summary(path: str | os.PathLike[str], ladders: Sequence[Ladder], meta:
 # --------------------------------------------------------------------------- plot
 
 
+def base_off_axis(base: float, means: Sequence[float]) -> bool:
+    """Whether the base value is so far off the curve (e.g. before the task's format is learnt) that a
+    line there would flatten it: farther from every rank's mean than 3x their spread. Plots then name
+    the base in the legend instead of drawing it."""
+    means = [float(m) for m in means]
+    span = (max(means) - min(means)) if len(means) > 1 else 0.0
+    return bool(means) and span > 0 and min(abs(base - m) for m in means) > 3 * span
+
+
 def plot_rank_curve(path_png: str | os.PathLike[str], ladders: Sequence[Ladder]) -> Path:
     """Draw objective vs rank for every ladder into a PNG; return its path.
 
@@ -308,11 +317,7 @@ def plot_rank_curve(path_png: str | os.PathLike[str], ladders: Sequence[Ladder])
             )
         if lad.get("base") is not None:
             base = float(lad["base"])
-            means = [_mean_of(r) for r in done] if done else []
-            span = (max(means) - min(means)) if len(means) > 1 else 0.0
-            if means and span > 0 and min(abs(base - m) for m in means) > 3 * span:
-                # The base is far off the curve (e.g. before the task's format is learnt): a line there
-                # would flatten the curve, so name it in the legend instead.
+            if base_off_axis(base, [_mean_of(r) for r in done]):
                 ax.plot([], [], color=color, ls="--", lw=1.2, label=f"base model ({label}): {base:.4g}, off the axis")
             else:
                 ax.axhline(base, color=color, ls="--", lw=1.2, label=f"base model ({label})")
