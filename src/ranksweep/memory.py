@@ -358,14 +358,19 @@ def _device_dtype_bytes(run: Any) -> int:
     return 2 if device == "cuda" else 4
 
 
-def estimate_run(run: Any, grad_ckpt: Optional[bool | int] = None, dequant_layers: int = 0) -> MemoryEstimate:
+def estimate_run(run: Any, grad_ckpt: Optional[bool | int] = None, dequant_layers: int = 0,
+                 config: Any = None) -> MemoryEstimate:
     """The estimate for a validated :class:`ranksweep.config.RunConfig`, as ranksweep's trial runs it.
 
-    ``grad_ckpt`` overrides the config's (``auto`` is resolved by :func:`plan_memory`).
+    ``grad_ckpt`` overrides the config's (``auto`` is resolved by :func:`plan_memory`); ``config``
+    is the model's architecture when already loaded (else read without downloading).
     """
     from ranksweep.config import OPTIMS
 
-    config = model_config_for(run)
+    if config is None:
+        config = model_config_for(run)
+    elif not hasattr(config, "hidden_size") and hasattr(config, "text_config"):
+        config = config.text_config
     if grad_ckpt is None:
         grad_ckpt = bool(run.trainer.checkpointing)
     return estimate(
@@ -444,7 +449,7 @@ def _largest(lo: int, hi: int, ok) -> int:
     return lo
 
 
-def plan_memory(run: Any, device: str) -> MemoryPlan:
+def plan_memory(run: Any, device: str, config: Any = None) -> MemoryPlan:
     """Spend the memory limit on speed: dequantized weights first, then fewer recomputed layers.
 
     ``trainer.memory_limit_gb`` (default: the device's memory) is the budget. Under ``auto``:
@@ -458,26 +463,32 @@ def plan_memory(run: Any, device: str) -> MemoryPlan:
        tokens/s, for 2.3x less memory).
 
     Forced values (true/false) are kept. The trial fits when the estimate of the plan is under
-    the limit. A model whose shape cannot be read gets no estimate: it runs with neither.
+    the limit. ``config`` is the loaded model's config (a trial passes it); without it the shape
+    is read as ``ranksweep estimate`` does. A model whose shape cannot be read gets no estimate:
+    it runs with neither.
     """
     ckpt, cache = run.trainer.checkpointing, run.trainer.caching
     limit = run.trainer.memory_limit_gb
     if limit is None:
         limit = device_memory_gb(device)
     try:
-        layers = int(_dims(model_config_for(run))["L"])
-        estimate_run(run, grad_ckpt=False)
-    except ConfigError as exc:
+        if config is None:
+            config = model_config_for(run)
+        elif not hasattr(config, "hidden_size") and hasattr(config, "text_config"):
+            config = config.text_config
+        layers = int(_dims(config)["L"])
+        estimate_run(run, grad_ckpt=False, config=config)
+    except (ConfigError, AttributeError, TypeError) as exc:
         return MemoryPlan(1 if ckpt else 0, 1, None, limit, reason=str(exc))
     n_cache = layers if cache and run.quant.bits == 4 else 0
     if limit is None:  # nothing to plan against: the forced values, else neither
         k = layers if ckpt else 0
-        return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache), limit,
+        return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache, config=config), limit,
                           dequant_layers=n_cache)
     budget = HEADROOM * limit
 
     def total(k: int, c: int) -> float:
-        return estimate_run(run, grad_ckpt=k, dequant_layers=c).total / GB
+        return estimate_run(run, grad_ckpt=k, dequant_layers=c, config=config).total / GB
 
     # Checkpointing the last layer saves nothing (it would be recomputed first, at once), so auto
     # recomputes at most layers - 1; true recomputes every layer, as transformers does.
@@ -488,5 +499,5 @@ def plan_memory(run: Any, device: str) -> MemoryPlan:
     if ckpt is None:  # the fewest recomputed layers that keep the plan in the budget
         k = layers - _largest(layers - k_most, layers, lambda m: total(layers - m, n_cache) <= budget)
         k = min(k, k_most)
-    return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache), limit,
+    return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache, config=config), limit,
                       dequant_layers=n_cache)

@@ -274,7 +274,7 @@ def run_trial(cfg: DictConfig | dict, out_dir: str | os.PathLike, reporter: Opti
     from ranksweep.memory import plan_memory
     from ranksweep.speed import apply_kernels, cache_dequantized, checkpoint_layers, packing_collator, resolve_kernels
 
-    mem = plan_memory(run, device)
+    mem = plan_memory(run, device, config=model.config)
     ckpt = mem.grad_ckpt
     log.info("memory: %s", mem.describe())
     patched = apply_kernels(model, run.model.family, resolve_kernels(run.trainer.kernels, device))
