@@ -147,13 +147,9 @@ def estimate(argv: Sequence[str]) -> int:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise RanksweepError(_one_line(exc)) from exc
     run = to_run_config(cfg)
-    from ranksweep.memory import estimate_run, plan_memory
+    from ranksweep.memory import estimate_run, plan_memory, run_device
 
-    device = run.trainer.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = run_device(run)
     mem = plan_memory(run, device)
     est = mem.estimate if mem.estimate is not None else estimate_run(run)  # raises the one-line reason
     print(f"model {run.model.name} ({run.model.id}), quant {run.quant.name}, device {device}")

@@ -337,7 +337,7 @@ def model_config_for(run: Any) -> Any:
             cfg = AutoConfig.from_pretrained(path, trust_remote_code=model.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model.id: cannot read the config of {model_id!r}: {str(exc).splitlines()[0]}") from exc
-        return getattr(cfg, "text_config", None) if not hasattr(cfg, "hidden_size") else cfg
+        return _text_config(cfg)
     if model.name in KNOWN_SHAPES:
         return known_config(model.name)
     raise ConfigError(
@@ -346,16 +346,27 @@ def model_config_for(run: Any) -> Any:
     )
 
 
-def _device_dtype_bytes(run: Any) -> int:
-    names = {"bfloat16": 2, "float16": 2, "float32": 4}
-    if run.model.dtype in names:
-        return names[run.model.dtype]
+def _text_config(cfg: Any) -> Any:
+    """The language model's config of a multimodal config (``text_config``), else the config itself."""
+    return getattr(cfg, "text_config", None) if not hasattr(cfg, "hidden_size") else cfg
+
+
+def run_device(run: Any) -> str:
+    """``trainer.device`` with ``auto`` resolved (CUDA when available); unlike ``models.pick_device``
+    it does not require the device to be here (a sweeper may plan for jobs that run elsewhere)."""
     device = run.trainer.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return 2 if device == "cuda" else 4
+    return device
+
+
+def _device_dtype_bytes(run: Any) -> int:
+    names = {"bfloat16": 2, "float16": 2, "float32": 4}
+    if run.model.dtype in names:
+        return names[run.model.dtype]
+    return 2 if run_device(run) == "cuda" else 4
 
 
 def estimate_run(run: Any, grad_ckpt: Optional[bool | int] = None, dequant_layers: int = 0,
@@ -367,10 +378,7 @@ def estimate_run(run: Any, grad_ckpt: Optional[bool | int] = None, dequant_layer
     """
     from ranksweep.config import OPTIMS
 
-    if config is None:
-        config = model_config_for(run)
-    elif not hasattr(config, "hidden_size") and hasattr(config, "text_config"):
-        config = config.text_config
+    config = model_config_for(run) if config is None else _text_config(config)
     if grad_ckpt is None:
         grad_ckpt = bool(run.trainer.checkpointing)
     return estimate(
@@ -472,10 +480,7 @@ def plan_memory(run: Any, device: str, config: Any = None) -> MemoryPlan:
     if limit is None:
         limit = device_memory_gb(device)
     try:
-        if config is None:
-            config = model_config_for(run)
-        elif not hasattr(config, "hidden_size") and hasattr(config, "text_config"):
-            config = config.text_config
+        config = model_config_for(run) if config is None else _text_config(config)
         layers = int(_dims(config)["L"])
         estimate_run(run, grad_ckpt=False, config=config)
     except (ConfigError, AttributeError, TypeError) as exc:

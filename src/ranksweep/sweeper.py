@@ -338,19 +338,10 @@ class RankSweep:
             return None
         key = (item.ladder, item.rank)
         if key not in self._fit_cache:
-            from ranksweep.config import to_run_config
-            from ranksweep.memory import plan_memory
+            from ranksweep.memory import plan_memory, run_device
 
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self._overrides(item, 0))
-            with open_dict(cfg):
-                cfg.pop("hydra", None)
-            run = to_run_config(cfg)
-            device = run.trainer.device
-            if device == "auto":
-                import torch
-
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            mem = plan_memory(run, device)
+            run = self._run_config(item)
+            mem = plan_memory(run, run_device(run))
             self._fit_cache[key] = None if mem.fits else (
                 f"would not fit: {mem.describe()} (trainer.memory_limit_gb; `ranksweep estimate` shows the parts)")
         return self._fit_cache[key]
@@ -412,13 +403,16 @@ class RankSweep:
 
     def _validate(self, key: str, combo: tuple[str, ...]) -> None:
         """Compose one job config of this ladder and validate it like a trial would."""
+        self._run_config(plan.Item(key, combo, self.start_rank, 0))
+
+    def _run_config(self, item: plan.Item) -> Any:
+        """The validated :class:`ranksweep.config.RunConfig` of the job ``item``, as its trial will see it."""
         from ranksweep.config import to_run_config
 
-        overrides = self._overrides(plan.Item(key, combo, self.start_rank, 0), 0)
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self._overrides(item, 0))
         with open_dict(cfg):
             cfg.pop("hydra", None)
-        to_run_config(cfg)
+        return to_run_config(cfg)
 
     def _masked_url(self) -> str:
         from ranksweep.tracking import mask_secrets
