@@ -276,3 +276,12 @@ def test_kernels_choice():
     assert resolve_kernels("none", "cuda") == "none"
     with pytest.raises(ConfigError, match=r"^trainer.kernels=liger needs a CUDA device"):
         resolve_kernels("liger", "cpu")
+
+
+@pytest.mark.slow
+def test_compiled_decoder_keeps_the_loss(compose_cfg, toy_jsonl, tmp_path):
+    """trainer.compile=true (off by default: it did not pay in bench/RESULTS.md) trains the same run;
+    a cold Inductor compile of the tiny model takes about 1.5 min on 2 cores."""
+    on = run_trial(_short(compose_cfg, toy_jsonl, "trainer.compile=true"), tmp_path / "on")
+    off = run_trial(_short(compose_cfg, toy_jsonl), tmp_path / "off")
+    assert on.metrics["eval_loss"] == pytest.approx(off.metrics["eval_loss"], rel=RUN_RTOL)
