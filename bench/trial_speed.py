@@ -120,7 +120,7 @@ def compose(overrides: list[str]):
     from ranksweep.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "src" / "ranksweep" / "conf"), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
 
 

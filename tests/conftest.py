@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "src" / "ranksweep" / "conf"
 FAMILIES = ("llama", "qwen2", "phi3", "gemma2", "gemma3", "mistral")
 
 # A tiny single run, shrunk further: small data, few generated examples, no tracker.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ranksweep.errors import RanksweepError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 _TRACEBACKS = "HYDRA_FULL_ERROR" in os.environ
 
 

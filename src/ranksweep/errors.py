@@ -36,3 +36,15 @@ class TrialFailed(RuntimeError):
 
     def __reduce__(self):  # keep `kind` when a launcher pickles the exception
         return (type(self), (self.reason, self.kind))
+
+
+class TrialPruned(Exception):
+    """Raised inside a trial that its sweeper decided to prune (a decision, not a failure)."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"pruned at step {step} (eval {value:.4f})")
+        self.step = step
+        self.value = value
+
+    def __reduce__(self):  # out-of-process launchers (submitit, joblib) pickle a job's exception
+        return (type(self), (self.step, self.value))
