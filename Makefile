@@ -29,11 +29,17 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP) ## create .venv and install ranksweep with its dependencies
 
-# Real services the tests use: PostgreSQL (multi-worker studies) and Chromium (HTML report),
-# from Debian's packages, installed only when missing (needs root, as in CI).
-system-deps: ## install PostgreSQL and Chromium for the tests when missing (Debian, root)
+# Real services the tests use: PostgreSQL (multi-worker studies), Chromium (HTML report) and a
+# one-node SLURM cluster (slurmctld, slurmd, munge; slurmdbd on MariaDB, since submitit reads job
+# states from sacct), from Debian's packages, installed only when missing (needs root, as in CI).
+# The tests start and stop their own daemons under a temp dir; nothing is enabled system-wide.
+system-deps: ## install PostgreSQL, Chromium and SLURM for the tests when missing (Debian, root)
 	@need=""; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	ls /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch >/dev/null 2>&1 || need="$$need slurm-wlm"; \
+	test -x /usr/sbin/slurmdbd || need="$$need slurmdbd"; \
+	test -x /usr/sbin/munged || need="$$need munge"; \
+	ls /usr/sbin/mariadbd /usr/bin/mariadb-install-db >/dev/null 2>&1 || need="$$need mariadb-server"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \

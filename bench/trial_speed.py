@@ -445,12 +445,14 @@ def machine(device: str) -> str:
 def overhead(ranks: list[int], extra: list[str]) -> list[dict]:
     """``make train``'s trial at several ranks in one process, as one sweep worker runs them (base reused)."""
     from ranksweep import job
+    from ranksweep.config import to_run_config
+    from ranksweep.trial import resolved_config
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="rs-overhead-") as tmp:
         for r in ranks:
             cfg = compose([f"lora.r={r}", "logger=none", *extra])
-            job.run_job(cfg, str(Path(tmp) / f"r{r}"))
+            job.run_job(to_run_config(cfg), str(Path(tmp) / f"r{r}"), resolved=resolved_config(cfg))
             m = json.loads((Path(tmp) / f"r{r}" / "metrics.json").read_text())
             rows.append({"r": r, "wall_s": m["wall_s"], "overhead_s": m["overhead_s"], "load_s": m["load_s"],
                          "overhead_share": m["overhead_share"]})

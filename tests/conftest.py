@@ -59,15 +59,13 @@ def rs_cache(tmp_path_factory) -> Path:
 
 
 def compose(*overrides: str, return_hydra_config: bool = False):
-    """``conf/config.yaml`` composed with Hydra's compose API and ``overrides``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """``conf/config.yaml`` composed with ``overrides``, as ``ranksweep`` composes it (``pkg://ranksweep.conf``).
 
-    from ranksweep.config import register_configs
+    A bad override raises :class:`ranksweep.errors.ConfigError` with the command's one-line message.
+    """
+    from ranksweep.compose import compose as compose_config
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    return compose_config(overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env, write_toy_jsonl
+import yaml
+from conftest import CONF, subprocess_env, write_toy_jsonl
 
 RANKSWEEP = str(Path(sys.executable).parent / "ranksweep")
 BASE = ("model=tiny_llama", "trainer=tiny", "logger=none", "data.max_examples=60", "data.eval_size=10",
@@ -44,20 +45,22 @@ def _bad_cases(data: Path, good_dir: str) -> dict[str, tuple[tuple[str, ...], tu
 
     return {
         "r_negative": (("lora.r=-4",), ("lora.r", "-4")),
-        "r_text": (("lora.r=abc",), ("lora.r", "abc")),
-        "r_float": (("lora.r=2.5",), ("lora.r", "2.5")),
+        "r_text": (("lora.r=abc",), ("lora.r: 'abc' is not an integer",)),
+        "r_float": (("lora.r=2.5",), ("lora.r: '2.5' is not an integer",)),
+        "unknown_lora_key": (("lora.rank=8",), ("lora.rank: unknown config key",)),
+        "added_lora_key": (("+lora.foo=1",), ("unknown config key(s): lora.foo",)),
         "alpha_negative": (("lora.alpha=-1", "lora.alpha_rule=fixed"), ("lora.alpha", "-1")),
         "unknown_family": (("model.family=gpt5",), ("model.family", "gpt5")),
         "unknown_role": (("lora.targets=atention",), ("lora.targets", "atention")),
         "missing_module": (("lora.targets=q_proj+c_attn",), ("lora.targets", "c_attn")),
-        "bits_3": (("quant.bits=3",), ("quant.bits", "3")),
+        "bits_3": (("quant.bits=3",), ("quant.bits must be 4, 8 or 16, got 3",)),
         "missing_file": (jsonl("missing.jsonl"), ("data.path", "missing.jsonl")),
         "empty_file": (jsonl("empty.jsonl"), ("data.path", "empty.jsonl")),
         "malformed_jsonl": (jsonl("bad.jsonl"), ("data.path", "bad.jsonl", "line 3")),
         "missing_column": (jsonl("nocol.jsonl"), ("data.response_column", "nocol.jsonl", "'response'")),
         "max_seq_len_0": (("trainer.max_seq_len=0",), ("trainer.max_seq_len",)),
         "unknown_option": (("model=nope",), ("model/nope",)),
-        "unknown_key": (("+lr=1",), ("lr",)),
+        "unknown_key": (("+lr=1",), ("unknown config key(s): lr",)),
         "no_data_path": (("data=jsonl",), ("data.path",)),
         "optim_unknown": (("trainer.optim=lion",), ("trainer.optim", "lion")),
         "memory_limit_negative": (("trainer.memory_limit_gb=-1",), ("trainer.memory_limit_gb", "-1")),
@@ -130,3 +133,59 @@ def test_earlier_output_untouched(cli):
     # No bad run got as far as writing an adapter or metrics anywhere.
     new_outputs = [p for p in after if p not in before and p.endswith(("metrics.json", "adapter_model.safetensors"))]
     assert not new_outputs, new_outputs
+
+
+def test_estimate_bad_override_is_one_line(tmp_path):
+    """`ranksweep estimate` composes through ranksweep.compose: the same one-line errors as a run."""
+    for args, line in [(("lora.r=abc",), "lora.r: 'abc' is not an integer"),
+                       (("lora.r=-4",), "lora.r must be a positive integer, got -4"),
+                       (("model=nope",), "Could not find 'model/nope'")]:
+        proc = ranksweep(tmp_path, "estimate", "model=tiny_llama", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and line in proc.stderr, proc.stderr
+        assert not any(tmp_path.iterdir()), "estimate wrote files"
+
+
+def test_user_config_group(tmp_path):
+    """A user's model/my_tiny.yaml, found through --config-dir or hydra.searchpath, reaches the job config."""
+    conf = tmp_path / "my_conf" / "model"
+    conf.mkdir(parents=True)
+    text = (CONF / "model" / "tiny_llama.yaml").read_text().replace("name: tiny_llama", "name: my_tiny")
+    (conf / "my_tiny.yaml").write_text(text.replace("params_b: 0.0004", "params_b: 0.5"))
+    (conf / "broken.yaml").write_text("name: broken\nname: twice\n")
+    for where in (("--config-dir", "my_conf"), (f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",)):
+        proc = ranksweep(tmp_path, *where, *BASE, "model=my_tiny", "lora.r=4", "--cfg", "job")
+        assert proc.returncode == 0, proc.stderr
+        cfg = yaml.safe_load(proc.stdout)
+        assert cfg["model"] == {"name": "my_tiny", "id": "tiny:llama", "family": "llama", "variant": "instruct",
+                                "dtype": "auto", "revision": None, "trust_remote_code": False, "params_b": 0.5}
+        assert cfg["lora"]["r"] == 4 and cfg["trainer"]["max_steps"] == 20  # trainer=tiny, packaged
+    proc = ranksweep(tmp_path, "--config-dir", "my_conf", "model=my_tyni", "--cfg", "job")
+    assert proc.returncode == 2 and "my_tiny" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    # A YAML mistake in the user's file: one line that names the file, no traceback.
+    proc = ranksweep(tmp_path, "--config-dir", "my_conf", "model=broken", "--cfg", "job")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "broken.yaml" in proc.stderr and "duplicate key name" in proc.stderr, proc.stderr
+
+
+def test_cli_and_commands_share_compose_not_each_other():
+    """No import cycle: commands never imports cli (cli dispatches to commands), both use ranksweep.compose,
+    and none of the three imports another module's private names."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "ranksweep"
+    forbidden = {"cli": set(), "commands": {"cli"}, "compose": {"cli", "commands"}}
+    for name, others in forbidden.items():
+        tree = ast.parse((src / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ranksweep"):
+                names = [a.name for a in node.names]
+                imported |= {node.module.removeprefix("ranksweep.")} | set(names)
+                private = [n for n in names if n.startswith("_")]
+                assert not private, f"{name}.py imports private names {private} from {node.module}"
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.removeprefix("ranksweep.") for a in node.names}
+        assert not imported & others, f"{name}.py imports {imported & others}"
+        if name != "compose":
+            assert "compose" in imported, f"{name}.py does not use ranksweep.compose"

@@ -1,14 +1,17 @@
-"""Every YAML in conf/ composes with Hydra and validates; the sweeper plugin is discoverable."""
+"""Every YAML in src/ranksweep/conf/ composes with Hydra and validates; the schema backs them;
+the sweeper plugin is discoverable; users add config groups through Hydra's search path."""
 
 from __future__ import annotations
 
+import shutil
+from importlib import resources
 from pathlib import Path
 
 import pytest
 from conftest import CONF, compose
 from omegaconf import OmegaConf
 
-from ranksweep.config import GROUPS, RunConfig, register_configs, to_run_config
+from ranksweep.config import GROUPS, SCHEMA_NAME, RunConfig, TrainerConfig, register_configs, to_run_config
 from ranksweep.errors import ConfigError
 
 # Groups whose options need more than the option itself to validate.
@@ -22,18 +25,44 @@ NEEDS = {
 NAMED_GROUPS = ("model", "quant", "data", "logger")
 
 
-def _group_yamls() -> list[tuple[str, str]]:
-    """(group, option) for every YAML under conf/<group>/, conf/sweep (-> ../sweeps) included."""
-    out = []
-    for group_dir in sorted(p for p in CONF.iterdir() if p.is_dir()):
-        for yaml in sorted(group_dir.glob("*.yaml")):
-            out.append((group_dir.name, yaml.stem))
-    return out
+def _yamls() -> list[tuple[str, str]]:
+    """(group, option) for every YAML under conf/ but config.yaml: ``("model", "tiny_llama")``,
+    ``("sweep", "rank_doubling")``, ``("hydra/launcher", "slurm_gpu")``."""
+    return sorted((str(p.parent.relative_to(CONF)), p.stem) for p in CONF.rglob("*.yaml") if p.parent != CONF)
 
 
-GROUP_YAMLS = _group_yamls()
+ALL_YAMLS = _yamls()
+GROUP_YAMLS = [(g, o) for g, o in ALL_YAMLS if g in GROUPS]
 SWEEP_DIR = CONF / "sweep"
-SWEEPS = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")) if SWEEP_DIR.is_dir() else []
+SWEEPS = [o for g, o in ALL_YAMLS if g == "sweep"]
+LAUNCHERS = [o for g, o in ALL_YAMLS if g == "hydra/launcher"]
+
+
+def test_every_yaml_is_tested():
+    """Each YAML is a group option, a sweep preset or a launcher: one of the tests below composes it."""
+    assert (CONF / "config.yaml").is_file()
+    other = [f"{g}/{o}.yaml" for g, o in ALL_YAMLS if g not in GROUPS and g not in ("sweep", "hydra/launcher")]
+    assert not other, f"YAMLs no test composes: {other}"
+    assert SWEEPS and LAUNCHERS and GROUP_YAMLS
+
+
+def test_configs_ship_in_the_package():
+    """Hydra reads pkg://ranksweep.conf: the package's conf/ (here, the editable install's src/ tree)."""
+    from ranksweep.compose import CONF_PACKAGE, config_path
+
+    assert CONF_PACKAGE == "ranksweep.conf" and config_path() == "pkg://ranksweep.conf"
+    assert Path(str(resources.files(CONF_PACKAGE))).resolve() == CONF.resolve()
+    cfg = compose(return_hydra_config=True)
+    sources = {(s.schema, s.path) for s in cfg.hydra.runtime.config_sources}
+    assert ("pkg", "ranksweep.conf") in sources, sources
+
+
+def test_sweep_presets_live_in_the_package():
+    """The presets are a real folder conf/sweep/ (no symlink, no top-level conf/ or sweeps/ left)."""
+    assert SWEEP_DIR.is_dir() and not SWEEP_DIR.is_symlink()
+    assert {"rank_doubling", "targets_x_rank", "bits_x_rank"} <= set(SWEEPS)
+    repo = CONF.parents[2]
+    assert not (repo / "conf").exists() and not (repo / "sweeps").exists()
 
 
 def test_conf_tree_has_every_group():
@@ -53,8 +82,7 @@ def test_primary_config_composes_and_validates():
     assert run.objective == "eval_loss"
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, o in GROUP_YAMLS if g != "sweep"],
-                         ids=lambda v: str(v))
+@pytest.mark.parametrize(("group", "option"), GROUP_YAMLS, ids=lambda v: str(v))
 def test_group_option_composes_and_validates(group, option):
     cfg = compose(f"{group}={option}", *NEEDS.get((group, option), []))
     run = to_run_config(cfg)
@@ -79,9 +107,7 @@ def test_data_path_is_required(option):
 
 
 def test_sweep_presets_compose_and_validate():
-    """conf/sweep -> ../sweeps: `# @package _global_` presets, used as +sweep=<name>."""
-    if not SWEEPS:
-        pytest.skip("no sweep presets in conf/sweep yet")
+    """conf/sweep/: `# @package _global_` presets, used as +sweep=<name>."""
     for name in SWEEPS:
         text = (SWEEP_DIR / f"{name}.yaml").read_text()
         assert "# @package _global_" in text, f"sweep/{name}.yaml is not a _global_ package"
@@ -95,27 +121,44 @@ def test_sweep_presets_compose_and_validate():
                 to_run_config(compose(f"+sweep={name}", f"{key}={value.strip()}"))
 
 
-def test_schemas_registered_in_config_store():
-    from hydra.core.config_store import ConfigNode, ConfigStore
+def test_schema_backs_the_primary_config():
+    """config.yaml composes the RunConfig schema first: the composed config and its groups are typed."""
+    from hydra.core.config_store import ConfigStore
 
     register_configs()
-
-    def stored_types(tree) -> set[type]:
-        out = set()
-        for value in tree.values():
-            if isinstance(value, ConfigNode):
-                out.add(OmegaConf.get_type(value.node))
-            elif isinstance(value, dict):
-                out |= stored_types(value)
-        return out
-
     repo = ConfigStore.instance().repo
-    assert "run_schema.yaml" in repo
-    types = stored_types(repo)
-    assert RunConfig in types
-    for group, schema in GROUPS.items():
-        assert schema in types, f"{group}: {schema.__name__} not registered"
+    assert OmegaConf.get_type(repo[f"{SCHEMA_NAME}.yaml"].node) is RunConfig
+    assert OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"))["defaults"][0] == SCHEMA_NAME
     assert "ranksweep.yaml" in repo["hydra"]["sweeper"]
+    cfg = compose("trainer=gpu")
+    assert OmegaConf.get_type(cfg) is RunConfig
+    for group, schema in GROUPS.items():
+        assert OmegaConf.get_type(cfg[group]) is schema, group
+
+
+def test_schema_is_not_a_config_group():
+    """Hydra lists exactly the folders of conf/ as groups (plus its own hydra/): no schema group."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    with initialize_config_module(config_module="ranksweep.conf", version_base="1.3"):
+        groups = set(GlobalHydra.instance().config_loader().list_groups(""))
+    folders = {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert groups == folders, groups ^ folders
+
+
+def test_trainer_presets_extend_default():
+    """trainer/gpu and trainer/tiny name trainer/default in their defaults list and list only what differs."""
+    default = OmegaConf.to_container(OmegaConf.load(CONF / "trainer" / "default.yaml"))
+    assert set(default) == set(TrainerConfig.__dataclass_fields__), "default.yaml lists every trainer key"
+    for option in ("gpu", "tiny"):
+        raw = OmegaConf.to_container(OmegaConf.load(CONF / "trainer" / f"{option}.yaml"))
+        assert raw.pop("defaults") == ["default", "_self_"], option
+        same = [k for k, v in raw.items() if default.get(k) == v]
+        assert not same, f"trainer/{option}.yaml repeats default.yaml's {same}"
+        composed = OmegaConf.to_container(compose(f"trainer={option}").trainer)
+        assert composed == {**default, **raw}, option
 
 
 def test_sweeper_plugin_is_discoverable():
@@ -167,11 +210,101 @@ def test_type_errors_name_their_key(compose_cfg, override):
 
 def test_alpha_rules():
     for rule, r, alpha, want, rs in [("two_r", 16, None, 32.0, False), ("fixed", 16, 8.0, 8.0, False),
-                                     ("rslora", 16, None, 8.0, True)]:
+                                     ("rslora", 16, None, 16.0, True), ("fixed", 16, None, 16.0, False)]:
         run = to_run_config(compose("model=tiny_llama", f"lora.r={r}", f"lora.alpha_rule={rule}",
                                     *( [f"lora.alpha={alpha}"] if alpha is not None else [])))
         assert run.lora.lora_alpha == want and run.lora.use_rslora is rs
 
 
-def test_conf_sweep_points_at_sweeps():
-    assert (CONF / "sweep").resolve() == (Path(CONF).parent / "sweeps").resolve()
+def _scale(rule: str, r: int) -> float:
+    return to_run_config(compose("model=tiny_llama", f"lora.r={r}", f"lora.alpha_rule={rule}")).lora.scale
+
+
+def test_alpha_rules_mean_what_they_say():
+    """rslora: alpha/sqrt(r), so r=32's scale is half r=8's; fixed: alpha/r (a quarter); two_r: always 2."""
+    assert _scale("rslora", 8) == pytest.approx(2 * _scale("rslora", 32))
+    assert _scale("rslora", 8) == pytest.approx(16 / 8 ** 0.5)
+    assert _scale("fixed", 8) == pytest.approx(4 * _scale("fixed", 32)) == pytest.approx(2.0)
+    assert _scale("two_r", 8) == _scale("two_r", 32) == 2.0
+    assert _scale("rslora", 32) != _scale("two_r", 32)
+    with pytest.raises(ConfigError, match="lora.alpha must be set when lora.alpha_rule=rslora"):
+        to_run_config(compose("model=tiny_llama", "lora.alpha_rule=rslora", "lora.alpha=null"))
+
+
+def test_launcher_presets_compose():
+    """conf/hydra/launcher/*.yaml: each composes as hydra/launcher=<name> and its values arrive."""
+    for name in LAUNCHERS:
+        cfg = compose(f"hydra/launcher={name}", return_hydra_config=True)
+        launcher = cfg.hydra.launcher
+        assert "_target_" in launcher, name
+        raw = OmegaConf.to_container(OmegaConf.load(CONF / "hydra" / "launcher" / f"{name}.yaml"))
+        for key, value in raw.items():
+            if key != "defaults":
+                assert OmegaConf.to_container(launcher, resolve=False)[key] == value, (name, key)
+        to_run_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lora.r=abc"], "lora.r: 'abc' is not an integer"),
+        (["lora.r=2.5"], "lora.r: '2.5' is not an integer"),
+        (["lora.alpha=big"], "lora.alpha: 'big' is not a number"),
+        (["trainer.packing=maybe"], "trainer.packing: 'maybe' is not a boolean"),
+        (["lora.rank=8"], "lora.rank: unknown config key"),
+        (["model.id=null"], "model.id: must not be null"),
+        (["model=nope"], "In 'config': Could not find 'model/nope'"),
+    ],
+)
+def test_composition_type_checks(overrides, message):
+    """The structured primary config refuses bad types and keys while composing, in one line."""
+    with pytest.raises(ConfigError) as info:
+        compose(*overrides)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value) and "search path" not in str(info.value)
+
+
+def test_added_keys_fail_validation():
+    """`+key=value` adds a key even to a typed node: to_run_config names it."""
+    for override, key in (("+lr=1", "lr"), ("+lora.foo=1", "lora.foo"), ("+trial.x.y=1", "trial.x")):
+        with pytest.raises(ConfigError, match=rf"^unknown config key\(s\): {key}$"):
+            to_run_config(compose(override))
+
+
+def _my_conf(root: Path) -> Path:
+    """A user's config folder: model/my_tiny.yaml (tiny_llama's values), lora/wide.yaml, model/broken.yaml."""
+    conf = root / "my_conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "lora").mkdir()
+    text = (CONF / "model" / "tiny_llama.yaml").read_text().replace("name: tiny_llama", "name: my_tiny")
+    (conf / "model" / "my_tiny.yaml").write_text(text)
+    (conf / "lora" / "wide.yaml").write_text("defaults:\n  - default\n  - _self_\n\nr: 64\ntargets: attention\n")
+    (conf / "model" / "broken.yaml").write_text("name: broken\nid: tiny:llama\nfamily: llama\nparams_b: lots\n")
+    return conf
+
+
+def test_user_config_group_on_the_search_path(tmp_path):
+    conf = _my_conf(tmp_path)
+    run = to_run_config(compose(f"hydra.searchpath=[file://{conf}]", "model=my_tiny", "lora=wide"))
+    assert (run.model.name, run.model.id, run.model.family, run.model.params_b) == ("my_tiny", "tiny:llama",
+                                                                                  "llama", 0.0004)
+    # A user's option can extend a packaged one of the same group.
+    assert (run.lora.r, run.lora.targets, run.lora.alpha_rule) == (64, "attention", "fixed")
+    # The packaged options are still there beside the user's.
+    assert to_run_config(compose(f"hydra.searchpath=[file://{conf}]", "model=tiny_qwen2")).model.family == "qwen2"
+    # The schema checks the user's files too, naming the key and the file.
+    with pytest.raises(ConfigError) as info:
+        compose(f"hydra.searchpath=[file://{conf}]", "model=broken")
+    assert str(info.value) == "model.params_b: 'lots' is not a number (in model/broken)"
+
+
+def test_ranksweep_conf_replaces_the_tree(tmp_path, monkeypatch):
+    """RANKSWEEP_CONF: a folder with a full config tree instead of the packaged one."""
+    from ranksweep.compose import config_path
+
+    mine = tmp_path / "conf"
+    shutil.copytree(CONF, mine, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    (mine / "lora" / "default.yaml").write_text((CONF / "lora" / "default.yaml").read_text().replace("r: 8", "r: 4"))
+    monkeypatch.setenv("RANKSWEEP_CONF", str(mine))
+    assert config_path() == str(mine.resolve())
+    assert to_run_config(compose()).lora.r == 4

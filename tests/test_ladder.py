@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from ranksweep.errors import ConfigError
-from ranksweep.ladder import (
+from ranksweep.sweep.ladder import (
     Decision,
     Recommendation,
     StopRule,
@@ -58,22 +57,11 @@ def test_rank_ladder(start, factor, max_rank, expected):
     assert rank_ladder(start, factor, max_rank) == expected
 
 
-@pytest.mark.parametrize(
-    "start, factor, max_rank, message",
-    [
-        (0, 2, 256, "hydra.sweeper.start_rank must be a positive integer, got 0"),
-        (-8, 2, 256, "hydra.sweeper.start_rank must be a positive integer, got -8"),
-        (8, 1, 256, "hydra.sweeper.factor must be an integer >= 2, got 1"),
-        (8, 0, 256, "hydra.sweeper.factor must be an integer >= 2, got 0"),
-        (8, 2, 4, "hydra.sweeper.max_rank must be >= hydra.sweeper.start_rank (8), got 4"),
-        (True, 2, 4, "hydra.sweeper.start_rank must be a positive integer, got True"),
-        (8, 2.0, 256, "hydra.sweeper.factor must be an integer >= 2, got 2.0"),
-    ],
-)
-def test_rank_ladder_errors(start, factor, max_rank, message):
-    with pytest.raises(ConfigError) as exc:
-        rank_ladder(start, factor, max_rank)
-    assert str(exc.value) == message
+def test_rank_ladder_needs_a_ladder():
+    with pytest.raises(ValueError):
+        rank_ladder(0, 2, 256)
+    with pytest.raises(ValueError):
+        rank_ladder(8, 1, 256)
 
 
 # --------------------------------------------------------------------------- gain_shares
@@ -339,21 +327,6 @@ def test_decide_factor():
 
 
 @pytest.mark.parametrize(
-    "rule, message",
-    [
-        (StopRule(min_gain=-0.1), "hydra.sweeper.min_gain must be in [0, 1), got -0.1"),
-        (StopRule(min_gain=1.5), "hydra.sweeper.min_gain must be in [0, 1), got 1.5"),
-        (StopRule(patience=0), "hydra.sweeper.patience must be a positive integer, got 0"),
-        (StopRule(noise_z=-1.0), "hydra.sweeper.noise_z must be a number >= 0, got -1.0"),
-    ],
-)
-def test_stop_rule_validation(rule, message):
-    with pytest.raises(ConfigError) as exc:
-        decide(rule, 2.0, [8], [[1.0]], "minimize", 256, 2)
-    assert str(exc.value) == message
-
-
-@pytest.mark.parametrize(
     "ranks, values",
     [([], []), ([8, 16], [[1.0]]), ([8], [[]]), ([16, 8], [[1.0], [0.9]]), ([8], [[math.nan]])],
 )
@@ -474,5 +447,5 @@ def test_recommend_bad_input(ranks, means):
 
 
 def test_recommend_bad_tolerance():
-    with pytest.raises(ConfigError, match="tolerance"):
+    with pytest.raises(ValueError, match="tolerance"):
         recommend(None, [8, 16], [1.0, 0.9], "minimize", tolerance=1.5)

@@ -80,7 +80,7 @@ def test_job_exceptions_survive_pickling():
     import pickle
 
     from ranksweep.errors import ConfigError, TrialFailed
-    from ranksweep.trial import TrialPruned
+    from ranksweep.errors import TrialPruned
 
     pruned = pickle.loads(pickle.dumps(TrialPruned(12, 1.25)))
     assert (pruned.step, pruned.value) == (12, 1.25)

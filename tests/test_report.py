@@ -178,11 +178,12 @@ def test_report_one_study(swept, tmp_path):
 @slow
 def test_report_ladders_equal_sweep_summary(swept):
     from ranksweep.report import load_study_data
+    from ranksweep.sweep.summary import ladder_summary
 
     for name in STUDIES:
         data = load_study_data(name, storage_url(swept))
         doc = json.loads((swept / "outputs" / "sweeps" / name / "sweep_summary.json").read_text())
-        assert json.loads(json.dumps(data.ladders)) == doc["ladders"]
+        assert json.loads(json.dumps(ladder_summary(data.ladders)["ladders"])) == doc["ladders"]
         for row in data.trials:
             assert row.output_dir is not None and row.output_dir.is_dir()
             assert row.wandb_dir is not None and row.wandb_dir.is_dir()
@@ -243,9 +244,82 @@ def test_report_shows_failures_and_unfinished_sweeps(swept, tmp_path):
     from ranksweep.report import load_study_data
 
     (lad,) = load_study_data("rs_seeds", url).ladders
-    assert [r["rank"] for r in lad["rungs"]][-1] == 32 and lad["rungs"][-1]["state"] == "FAIL"
-    assert lad["rungs"][-1]["fail_reason"] == reason
+    assert lad.curve[-1].rank == 32 and lad.curve[-1].state == "FAIL"
+    assert lad.curve[-1].fail_reason == reason
     assert "(missing)" in text  # its output dir is gone: shown, not linked
+
+
+def _hostile_study(tmp_path: Path) -> str:
+    """A study made by hand (no training): a base, two seeds at r=8, a pruned r=16 seed and a failed r=16
+    seed, with markup in its ladder key and failure reason. Returns its storage URL."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    url = f"sqlite:///{tmp_path / 'outputs' / 'ranksweep.db'}"
+    (tmp_path / "outputs").mkdir()
+    study = optuna.create_study(study_name="hostile", storage=url)
+    key = "lora.targets=<i>q&v</i>"
+    study.set_user_attr("ranksweep_space", {"ladders": [key], "start_rank": 8, "factor": 2, "seeds_per_rank": 2,
+                                            "objective": "eval_loss", "fixed": ["model=<tiny>"]})
+    dists = {"rank": IntDistribution(0, 1 << 20), "seed": IntDistribution(0, 1 << 16)}
+    for rank, seed, state, value, extra in [
+            (0, 0, TrialState.COMPLETE, 4.8, {"role": "base"}),
+            (8, 0, TrialState.COMPLETE, 4.1, {}), (8, 1, TrialState.COMPLETE, 4.2, {}),
+            (16, 0, TrialState.PRUNED, None, {}),
+            (16, 1, TrialState.FAIL, None, {"failure_kind": "nan", "fail_reason": '<script>alert("x")</script>'})]:
+        attrs = {"ladder": key, "rank": rank, "seed": seed, "role": "rung", "duration_s": 1.5 + rank,
+                 "peak_mem_gb": 0.5, "trainable_params": 1000 * rank, "alpha": 2.0 * rank,
+                 "output_dir": str(tmp_path / "outputs" / f"t{rank}-{seed}"), **extra}
+        study.add_trial(create_trial(state=state, value=value, params={"rank": rank, "seed": seed},
+                                     distributions=dists, user_attrs=attrs,
+                                     intermediate_values={} if rank == 0 else {2: 4.5, 4: value or 4.4}))
+    (tmp_path / "outputs" / "t8-0").mkdir()
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, params={"x": 0.1},
+                                 distributions={"x": FloatDistribution(0, 1)}))  # not ranksweep's: ignored
+    return url
+
+
+def test_report_layers_escape_everything_and_stay_offline(tmp_path):
+    """The whole report without a sweep: loading, figures and the autoescaped template."""
+    from ranksweep.report import load_study_data, render_report
+
+    url = _hostile_study(tmp_path)
+    data = load_study_data("hostile", url)
+    (lad,) = data.ladders
+    assert [r.rank for r in lad.curve][:1] == [8] and lad.base == pytest.approx(4.8)
+    assert [r.number for r in data.trials] == list(range(6))
+    text = render_report([data], generated="now")
+    assert render_report([data], generated="now") == text, "the same study renders to the same page"
+    check_offline(text)
+    # our two scripts only; the markup in the study's strings is text
+    assert text.count("<script>") == 2 and '<script>alert' not in text and "<i>q&v</i>" not in text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text
+    assert "lora.targets=&lt;i&gt;q&amp;v&lt;/i&gt;" in text and "model=&lt;tiny&gt;" in text
+    failures = re.search(r'<table class="failures">(.*?)</table>', text, re.S).group(1)
+    assert failures.count("<tr class=") == 2 and ">nan<" in failures and ">PRUNED<" in failures
+    rows = re.findall(r'<tr class="[^"]*" data-trial="(\d+)">(.*?)</tr>', text, re.S)
+    assert [int(n) for n, _ in rows] == list(range(6))
+    assert (tmp_path / "outputs" / "t8-0").as_uri() in dict(rows)["1"] and "(missing)" in dict(rows)["2"]
+    # figures: per ladder, cost, eval curves; the stylesheet and scripts inlined from the package
+    assert len(re.findall(r"<svg\b", text)) == 3 and 'id="report-status">loading<' in text
+    from importlib import resources
+
+    for name in ("report.css", "errors.js", "report.js"):
+        asset = (resources.files("ranksweep.report") / "templates" / name).read_text().strip()
+        assert asset and asset in text, name
+
+
+def test_storage_checks_are_one_line(tmp_path):
+    from ranksweep.errors import RanksweepError
+    from ranksweep.report import check_storage
+
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(RanksweepError, match="is empty, not an Optuna database"):
+        check_storage(f"sqlite:///{empty}")
+    with pytest.raises(RanksweepError, match="no such journal file"):
+        check_storage(f"journal:///{tmp_path / 'none.log'}")
+    assert not (tmp_path / "none.log").exists()
 
 
 # ----------------------------------------------------------------------------- W&B
@@ -276,12 +350,13 @@ def test_wandb_runs_read_back(swept):
         run_dir = t.user_attrs["wandb_run"]
         info = json.loads(leet("--summary", "--json", run_dir))
         rank, targets = t.params["rank"], t.params["lora.targets"]
+        alpha = t.user_attrs["alpha"]  # the alpha rule's value, as the trial recorded it (default: fixed 16)
         assert info["state"] == "finished" and info["project"] == "ranksweep"
-        assert info["name"] == f"r{rank}-a{2 * rank}-{targets}-nf4"
+        assert info["name"] == f"r{rank}-a{alpha:g}-{targets}-nf4"
         assert run_group(run_dir) == "rs_targets"
         c = info["config"]
         flat = (c["r"], c["alpha"], c["targets"], c["bits"], c["family"])
-        assert flat == (rank, 2 * rank, targets, 4, "llama")
+        assert flat == (rank, alpha, targets, 4, "llama")
         assert c["seed"] == t.params["seed"] and c["trial"]["study_name"] == "rs_targets"
         s = info["summary"]
         assert s["eval_loss"] == pytest.approx(t.value, rel=1e-6)

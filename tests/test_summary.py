@@ -1,4 +1,4 @@
-"""Tests for ranksweep.summary: the JSON summary, the rank-curve PNG and the text table."""
+"""The JSON summary, the rank-curve PNG and the text table, all read off the one ladder model."""
 
 from __future__ import annotations
 
@@ -9,14 +9,9 @@ import sys
 
 import pytest
 
-from ranksweep.summary import (
-    SUMMARY_FILENAME,
-    build_ladder,
-    format_table,
-    ladder_summary,
-    plot_rank_curve,
-    write_summary,
-)
+from ranksweep.plot import base_off_axis, rank_curve_png
+from ranksweep.sweep.results import Ladder, Rung
+from ranksweep.sweep.summary import SUMMARY_FILENAME, format_table, ladder_summary, write_summary
 
 TABLE18_RANKS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 TABLE18_LOSS = [1.23, 1.21, 1.18, 1.17] + [1.16] * 6 + [1.17]
@@ -24,21 +19,19 @@ TABLE18_LOSS = [1.23, 1.21, 1.18, 1.17] + [1.16] * 6 + [1.17]
 
 def _rung(rank, values, state="COMPLETE", fail_reason=None, params_per_rank=98_304):
     n = len(values)
-    mean = sum(values) / n if n else None
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else (0.0 if n else None)
-    return {
-        "rank": rank,
-        "alpha": 2.0 * rank,
-        "values": list(values),
-        "mean": mean,
-        "std": std,
-        "trial_numbers": list(range(rank, rank + max(n, 1))),
-        "trainable_params": params_per_rank * rank,
-        "duration_s": 12.5 * rank,
-        "peak_mem_gb": 1.0 + rank / 100,
-        "state": state,
-        "fail_reason": fail_reason,
-    }
+    rung = Rung(rank=rank, state=state, values=list(values), alpha=2.0 * rank,
+                trial_numbers=list(range(rank, rank + max(n, 1))), trainable_params=params_per_rank * rank,
+                duration_s=12.5 * rank, peak_mem_gb=1.0 + rank / 100, fail_reason=fail_reason)
+    if n and all(math.isfinite(v) for v in values):
+        mean = sum(values) / n
+        assert rung.mean == pytest.approx(mean)
+        assert rung.std == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+    return rung
+
+
+def build_ladder(key, direction, objective, base, rungs, stop_reason, tolerance=0.05):
+    return Ladder(key=key, direction=direction, objective=objective, base=base,
+                  rungs=sorted(rungs, key=lambda r: r.rank), stop_reason=stop_reason).conclude(tolerance)
 
 
 @pytest.fixture
@@ -75,22 +68,22 @@ def acc_ladder():
 
 
 def test_build_ladder_fills_recommendation(table18_ladder):
-    rec = table18_ladder["recommendation"]
-    assert rec["rank"] == 16
-    assert rec["knee"] == 16
-    assert rec["best_rank"] == 16
-    assert table18_ladder["knee"] == 16
-    assert "r=16" in rec["why"]
-    assert [r["rank"] for r in table18_ladder["rungs"]] == TABLE18_RANKS
+    rec = table18_ladder.recommendation
+    assert rec.rank == 16
+    assert rec.knee == 16
+    assert rec.best_rank == 16
+    assert table18_ladder.knee == 16
+    assert "r=16" in rec.why
+    assert [r.rank for r in table18_ladder.curve] == TABLE18_RANKS
 
 
 def test_build_ladder_only_complete_rungs_count(acc_ladder):
     # the PRUNED r=256 (0.30) and the FAILED r=128 do not enter: the best COMPLETE rung is r=64
-    rec = acc_ladder["recommendation"]
-    assert rec["best_rank"] == 64
-    assert rec["tolerance_abs"] == pytest.approx(0.05 * (0.70 - 0.20))
+    rec = acc_ladder.recommendation
+    assert rec.best_rank == 64
+    assert rec.tolerance_abs == pytest.approx(0.05 * (0.70 - 0.20))
     # the smallest rank within 0.025 of 0.70 among 0.50, 0.62, 0.68, 0.70 is r=32
-    assert rec["rank"] == 32
+    assert rec.rank == 32
 
 
 def test_build_ladder_sorts_and_handles_no_complete():
@@ -102,9 +95,9 @@ def test_build_ladder_sorts_and_handles_no_complete():
         [_rung(16, [], state="FAIL", fail_reason="nan loss"), _rung(8, [], state="FAIL", fail_reason="oom")],
         "all rungs failed",
     )
-    assert [r["rank"] for r in lad["rungs"]] == [8, 16]
-    assert lad["recommendation"] is None
-    assert lad["knee"] is None
+    assert [r.rank for r in lad.curve] == [8, 16]
+    assert lad.recommendation is None
+    assert lad.knee is None
     assert "no recommendation" in format_table([lad])
 
 
@@ -116,8 +109,14 @@ def test_write_summary_roundtrip(tmp_path, table18_ladder, acc_ladder):
     doc = json.loads(text)
     assert doc == ladder_summary(ladders)
     assert doc["schema_version"] == 1
-    assert doc["ladders"] == json.loads(json.dumps(ladders))
+    assert doc["ladders"] == json.loads(json.dumps([lad.to_dict() for lad in ladders]))
     assert doc["ladders"][0]["recommendation"]["rank"] == 16
+    # the keys of earlier summaries are all still there (new ones may be added)
+    assert set(doc["ladders"][0]) >= {"key", "direction", "objective", "base", "rungs", "stop_reason",
+                                      "recommendation", "knee"}
+    assert set(doc["ladders"][0]["rungs"][0]) >= {
+        "rank", "alpha", "values", "mean", "std", "seeds", "trial_numbers", "trainable_params", "duration_s",
+        "peak_mem_gb", "state", "fail_reason", "output_dirs", "wandb_runs", "lrs"}
     assert doc["ladders"][1]["rungs"][4]["fail_reason"] == "CUDA out of memory"
     # stable: sorted keys, indent 2, identical on rewrite, no temp files left behind
     assert text == json.dumps(doc, indent=2, sort_keys=True) + "\n"
@@ -128,7 +127,7 @@ def test_write_summary_roundtrip(tmp_path, table18_ladder, acc_ladder):
 
 def test_write_summary_into_directory_and_nan(tmp_path):
     rungs = [_rung(8, [1.0]), _rung(16, [0.9]), _rung(32, [float("nan")], state="FAIL", fail_reason="nan")]
-    rungs[2]["mean"] = float("nan")
+    rungs[2].mean = float("nan")
     lad = build_ladder("k", "minimize", "eval_loss", 2.0, rungs, "failed")
     path = write_summary(tmp_path, [lad])
     assert path == tmp_path / SUMMARY_FILENAME
@@ -143,10 +142,10 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_plot_rank_curve(tmp_path, table18_ladder, acc_ladder):
+def test_rank_curve_png(tmp_path, table18_ladder, acc_ladder):
     had_pyplot = "matplotlib.pyplot" in sys.modules
     for name, ladders in [("one.png", [table18_ladder]), ("two.png", [table18_ladder, acc_ladder])]:
-        path = plot_rank_curve(tmp_path / name, ladders)
+        path = rank_curve_png(tmp_path / name, ladders)
         data = path.read_bytes()
         assert len(data) > 10_000
         width, height = _png_size(data)
@@ -157,7 +156,7 @@ def test_plot_rank_curve(tmp_path, table18_ladder, acc_ladder):
 
 def test_plot_rank_curve_degenerate(tmp_path):
     lad = build_ladder("", "minimize", "eval_loss", None, [_rung(8, [1.0])], "reached max_rank=8")
-    data = plot_rank_curve(tmp_path / "sub" / "single.png", [lad]).read_bytes()
+    data = rank_curve_png(tmp_path / "sub" / "single.png", [lad]).read_bytes()
     assert _png_size(data)[0] > 0
 
 
@@ -168,8 +167,8 @@ def test_format_table(table18_ladder, acc_ladder):
         assert any(line.strip().startswith(f"{rank} |") for line in lines), rank
     for rank in [8, 16, 32, 64, 128, 256]:
         assert any(line.strip().startswith(f"{rank} |") for line in lines), rank
-    assert "recommended r=16: " + table18_ladder["recommendation"]["why"] in text
-    assert "recommended r=32: " + acc_ladder["recommendation"]["why"] in text
+    assert "recommended r=16: " + table18_ladder.recommendation.why in text
+    assert "recommended r=32: " + acc_ladder.recommendation.why in text
     assert "[targets=attn quant=none] eval_loss (minimize)" in text
     assert "[targets=all_linear quant=nf4] exact_match (maximize, base 0.2000)" in text
     assert "FAIL (CUDA out of memory)" in text
@@ -184,8 +183,6 @@ def test_format_table(table18_ladder, acc_ladder):
 
 def test_base_off_axis_rule():
     """make sweep's ladder: the base (7.37) is named in the legend, a nearby base is drawn."""
-    from ranksweep.summary import base_off_axis
-
     means = [2.068, 1.825, 1.704]
     assert base_off_axis(7.366, means)
     assert not base_off_axis(2.5, means)

@@ -213,7 +213,7 @@ def test_wandb_offline_run_reads_back(qlora):
     for key, value in flat_keys(qlora.run).items():  # none lost under a nested key of the same name
         assert config[key] == value, key
     # ... and the nested resolved config, nothing masked that is not a secret.
-    assert config["lora"] == {"r": 8, "alpha": None, "alpha_rule": "two_r", "dropout": 0.05, "bias": "none",
+    assert config["lora"] == {"r": 8, "alpha": 16.0, "alpha_rule": "fixed", "dropout": 0.05, "bias": "none",
                               "targets": "all_linear"}
     assert config["quant"]["bits"] == 4 and config["quant"]["quant_type"] == "nf4"
     assert config["model"]["id"] == "tiny:llama" and config["trainer"]["max_steps"] == TRAIN_STEPS

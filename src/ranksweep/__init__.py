@@ -5,6 +5,8 @@ The public API, re-exported from the modules that define it (imported lazily, so
 
 - :func:`run_trial`, :class:`TrialResult`: one QLoRA trial from a composed config;
 - :class:`RunConfig`, :func:`to_run_config`: the validated config;
+- :class:`SweepSettings`: every ``hydra.sweeper.*`` setting;
+- :class:`Ladder`, :class:`Rung`, :class:`Trial`, :func:`read_study`: a sweep's results, read from its study;
 - :class:`StopRule`, :func:`decide`, :func:`recommend`, :func:`find_knee`, :func:`rank_ladder`:
   the ladder logic;
 - :func:`estimate`: a trial's peak memory before launching;
@@ -23,12 +25,17 @@ _EXPORTS = {
     "TrialResult": "ranksweep.trial",
     "RunConfig": "ranksweep.config",
     "to_run_config": "ranksweep.config",
-    "StopRule": "ranksweep.ladder",
-    "decide": "ranksweep.ladder",
-    "recommend": "ranksweep.ladder",
-    "find_knee": "ranksweep.ladder",
-    "rank_ladder": "ranksweep.ladder",
+    "StopRule": "ranksweep.sweep.ladder",
+    "decide": "ranksweep.sweep.ladder",
+    "recommend": "ranksweep.sweep.ladder",
+    "find_knee": "ranksweep.sweep.ladder",
+    "rank_ladder": "ranksweep.sweep.ladder",
     "estimate": "ranksweep.memory",
+    "SweepSettings": "ranksweep.sweep.settings",
+    "Ladder": "ranksweep.sweep.results",
+    "Rung": "ranksweep.sweep.results",
+    "Trial": "ranksweep.sweep.results",
+    "read_study": "ranksweep.sweep.results",
     "RanksweepError": "ranksweep.errors",
     "ConfigError": "ranksweep.errors",
     "DataError": "ranksweep.errors",

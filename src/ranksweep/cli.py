@@ -1,7 +1,9 @@
 """The ``ranksweep`` command: a thin Hydra shell around :func:`ranksweep.trial.run_trial`.
 
-User mistakes (bad overrides, missing files, unknown modules) end with one
-line on stderr and exit code 2. Set HYDRA_FULL_ERROR=1 to see tracebacks.
+Hydra reads the config tree shipped inside the package (``pkg://ranksweep.conf``,
+see :mod:`ranksweep.compose`). User mistakes (bad overrides, missing files, unknown
+modules) end with one line on stderr and exit code 2. Set HYDRA_FULL_ERROR=1 to see
+tracebacks.
 """
 
 from __future__ import annotations
@@ -9,17 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
+from ranksweep import compose
 from ranksweep.errors import RanksweepError
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 _TRACEBACKS = "HYDRA_FULL_ERROR" in os.environ
-
-
-def conf_dir() -> str:
-    """The config tree: $RANKSWEEP_CONF, else the repo's conf/ beside src/."""
-    return str(Path(os.environ.get("RANKSWEEP_CONF", CONF_DIR)).resolve())
 
 
 # A user error raised by a single run's job, re-raised by main() once Hydra returns
@@ -31,18 +27,19 @@ def _job(cfg) -> float | None:
     """Hydra's task function: run one trial in Hydra's job dir, return the objective."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
     from ranksweep.config import to_run_config
 
     hc = HydraConfig.get()
     single = hc.mode == RunMode.RUN
     try:
-        # Validate before the heavy imports (torch, transformers): bad values fail in a second.
-        to_run_config(cfg)
+        # Validate (once per job) before the heavy imports (torch, transformers): bad values fail in a second.
+        run = to_run_config(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)  # what config.yaml and W&B record
         from ranksweep.job import run_job
 
-        out = cfg.get("output_dir") or hc.runtime.output_dir
-        return run_job(cfg, out)
+        return run_job(run, run.output_dir or hc.runtime.output_dir, resolved=resolved)
     except RanksweepError as exc:
         if not single or _TRACEBACKS:
             raise
@@ -50,28 +47,19 @@ def _job(cfg) -> float | None:
         return None
 
 
-def _one_line(exc: BaseException) -> str:
-    from omegaconf.errors import OmegaConfBaseException
-
-    from ranksweep.config import describe_omegaconf_error
-
-    if isinstance(exc, OmegaConfBaseException):
-        return describe_omegaconf_error(exc)
-    text = " ".join(str(exc).split())
-    # Hydra's composition errors: keep the message and the options it lists, not its search path.
-    text = text.split(" Config search path:")[0]
-    return text or type(exc).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ranksweep`` console script."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    if len(sys.argv) > 1 and sys.argv[1] in _SUBCOMMANDS:
-        return _SUBCOMMANDS[sys.argv[1]](sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        # Imported here: `ranksweep report ...` must not pay for Hydra, torch or transformers.
+        from ranksweep import commands
+
+        return commands.main(sys.argv[1], sys.argv[2:])
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     from ranksweep.config import register_configs
 
@@ -84,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.captureWarnings(True)
     # Let exceptions reach us so that we print one line, not Hydra's traceback summary.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    task = hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(_job)
+    task = hydra.main(version_base=compose.VERSION_BASE, config_path=compose.config_path(),
+                      config_name=compose.CONFIG_NAME)(_job)
     _RUN_ERRORS.clear()
     try:
         task()
@@ -95,28 +84,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ranksweep: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, YAMLError) as exc:  # YAMLError: a broken config file
         if _TRACEBACKS:
             raise
-        print(f"ranksweep: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"ranksweep: error: {compose.describe_error(exc)}", file=sys.stderr)
         return 2
     except ValueError as exc:
         # Hydra's own command-line check (`-m --cfg job`) raises a bare ValueError.
         if _TRACEBACKS or not str(exc).startswith("Only one of --run"):
             raise
-        print(f"ranksweep: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"ranksweep: error: {compose.describe_error(exc)}", file=sys.stderr)
         return 2
     finally:
         logging.shutdown()
     return 0
 
 
-# Subcommands that are not Hydra runs: `ranksweep NAME ...`.
-_SUBCOMMANDS: dict = {
-    # Imported lazily: `ranksweep report ...` must not pay for Hydra, torch or transformers.
-    name: (lambda argv, _name=name: __import__("ranksweep.commands", fromlist=["main"]).main(_name, argv))
-    for name in ("report", "sync", "dashboard", "estimate")
-}
+# Subcommands that are not Hydra runs: `ranksweep NAME ...` (ranksweep.commands.COMMANDS).
+SUBCOMMANDS = ("report", "sync", "dashboard", "estimate")
 
 
 def run() -> None:  # pragma: no cover - console script

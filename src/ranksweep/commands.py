@@ -1,4 +1,4 @@
-"""Subcommands that are not Hydra runs: ``ranksweep report | sync | dashboard``.
+"""Subcommands that are not Hydra runs: ``ranksweep report | sync | dashboard | estimate``.
 
 Each takes argv (without the subcommand) and returns an exit code. User mistakes
 (a missing study, an empty one, a storage that is not a database, bad options) end
@@ -97,15 +97,10 @@ def dashboard(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
     if not 0 < args.port < 65536:
         raise RanksweepError(f"ranksweep dashboard: --port must be in 1..65535, got {args.port}")
-    from ranksweep.report import _sqlite_path, check_optuna_sqlite
-    from ranksweep.storage import open_storage
+    from ranksweep.report import open_existing_storage
 
-    db = _sqlite_path(args.storage)
-    if db is not None and not db.is_file():
-        raise RanksweepError(f"--storage: no such database: {db} (run a sweep first, or pass --storage URL)")
-    if db is not None:
-        check_optuna_sqlite(db)
-    storage = open_storage(args.storage, heartbeat=False, key="--storage")
+    # A missing, empty or non-Optuna file is one line; serving must not create or alter a database.
+    storage = open_existing_storage(args.storage)
     try:
         from optuna_dashboard import run_server
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -131,22 +126,12 @@ def estimate(argv: Sequence[str]) -> int:
     bad = [a for a in args if a.startswith("-")]
     if bad:
         raise RanksweepError(f"ranksweep estimate: unrecognized arguments: {' '.join(bad)}")
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from ranksweep.compose import compose
+    from ranksweep.config import to_run_config
 
-    from ranksweep.cli import _one_line, conf_dir
-    from ranksweep.config import register_configs, to_run_config
-
-    register_configs()
     # Building a tiny model or converting the embedded one must not draw progress bars on stderr.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-            cfg = compose("config", overrides=args)
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise RanksweepError(_one_line(exc)) from exc
-    run = to_run_config(cfg)
+    run = to_run_config(compose(args))  # a bad override: ConfigError, one line
     from ranksweep.memory import estimate_run, plan_memory, run_device
 
     device = run_device(run)

@@ -1,14 +1,23 @@
-"""Structured configs: one dataclass per config group, registered in Hydra's ConfigStore.
+"""Structured configs: the typed schema behind every YAML in ``ranksweep/conf/``.
 
-:func:`to_run_config` merges a composed config into these dataclasses (OmegaConf
-checks types: ``lora.r=abc`` fails there) and runs each ``validate`` (values), so
-every error is one line that names the override key a user would type, e.g.
+:func:`register_configs` stores :class:`RunConfig` in Hydra's ConfigStore as
+``_ranksweep_schema``, the first entry of ``conf/config.yaml``'s defaults list; each
+group (``model``, ``quant``, ``lora``, ``data``, ``trainer``, ``logger``) is a field of
+it, so composing a config type-checks every group option, overrides included
+(``lora.r=abc`` and ``lora.foo=1`` fail while Hydra composes).
+
+:func:`to_run_config` builds the dataclasses from a composed config (or a plain
+dict, for the Python API) and runs each ``validate`` (ranges, choices), so every
+error is one line that names the override key a user would type, e.g.
 ``lora.r must be a positive integer, got -4``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -100,15 +109,25 @@ class QuantConfig:
 
 @dataclass
 class LoraConfig:
-    """The adapter. ``alpha`` is derived from ``r`` by ``alpha_rule`` unless fixed.
+    """The adapter, and how its update is scaled as the rank changes.
 
-    peft scales the update by alpha / r (rsLoRA: alpha / sqrt(r)), so the
-    default ``two_r`` rule keeps that scale at 2 for every rank.
+    peft multiplies the update ``B @ A`` by a scale: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA.
+    With Adam the scale and the learning rate act together, so the rule decides whether one learning
+    rate suits every rank:
+
+    - ``fixed`` (default): ``lora.alpha`` for every rank, scale ``alpha / r``. LoRA Without Regret
+      (Thinking Machines, 2025) trained r = 1..512 this way and found the best learning rate nearly
+      the same at every rank (the Tinker sweeps: never lower at the largest rank, at most one grid
+      step higher): the rule under which a ladder compares ranks, not learning rates.
+    - ``rslora``: ``lora.alpha`` for every rank, scale ``alpha / sqrt(r)`` (Kalajdzievski 2023,
+      arXiv 2312.03732: keeps learning stable as the rank grows).
+    - ``two_r``: ``alpha = 2r`` (the seed's heuristic; ``lora.alpha`` is ignored): a constant scale of
+      2, under which a higher rank takes larger effective steps at the same learning rate.
     """
 
     r: int = 8
-    alpha_rule: str = "two_r"
-    alpha: Optional[float] = None
+    alpha_rule: str = "fixed"
+    alpha: Optional[float] = 16.0
     dropout: float = 0.05
     bias: str = "none"
     # A role (attention, mlp, all_linear, qv) resolved per family, or module
@@ -118,29 +137,33 @@ class LoraConfig:
     def validate(self) -> None:
         _positive_int("lora.r", self.r)
         _choice("lora.alpha_rule", self.alpha_rule, ALPHA_RULES)
-        if self.alpha_rule == "fixed":
-            _require(self.alpha is not None, "lora.alpha must be set when lora.alpha_rule=fixed")
+        if self.alpha_rule in ("fixed", "rslora"):
+            _require(self.alpha is not None, f"lora.alpha must be set when lora.alpha_rule={self.alpha_rule}")
         if self.alpha is not None:
             _require(
                 isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0,
                 f"lora.alpha must be a positive number, got {self.alpha!r}",
             )
-        _require(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        _require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+                 f"lora.dropout must be in [0, 1), got {self.dropout!r}")
         _choice("lora.bias", self.bias, BIASES)
         _require(bool(str(self.targets).strip()), "lora.targets must not be empty")
 
     @property
     def lora_alpha(self) -> float:
         """The alpha handed to peft."""
-        if self.alpha_rule == "two_r" and self.alpha is None:
+        if self.alpha_rule == "two_r":
             return float(2 * self.r)
-        if self.alpha_rule == "rslora" and self.alpha is None:
-            return float(2 * math.sqrt(self.r))  # scale alpha/sqrt(r) = 2
         return float(self.alpha)  # type: ignore[arg-type]
 
     @property
     def use_rslora(self) -> bool:
         return self.alpha_rule == "rslora"
+
+    @property
+    def scale(self) -> float:
+        """The factor peft multiplies the update by."""
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
 
 @dataclass
@@ -294,6 +317,8 @@ class TrialHandle:
     prune_after: float = 0.75  # share of max_steps before pruning may happen
     prune_margin: float = 0.1  # share of the parent's gain over the base
     pruner: str = "parent"  # parent | none (cancellation of unneeded ranks works with both)
+    # Within a rank's search: sha (successive halving) | hyperband | none, over that rank's trials only.
+    rung_pruner: str = "none"
 
 
 @dataclass
@@ -329,12 +354,29 @@ GROUPS = {
 }
 
 
+SCHEMA_NAME = "_ranksweep_schema"
+
+
 def register_configs() -> None:
-    """Register the schemas. Group YAMLs name theirs in their defaults list."""
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    for group, node in GROUPS.items():
-        cs.store(group="schema", name=group, node=node)
+    """Store :class:`RunConfig` as ``_ranksweep_schema``, which ``conf/config.yaml`` composes first.
+
+    It is a config, not a config group: nothing a user picks with ``group=option``.
+    """
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig, provider="ranksweep")
+
+
+def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys of ``values`` (a container) that the dataclass ``schema`` does not have, as dotted paths."""
+    if not isinstance(values, dict):
+        return []
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key, value in values.items():
+        if key not in hints:
+            out.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]):
+            out += _unknown_keys(value, hints[key], f"{prefix}{key}.")
+    return out
 
 
 def to_run_config(cfg: DictConfig | dict) -> RunConfig:
@@ -343,8 +385,11 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
         cfg = OmegaConf.create(cfg)
     base = OmegaConf.structured(RunConfig)
     keys = set(RunConfig.__dataclass_fields__)
-    unknown = [k for k in cfg.keys() if k not in keys and k != "hydra"]
-    _require(not unknown, f"unknown config key(s): {', '.join(map(str, unknown))}")
+    # A composed config is typed already, but `+lora.foo=1` adds a key even to a typed node.
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw.pop("hydra", None)  # type: ignore[union-attr]
+    unknown = _unknown_keys(raw, RunConfig)
+    _require(not unknown, f"unknown config key(s): {', '.join(unknown)}")
     try:
         merged = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k in keys})
         run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -355,11 +400,23 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
 
 
 def describe_omegaconf_error(exc: Exception) -> str:
-    """One line for an OmegaConf type error, starting with the key: ``lora.r: 'abc' is not an integer``."""
+    """One line for an OmegaConf error, starting with the key: ``lora.r: 'abc' is not an integer``."""
     key = getattr(exc, "full_key", None)
     msg = str(getattr(exc, "msg", None) or exc).splitlines()[0]
-    msg = msg.replace("could not be converted to Integer", "is not an integer")
-    msg = msg.replace("could not be converted to Float", "is not a number")
-    msg = msg.replace("could not be converted to Boolean", "is not a boolean")
-    msg = msg.replace("Missing mandatory value: ", "missing value for ")
+    for pattern, repl in _OMEGACONF_MESSAGES:
+        msg = re.sub(pattern, repl, msg)
     return f"{key}: {msg}" if key else msg
+
+
+# OmegaConf's messages, reworded for someone who typed an override.
+_OMEGACONF_MESSAGES = (
+    (r"^Value (.*) of type '[^']*' could not be converted to Integer$", r"\1 is not an integer"),
+    (r"^Value (.*) of type '[^']*' could not be converted to Float$", r"\1 is not a number"),
+    (r"^Value (.*) is not a valid bool \(type [^)]*\)$", r"\1 is not a boolean"),
+    (r"could not be converted to Integer", "is not an integer"),
+    (r"could not be converted to Float", "is not a number"),
+    (r"could not be converted to Boolean", "is not a boolean"),
+    (r"^Key '[^']*' (?:is )?not in (?:struct|'\w+')$", "unknown config key"),
+    (r"^field '[^']*' is not Optional$", "must not be null"),
+    (r"^Missing mandatory value: ", "missing value for "),
+)

@@ -26,6 +26,10 @@ class DataError(RanksweepError):
     """A missing, empty or malformed dataset."""
 
 
+class SweepAborted(RanksweepError):
+    """Too many trials failed (past ``hydra.sweeper.max_failure_rate``)."""
+
+
 class TrialFailed(RuntimeError):
     """A trial failed for a reason the sweeper should record (NaN loss, OOM...)."""
 

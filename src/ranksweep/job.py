@@ -1,42 +1,66 @@
 """What one Hydra job does: run a trial and, when a sweeper launched it, report to its Optuna trial.
 
+The job's config arrives validated (a :class:`~ranksweep.config.RunConfig`, built once by the
+command) together with the resolved config that ``config.yaml`` and W&B record.
+
 A CUDA out-of-memory error is retried once with half the micro-batch and twice
 the gradient accumulation (the same effective batch).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gc
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from ranksweep.errors import TrialFailed
+from ranksweep.config import RunConfig
+from ranksweep.errors import TrialFailed, TrialPruned
 from ranksweep.trial import TrialResult, run_trial
 
 log = logging.getLogger("ranksweep")
 
+_Cfg = TypeVar("_Cfg", RunConfig, DictConfig)
 
-def _reporter(cfg: DictConfig) -> Optional[Any]:
-    handle = cfg.get("trial") or {}
-    if handle.get("storage") and handle.get("study_name") and handle.get("trial_number") is not None:
+
+def _reporter(run: RunConfig) -> Optional[Any]:
+    handle = run.trial
+    if handle.storage and handle.study_name and handle.trial_number is not None:
         from ranksweep.pruning import OptunaReporter
 
-        return OptunaReporter.from_handle(handle, max_steps=int(cfg.trainer.max_steps))
+        return OptunaReporter.from_handle(handle, max_steps=int(run.trainer.max_steps),
+                                          eval_every=int(run.trainer.eval_every))
     return None
 
 
-def halve_batch(cfg: DictConfig) -> Optional[DictConfig]:
-    """The OOM retry config: micro_batch / 2, grad_accum * 2; None when micro_batch is 1."""
+def halve_batch(cfg: _Cfg) -> Optional[_Cfg]:
+    """The OOM retry config: micro_batch / 2, grad_accum * 2; None when micro_batch is 1.
+
+    A :class:`RunConfig` gives a RunConfig, a DictConfig a DictConfig; the original is left as it is.
+    """
     mb = int(cfg.trainer.micro_batch)
     if mb <= 1:
         return None
+    if isinstance(cfg, RunConfig):
+        trainer = dataclasses.replace(cfg.trainer, micro_batch=mb // 2, grad_accum=int(cfg.trainer.grad_accum) * 2)
+        return dataclasses.replace(cfg, trainer=trainer)
     new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     new.trainer.micro_batch = mb // 2
     new.trainer.grad_accum = int(cfg.trainer.grad_accum) * 2
+    return new
+
+
+def _with_batch(resolved: Optional[dict], run: RunConfig) -> Optional[dict]:
+    """``resolved`` with the micro-batch and gradient accumulation of ``run`` (the OOM retry's)."""
+    if resolved is None:
+        return None
+    new = copy.deepcopy(resolved)
+    new.setdefault("trainer", {}).update(micro_batch=run.trainer.micro_batch, grad_accum=run.trainer.grad_accum)
     return new
 
 
@@ -44,12 +68,10 @@ def halve_batch(cfg: DictConfig) -> Optional[DictConfig]:
 _BASE: dict[tuple, tuple] = {}
 
 
-def cached_base(cfg: DictConfig) -> Optional[tuple]:
+def cached_base(run: RunConfig) -> Optional[tuple]:
     """The worker's loaded base for this config, loading it (and dropping another) when needed."""
-    from ranksweep.config import to_run_config
     from ranksweep.models import load_base, pick_device
 
-    run = to_run_config(cfg)
     if not run.trainer.reuse_base:
         return None
     device = pick_device(run.trainer.device)
@@ -63,36 +85,60 @@ def cached_base(cfg: DictConfig) -> Optional[tuple]:
     return _BASE[key]
 
 
-def _injected_fault(cfg: DictConfig) -> None:
+def _injected_fault(run: RunConfig) -> None:
     """Fault injection for failure tests: RANKSWEEP_FAULT=<rank>[,<rank>...] makes those ranks raise."""
     ranks = os.environ.get("RANKSWEEP_FAULT", "")
-    if ranks and str(cfg.lora.r) in ranks.split(",") and int(cfg.trainer.max_steps) > 0:
-        raise RuntimeError(f"injected fault for lora.r={cfg.lora.r} (RANKSWEEP_FAULT)")
+    if ranks and str(run.lora.r) in ranks.split(",") and int(run.trainer.max_steps) > 0:
+        raise RuntimeError(f"injected fault for lora.r={run.lora.r} (RANKSWEEP_FAULT)")
 
 
-def run_job(cfg: DictConfig, out_dir: str) -> float:
-    """Run one trial in ``out_dir`` and return its objective (what Hydra's sweeper receives)."""
-    reporter = _reporter(cfg)
+def _run_with_oom_retry(run: RunConfig, out_dir: str, reporter: Optional[Any], resolved: Optional[dict]) -> TrialResult:
+    try:
+        return run_trial(run, out_dir, reporter=reporter, base_loader=lambda: cached_base(run), resolved=resolved)
+    except TrialFailed as exc:
+        retry = halve_batch(run) if exc.kind == "oom" else None
+        if retry is None:
+            raise
+        log.warning("out of memory; retrying once with trainer.micro_batch=%d trainer.grad_accum=%d",
+                    retry.trainer.micro_batch, retry.trainer.grad_accum)
+        import torch
+
+        _BASE.clear()
+        torch.cuda.empty_cache()
+        result = run_trial(retry, out_dir, reporter=reporter, base_loader=lambda: cached_base(retry),
+                           resolved=_with_batch(resolved, retry))
+        result.metrics["oom_retry"] = True
+        return result
+
+
+def _summary(m: dict[str, Any], out_dir: str) -> str:
+    """What a finished job prints: its metrics and where its artefacts are."""
+    lines = [f"{m['name']}: eval_loss {m['eval_loss']:.4f}  perplexity {m['perplexity']:.3f}  "
+             f"token_accuracy {m.get('token_accuracy', float('nan')):.3f}"]
+    if "exact_match" in m:
+        lines[0] += f"  exact_match {m['exact_match']:.3f} (n={m['exact_match_n']})"
+    lines.append(f"  trainable params {m['trainable_params']:,}  {m['tokens_per_s']:.0f} tok/s  "
+                 f"peak mem {m['peak_mem_gb']:.2f} GB ({m['peak_mem_kind']})  wall {m['wall_s']:.0f} s")
+    lines.append(f"  adapter:  {out_dir}/adapter")
+    lines.append(f"  metrics:  {out_dir}/metrics.json")
+    lines.append(f"  config:   {out_dir}/config.yaml")
+    if m.get("wandb_run"):
+        lines.append(f"  W&B run:  {m['wandb_run']}")
+    return "\n".join(lines)
+
+
+def run_job(run: RunConfig, out_dir: str, resolved: Optional[dict] = None) -> float:
+    """Run one trial in ``out_dir`` and return its objective (what Hydra's sweeper receives).
+
+    ``run`` is the job's validated config; ``resolved`` the resolved config that ``config.yaml``
+    and W&B record (derived from ``run`` when not given).
+    """
+    reporter = _reporter(run)
     t0 = time.perf_counter()
     try:
-        _injected_fault(cfg)
-        try:
-            result: TrialResult = run_trial(cfg, out_dir, reporter=reporter, base_loader=lambda: cached_base(cfg))
-        except TrialFailed as exc:
-            retry = halve_batch(cfg) if exc.kind == "oom" else None
-            if retry is None:
-                raise
-            log.warning("out of memory; retrying once with trainer.micro_batch=%d trainer.grad_accum=%d",
-                        retry.trainer.micro_batch, retry.trainer.grad_accum)
-            import torch
-
-            _BASE.clear()
-            torch.cuda.empty_cache()
-            result = run_trial(retry, out_dir, reporter=reporter, base_loader=lambda: cached_base(retry))
-            result.metrics["oom_retry"] = True
+        _injected_fault(run)
+        result = _run_with_oom_retry(run, out_dir, reporter, resolved)
     except BaseException as exc:
-        from ranksweep.trial import TrialPruned
-
         if not isinstance(exc, TrialPruned):
             _BASE.clear()  # a failed trial may leave the base in any state: load a fresh one next time
         if reporter is not None:
@@ -105,17 +151,8 @@ def run_job(cfg: DictConfig, out_dir: str) -> float:
             "output_dir": out_dir, "wandb_run": m.get("wandb_run"), "trainable_params": m["trainable_params"],
             "peak_mem_gb": m["peak_mem_gb"], "duration_s": time.perf_counter() - t0, "alpha": m["alpha"],
             "tokens_per_s": m["tokens_per_s"], "eval_loss": m["eval_loss"], "exact_match": m.get("exact_match"),
+            "lr": m.get("lr"), "supervised_tokens": m.get("supervised_tokens"), "steps": m.get("steps"),
+            "eval_examples": m.get("eval_examples"), "adapter": m.get("adapter"),
         })
-    lines = [f"{m['name']}: eval_loss {m['eval_loss']:.4f}  perplexity {m['perplexity']:.3f}  "
-             f"token_accuracy {m.get('token_accuracy', float('nan')):.3f}"]
-    if "exact_match" in m:
-        lines[0] += f"  exact_match {m['exact_match']:.3f} (n={m['exact_match_n']})"
-    lines.append(f"  trainable params {m['trainable_params']:,}  {m['tokens_per_s']:.0f} tok/s  "
-                 f"peak mem {m['peak_mem_gb']:.2f} GB ({m['peak_mem_kind']})  wall {m['wall_s']:.0f} s")
-    lines.append(f"  adapter:  {out_dir}/adapter")
-    lines.append(f"  metrics:  {out_dir}/metrics.json")
-    lines.append(f"  config:   {out_dir}/config.yaml")
-    if m.get("wandb_run"):
-        lines.append(f"  W&B run:  {m['wandb_run']}")
-    print("\n".join(lines), flush=True)
+    print(_summary(m, out_dir), flush=True)
     return result.objective

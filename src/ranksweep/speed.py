@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ranksweep.data import IGNORE_INDEX, CausalCollator, _as_list
+from ranksweep.data import IGNORE_INDEX, CausalCollator, as_list
 from ranksweep.errors import ConfigError
 
 log = logging.getLogger("ranksweep")
@@ -40,6 +40,8 @@ FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-comm
 # ---------------------------------------------------------------------------
 
 
+# transformers' DataCollatorWithFlattening packs the same way; it lacks the fallback to a plain batch
+# when no row needs padding (no position_ids: the fastest attention path).
 @dataclass
 class PackedCollator:
     """One row per micro-batch: the examples back to back, positions restarting at 0.
@@ -60,16 +62,16 @@ class PackedCollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             raise ValueError("PackedCollator got an empty batch")
-        rows = [[int(t) for t in _as_list(f["input_ids"])] for f in features]
+        rows = [[int(t) for t in as_list(f["input_ids"])] for f in features]
         lengths = [len(r) for r in rows]
-        if len(set(lengths)) == 1 and all("attention_mask" not in f or all(_as_list(f["attention_mask"]))
+        if len(set(lengths)) == 1 and all("attention_mask" not in f or all(as_list(f["attention_mask"]))
                                           for f in features):
             return self.padded(features)
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
         for f, row in zip(features, rows):
-            lab = [int(t) for t in _as_list(f["labels"])] if "labels" in f else list(row)
+            lab = [int(t) for t in as_list(f["labels"])] if "labels" in f else list(row)
             ids += row
             labels += [IGNORE_INDEX] + lab[1:]
             positions += range(len(row))
@@ -94,6 +96,8 @@ def packing_collator(tokenizer: Any, model: Any) -> PackedCollator:
 # ---------------------------------------------------------------------------
 
 
+# Liger's fused linear cross-entropy is Triton (CUDA only), and neither torch nor transformers has a
+# chunked one: no library covers CPU, logit soft-capping and labelled rows only.
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of token cross-entropies of ``hidden @ weight.T``, computed ``chunk`` rows at a time.
 
@@ -156,33 +160,54 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labe
 
 
 @torch.no_grad()
-def chunked_eval(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
-                 softcap: Optional[float] = None, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss over labelled positions and the greedy next-token ids ``[batch, seq]``.
-
-    The ids are filled only where the next token carries a label (0 elsewhere); that is all the
-    token accuracy reads. No ``[batch, seq, vocab]`` tensor is made.
-    """
+def chunked_eval_rows(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
+                      softcap: Optional[float] = None, chunk: int = 1024
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the summed token loss and the number of scored tokens; and the greedy next-token ids
+    ``[batch, seq]`` (filled only where the next token carries a label, 0 elsewhere: all the token
+    accuracy reads). No ``[batch, seq, vocab]`` tensor is made."""
     b, s, d = hidden.shape
     targets = labels[:, 1:].reshape(-1)
     keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
     states = hidden[:, :-1].reshape(-1, d).index_select(0, keep)
     w = head_weight if head_weight.dtype == states.dtype else head_weight.to(states.dtype)
     y = targets.index_select(0, keep)
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    token_loss = torch.empty(y.shape[0], dtype=torch.float32, device=hidden.device)
     picked_ids = torch.empty_like(y)
     for start in range(0, states.shape[0], chunk):
         logits = (states[start:start + chunk] @ w.t()).float()
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         yy = y[start:start + chunk]
-        total += (torch.logsumexp(logits, -1) - logits.gather(1, yy[:, None])[:, 0]).sum()
+        token_loss[start:start + chunk] = torch.logsumexp(logits, -1) - logits.gather(1, yy[:, None])[:, 0]
         picked_ids[start:start + chunk] = logits.argmax(-1)
+    rows = torch.div(keep, s - 1, rounding_mode="floor")
+    sums = torch.zeros(b, dtype=torch.float32, device=hidden.device).index_add_(0, rows, token_loss)
+    counts = torch.zeros(b, dtype=torch.long, device=hidden.device).index_add_(0, rows, torch.ones_like(rows))
     preds = torch.zeros(b * (s - 1), dtype=torch.long, device=hidden.device)
     preds.index_copy_(0, keep, picked_ids)
     preds = torch.cat([preds.view(b, s - 1), torch.zeros(b, 1, dtype=torch.long, device=hidden.device)], dim=1)
-    loss = total / keep.numel() if keep.numel() else torch.tensor(float("nan"), device=hidden.device)
+    return sums, counts, preds
+
+
+@torch.no_grad()
+def chunked_eval(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
+                 softcap: Optional[float] = None, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss over labelled positions and the greedy next-token ids (see :func:`chunked_eval_rows`)."""
+    sums, counts, preds = chunked_eval_rows(hidden, head_weight, labels, softcap, chunk)
+    n = int(counts.sum())
+    loss = sums.sum() / n if n else torch.tensor(float("nan"), device=hidden.device)
     return loss, preds
+
+
+@torch.no_grad()
+def logits_eval_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed token loss and the number of scored tokens, from a model's full logits."""
+    shift, target = logits[:, :-1].float(), labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(shift.reshape(-1, shift.shape[-1]), target.reshape(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
+    mask = target != IGNORE_INDEX
+    return (loss * mask).sum(dim=1), mask.sum(dim=1)
 
 
 def causal_lm_parts(model: Any) -> Optional[tuple[Any, Any, Optional[float]]]:
@@ -202,9 +227,11 @@ def causal_lm_parts(model: Any) -> Optional[tuple[Any, Any, Optional[float]]]:
 
 
 def chunked_loss_forward(model: Any, inputs: dict[str, Any], num_items_in_batch: Optional[Any], chunk: int,
-                         training: bool = True) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+                         training: bool = True, rows: Optional[list] = None
+                         ) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """``(loss, predicted ids or None)`` of ``model`` on ``inputs`` through the chunked loss; None when
-    the model's layout does not allow it (the caller then uses the model's own loss)."""
+    the model's layout does not allow it (the caller then uses the model's own loss). In evaluation,
+    ``rows`` (a list) receives each row's ``(summed token loss, scored tokens)``."""
     parts = causal_lm_parts(model)
     if parts is None or "labels" not in inputs:
         return None
@@ -215,7 +242,11 @@ def chunked_loss_forward(model: Any, inputs: dict[str, Any], num_items_in_batch:
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     if training:
         return chunked_causal_lm_loss(hidden, head.weight, labels, num_items_in_batch, softcap, chunk), None
-    return chunked_eval(hidden, head.weight, labels, softcap, chunk)
+    sums, counts, preds = chunked_eval_rows(hidden, head.weight, labels, softcap, chunk)
+    if rows is not None:
+        rows.extend(zip(sums.tolist(), counts.tolist()))
+    n = int(counts.sum())
+    return (sums.sum() / n if n else torch.tensor(float("nan"), device=hidden.device)), preds
 
 
 # ---------------------------------------------------------------------------
@@ -223,6 +254,7 @@ def chunked_loss_forward(model: Any, inputs: dict[str, Any], num_items_in_batch:
 # ---------------------------------------------------------------------------
 
 
+# transformers' gradient_checkpointing_enable() is every decoder layer or none.
 def checkpoint_layers(model: Any, k: int) -> int:
     """Keep checkpointing on for the first ``k`` decoder layers only (after checkpointing was enabled).
 
@@ -250,6 +282,7 @@ def _cached_forward(self, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(x.to(w.dtype), w, bias).to(inp_dtype)
 
 
+# bitsandbytes has no option to keep a 4-bit layer's dequantized weight between calls.
 def cache_dequantized(model: Any, n_layers: int, dtype: torch.dtype) -> int:
     """Keep a ``dtype`` copy of the dequantized 4-bit weights of the first ``n_layers`` decoder layers.
 

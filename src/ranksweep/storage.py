@@ -9,47 +9,41 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ranksweep.errors import ConfigError
+from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
+from ranksweep.urls import journal_path, mask_secrets, sqlite_path
 
-# The embedded default storage, relative to the working directory.
-DEFAULT_STORAGE_URL = "sqlite:///outputs/ranksweep.db"
-HEARTBEAT_S = 30
-GRACE_S = 90
-
-
-def _mask(url: str) -> str:
-    from ranksweep.tracking import mask_secrets
-
-    return mask_secrets(url)
+__all__ = ["DEFAULT_STORAGE_URL", "check_optuna_sqlite", "open_storage"]
 
 
-def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.storage") -> Any:
-    """An Optuna storage for ``url``. RDB storages get heartbeats so a killed worker's trial is retried."""
-    import optuna  # here, not at import: the constants above serve light commands too
+def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
+                 key: str = "hydra.sweeper.storage") -> Any:
+    """An Optuna storage for ``url``. ``heartbeat=(interval_s, grace_s)`` gives RDB storages Optuna's
+    heartbeat, so that a killed worker's trial is failed and run again."""
+    import optuna  # here, not at import: light commands read this module too
 
     url = str(url)
     try:
-        if url.startswith("journal://"):
+        journal = journal_path(url)
+        if journal is not None:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-            path = Path(url[len("journal://"):]).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
-            path = Path(url[len("sqlite:///"):])
-            if not path.parent.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() and path.stat().st_size > 0:
-                check_optuna_sqlite(path, key)
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(journal)))
+        db = sqlite_path(url)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            if db.exists() and db.stat().st_size > 0:
+                check_optuna_sqlite(db, key)
         elif "://" not in url:
             raise ConfigError(f"{key}: not a storage URL: {url!r} (e.g. sqlite:///outputs/ranksweep.db)")
         kwargs: dict[str, Any] = {}
         if heartbeat:
             # A trial whose worker stopped beating is marked FAIL by fail_stale_trials; the
             # sweeper then runs its (ladder, rank, seed) again as a new trial.
-            kwargs = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            kwargs = dict(heartbeat_interval=int(heartbeat[0]), grace_period=int(heartbeat[1]))
         engine: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
             engine["connect_args"] = {"connect_timeout": 10}
@@ -67,7 +61,7 @@ def open_storage(url: str, heartbeat: bool = True, key: str = "hydra.sweeper.sto
         raise
     except Exception as exc:  # sqlalchemy / psycopg errors: unreachable host, bad credentials, corrupt file
         first = " ".join(str(exc).split())[:300]
-        raise ConfigError(f"{key}: cannot open {_mask(url)}: {first}") from exc
+        raise ConfigError(f"{key}: cannot open {mask_secrets(url)}: {first}") from exc
 
 
 def check_optuna_sqlite(path: Path, key: str) -> None:

@@ -8,25 +8,10 @@ level so that W&B's parallel-coordinates and scatter panels can use them.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Optional
 
 from ranksweep.config import LoggerConfig, RunConfig
-
-# Whole words of a key only: hf_token, api_key, password; not max_new_tokens or tokenizer.
-_SECRET_KEY = re.compile(r"(?:^|[_.-])(token|password|passwd|secret|api_key|apikey)(?:$|[_.-])", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(//[^:/@]+:)[^@]+@")
-
-
-def mask_secrets(value: Any) -> Any:
-    """Mask secret-looking keys and passwords inside URLs, recursively."""
-    if isinstance(value, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and v else mask_secrets(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v) for v in value]
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1***@", value)
-    return value
+from ranksweep.urls import mask_secrets
 
 
 def run_label(run: RunConfig) -> str:
@@ -115,3 +100,38 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any, plot_path: Any) -> Optional[str]:
+    """One W&B run per sweep with the rank curve (table + line plot + PNG) and the recommendation;
+    returns its run folder (None with logger=none). ``ladders`` are :class:`ranksweep.sweep.results.Ladder`."""
+    if not logger.get("enabled", False) or logger.get("mode") == "disabled":
+        return None
+    import math
+
+    import wandb
+
+    s = settings
+    rows = [[lad.key, r.rank, math.log2(r.rank), r.mean, r.std or 0.0, r.trainable_params or 0, r.state]
+            for lad in ladders for r in lad.curve if r.mean is not None]
+    run = wandb.init(project=logger.get("project", "ranksweep"), entity=logger.get("entity"), mode=logger.get("mode"),
+                     dir=str(sweep_dir), group=s.study_name, name=f"{s.study_name}-summary", job_type="sweep-summary",
+                     tags=["sweep-summary"], reinit="finish_previous",
+                     config={"study_name": s.study_name, "objective": s.objective, "ranks": s.ranks,
+                             "min_gain": s.min_gain, "patience": s.patience, "ladders": [lad.key for lad in ladders]},
+                     settings=wandb.Settings(console="off", x_disable_stats=True))
+    table = wandb.Table(columns=["ladder", "rank", "log2_rank", s.objective, "std", "trainable_params", "state"],
+                        data=rows)
+    run.log({"rank_curve": table,
+             "rank_curve_plot": wandb.plot.line(table, "log2_rank", s.objective, stroke="ladder",
+                                                title=f"{s.objective} vs log2(rank)"),
+             "rank_curve_png": wandb.Image(str(plot_path))})
+    for lad in ladders:
+        rec = lad.recommendation
+        prefix = "" if len(ladders) == 1 else f"{lad.key}/"
+        run.summary[f"{prefix}recommended_rank"] = rec.rank if rec else None
+        run.summary[f"{prefix}recommendation"] = rec.why if rec else None
+        run.summary[f"{prefix}stop_reason"] = lad.stop_reason
+    out = str(os.path.dirname(run.dir))
+    run.finish()
+    return out

@@ -121,7 +121,7 @@ def known_config(name: str) -> Shape:
     return Shape(**KNOWN_SHAPES[name])
 
 
-def _dims(config: Any) -> dict[str, int]:
+def model_dims(config: Any) -> dict[str, int]:
     h = int(config.hidden_size)
     nh = int(config.num_attention_heads)
     nkv = int(getattr(config, "num_key_value_heads", None) or nh)
@@ -132,7 +132,7 @@ def _dims(config: Any) -> dict[str, int]:
 
 def linear_shapes(config: Any, family: str) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) of each adaptable projection of one decoder layer."""
-    d = _dims(config)
+    d = model_dims(config)
     h, i, q, kv = d["h"], d["i"], d["q"], d["kv"]
     if family == "phi3":
         return {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
@@ -156,7 +156,7 @@ def target_shapes(config: Any, family: str, targets: str | tuple[str, ...] | lis
 def lora_params(config: Any, family: str, r: int, targets: str | tuple[str, ...] | list[str]) -> int:
     """Trainable LoRA parameters: r * (in + out) per targeted linear layer, over all layers."""
     per_layer = sum(r * (i + o) for i, o in target_shapes(config, family, targets).values())
-    return per_layer * _dims(config)["L"]
+    return per_layer * model_dims(config)["L"]
 
 
 def _norms_per_layer(family: str) -> int:
@@ -225,16 +225,8 @@ def _ckpt_text(inp: dict[str, Any]) -> str:
     return "off" if not k else "on" if not layers or k >= layers else f"{k}/{layers} layers"
 
 
-def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[str, ...] | list[str],
-             micro_batch: int, seq_len: int, grad_ckpt: bool | int, dtype_bytes: int = 2, double_quant: bool = True,
-             optimizer: str = "adamw", lora_dropout: float = 0.05, kbit_prep: bool = False,
-             loss_impl: str = "plain", ce_chunk: int = 1024, eval_batch: int = 0,
-             dequant_layers: int = 0) -> MemoryEstimate:
-    """Predict the peak memory of one training step (see the module docstring for the formula).
-
-    ``grad_ckpt``: True / False for every layer or none, or the number of checkpointed layers.
-    ``dequant_layers``: 4-bit layers whose dequantized weights are kept (in the compute dtype).
-    """
+def _check_inputs(family: str, bits: int, r: int, micro_batch: int, seq_len: int, dtype_bytes: int,
+                  optimizer: str) -> None:
     if family not in FAMILY_MODULES:
         raise ConfigError(f"model.family: unknown family {family!r}; known: {', '.join(FAMILY_MODULES)}")
     if bits not in (4, 8, 16):
@@ -247,12 +239,13 @@ def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[s
     if dtype_bytes not in (2, 4):
         raise ConfigError(f"dtype_bytes must be 2 or 4, got {dtype_bytes!r}")
 
-    d = _dims(config)
-    h, i, L, q, kv, V = d["h"], d["i"], d["L"], d["q"], d["kv"], d["V"]
-    a = dtype_bytes
-    tied = bool(getattr(config, "tie_word_embeddings", False))
 
-    # Frozen base.
+def _weight_bytes(config: Any, family: str, bits: int, a: int, double_quant: bool, kbit_prep: bool,
+                  dequant_layers: int) -> tuple[float, float, float, float]:
+    """The frozen base: ``(weights, quant_state, dequant_cache, base linear parameters)``."""
+    d = model_dims(config)
+    h, L, V = d["h"], d["L"], d["V"]
+    tied = bool(getattr(config, "tie_word_embeddings", False))
     per_layer_linear = sum(i_ * o_ for i_, o_ in linear_shapes(config, family).values())
     linear = per_layer_linear * L
     rows = sum(o_ for _, o_ in linear_shapes(config, family).values()) * L
@@ -272,27 +265,31 @@ def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[s
     other_bytes = 4 if (kbit_prep and bits in (4, 8)) else a
     weights = stored + quant_state + other_bytes * (embed + norms)
     cache = float(a * per_layer_linear * max(0, min(int(dequant_layers), L))) if bits == 4 else 0.0
+    return float(weights), float(quant_state), cache, float(linear)
 
-    # Adapter and optimizer.
-    shapes = target_shapes(config, family, targets)
-    n_lora = sum(r * (i_ + o_) for i_, o_ in shapes.values()) * L
-    lora = 4.0 * n_lora
-    opt = (4.0 + OPTIMIZER_STATE_BYTES[optimizer]) * n_lora
 
-    # Activations, per token.
+def _activation_bytes(config: Any, family: str, shapes: dict[str, tuple[int, int]], r: int, a: int,
+                      lora_dropout: float, tokens: int, k: int) -> float:
+    """Activations stored for the backward pass, with the first ``k`` layers checkpointed."""
+    d = model_dims(config)
+    h, i, L, q, kv = d["h"], d["i"], d["L"], d["q"], d["kv"]
     x = _norms_per_layer(family) * (4 + a) * h
     x += a * h + a * (2 * q + 3 * kv) + a * q
     x += a * h + 4 * a * i
     for in_f, _ in shapes.values():
         x += a * r + ((a + 1) * in_f if lora_dropout > 0 else 0)
-    tokens = micro_batch * seq_len
     final_norm = (4 + a) * h
-    k = L if grad_ckpt is True else (0 if grad_ckpt is False else max(0, min(int(grad_ckpt), L)))
     # The first k layers keep only their input; the others all of X. The peak is at the start of the
     # backward pass, or while the last checkpointed layer recomputes (the layers above it freed).
     per_token = k * a * h + max((L - k) * x, x if k else 0)
-    activations = float(tokens * (per_token + final_norm))
+    return float(tokens * (per_token + final_norm))
 
+
+def _logit_bytes(config: Any, a: int, tokens: int, seq_len: int, loss_impl: str, ce_chunk: int, eval_batch: int,
+                 head_copy: bool) -> float:
+    """The loss's logits and their gradients (see the module docstring)."""
+    d = model_dims(config)
+    h, V = d["h"], d["V"]
     if loss_impl == "chunked":
         # One chunk of labelled rows: its fp32 logits, their softmax-gradient and its 16-bit copy;
         # plus the gathered hidden states and their gradient.
@@ -305,13 +302,43 @@ def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[s
             # Evaluation through the model's own loss: [eval_batch, seq, vocab] logits and their fp32
             # log-softmax, while the adapter and optimizer states stay allocated.
             logits = max(logits, float(eval_batch * seq_len * V * (a + 8)))
-    if kbit_prep and bits in (4, 8) and a == 2:
+    if head_copy:
         logits += 2.0 * V * h  # autocast's 16-bit copy of the fp32 head, saved for backward
+    return logits
+
+
+def estimate(config: Any, family: str, bits: int, r: int, targets: str | tuple[str, ...] | list[str],
+             micro_batch: int, seq_len: int, grad_ckpt: bool | int, dtype_bytes: int = 2, double_quant: bool = True,
+             optimizer: str = "adamw", lora_dropout: float = 0.05, kbit_prep: bool = False,
+             loss_impl: str = "plain", ce_chunk: int = 1024, eval_batch: int = 0,
+             dequant_layers: int = 0) -> MemoryEstimate:
+    """Predict the peak memory of one training step (see the module docstring for the formula).
+
+    ``grad_ckpt``: True / False for every layer or none, or the number of checkpointed layers.
+    ``dequant_layers``: 4-bit layers whose dequantized weights are kept (in the compute dtype).
+    """
+    _check_inputs(family, bits, r, micro_batch, seq_len, dtype_bytes, optimizer)
+    a = dtype_bytes
+    L = model_dims(config)["L"]
+    weights, quant_state, cache, linear = _weight_bytes(config, family, bits, a, double_quant, kbit_prep,
+                                                        dequant_layers)
+
+    # Adapter and optimizer.
+    shapes = target_shapes(config, family, targets)
+    n_lora = sum(r * (i_ + o_) for i_, o_ in shapes.values()) * L
+    lora = 4.0 * n_lora
+    opt = (4.0 + OPTIMIZER_STATE_BYTES[optimizer]) * n_lora
+
+    tokens = micro_batch * seq_len
+    k = L if grad_ckpt is True else (0 if grad_ckpt is False else max(0, min(int(grad_ckpt), L)))
+    activations = _activation_bytes(config, family, shapes, r, a, lora_dropout, tokens, k)
+    logits = _logit_bytes(config, a, tokens, seq_len, loss_impl, ce_chunk, eval_batch,
+                          head_copy=kbit_prep and bits in (4, 8) and a == 2)
     overhead = OVERHEAD_PER_PARAM * linear
 
     return MemoryEstimate(
-        weights=float(weights), dequant_cache=cache, lora=lora, optimizer=opt, activations=activations, logits=logits,
-        overhead=overhead, quant_state=float(quant_state), lora_params=n_lora,
+        weights=weights, dequant_cache=cache, lora=lora, optimizer=opt, activations=activations, logits=logits,
+        overhead=overhead, quant_state=quant_state, lora_params=n_lora,
         inputs=dict(family=family, bits=bits, r=r, targets=targets if isinstance(targets, str) else "+".join(targets),
                     micro_batch=micro_batch, seq_len=seq_len, grad_ckpt=k, layers=L, dtype_bytes=dtype_bytes,
                     dequant_layers=max(0, min(int(dequant_layers), L)) if bits == 4 else 0,
@@ -337,7 +364,7 @@ def model_config_for(run: Any) -> Any:
             cfg = AutoConfig.from_pretrained(path, trust_remote_code=model.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model.id: cannot read the config of {model_id!r}: {str(exc).splitlines()[0]}") from exc
-        return _text_config(cfg)
+        return text_config(cfg)
     if model.name in KNOWN_SHAPES:
         return known_config(model.name)
     raise ConfigError(
@@ -346,7 +373,7 @@ def model_config_for(run: Any) -> Any:
     )
 
 
-def _text_config(cfg: Any) -> Any:
+def text_config(cfg: Any) -> Any:
     """The language model's config of a multimodal config (``text_config``), else the config itself."""
     return getattr(cfg, "text_config", None) if not hasattr(cfg, "hidden_size") else cfg
 
@@ -378,7 +405,7 @@ def estimate_run(run: Any, grad_ckpt: Optional[bool | int] = None, dequant_layer
     """
     from ranksweep.config import OPTIMS
 
-    config = model_config_for(run) if config is None else _text_config(config)
+    config = model_config_for(run) if config is None else text_config(config)
     if grad_ckpt is None:
         grad_ckpt = bool(run.trainer.checkpointing)
     return estimate(
@@ -390,119 +417,3 @@ def estimate_run(run: Any, grad_ckpt: Optional[bool | int] = None, dequant_layer
         optimizer=OPTIMS[run.trainer.optim][1], loss_impl=run.trainer.loss_impl,
         ce_chunk=run.trainer.ce_chunk, eval_batch=run.trainer.eval_batch, dequant_layers=dequant_layers,
     )
-
-
-def device_memory_gb(device: str) -> Optional[float]:
-    """What a trial on ``device`` may use: a GPU's total memory, or the RAM available now (CPU)."""
-    if device == "cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 / GB
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-HEADROOM = 0.9  # auto spends memory on speed up to this share of the limit (the estimate is +-15%)
-
-
-@dataclass
-class MemoryPlan:
-    """How a trial will use memory: checkpointed and dequant-cached layers, estimate, limit, fit."""
-
-    ckpt_layers: int
-    layers: int
-    estimate: Optional[MemoryEstimate]
-    limit_gb: Optional[float]
-    reason: str = ""
-    dequant_layers: int = 0
-
-    @property
-    def grad_ckpt(self) -> bool:
-        return self.ckpt_layers > 0
-
-    @property
-    def fits(self) -> bool:
-        return self.estimate is None or self.limit_gb is None or self.estimate.total / GB <= self.limit_gb
-
-    def describe(self) -> str:
-        if self.estimate is None:
-            return self.reason or "no estimate"
-        limit = f"{self.limit_gb:.2f} GB" if self.limit_gb is not None else "unknown"
-        ckpt = ("off" if not self.ckpt_layers else "on" if self.ckpt_layers >= self.layers
-                else f"on for {self.ckpt_layers} of {self.layers} layers")
-        cache = f", dequantized weights kept for {self.dequant_layers} of {self.layers} layers" \
-            if self.dequant_layers else ""
-        return (f"estimated peak {self.estimate.total / GB:.2f} GB (gradient checkpointing {ckpt}{cache}) "
-                f"for a limit of {limit}")
-
-
-def _largest(lo: int, hi: int, ok) -> int:
-    """The largest n in [lo, hi] with ok(n), for ok true up to some point; lo - 1 when none."""
-    if not ok(lo):
-        return lo - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
-    return lo
-
-
-def plan_memory(run: Any, device: str, config: Any = None) -> MemoryPlan:
-    """Spend the memory limit on speed: dequantized weights first, then fewer recomputed layers.
-
-    ``trainer.memory_limit_gb`` (default: the device's memory) is the budget. Under ``auto``:
-
-    1. dequant_cache keeps the dequantized weights of as many 4-bit layers as fit in
-       ``HEADROOM`` of the limit with every layer checkpointed (bitsandbytes otherwise
-       dequantizes each weight in every forward and backward: the reference's NF4 LoRA ran 25%
-       slower than bf16 LoRA; a layer's copy costs 2 bytes per weight on a GPU);
-    2. gradient checkpointing recomputes as few layers as keep the estimate in that budget
-       (recomputing every layer cost 26% of a step on the 1B anchor, 30,486 vs 22,559
-       tokens/s, for 2.3x less memory).
-
-    Forced values (true/false) are kept. The trial fits when the estimate of the plan is under
-    the limit. ``config`` is the loaded model's config (a trial passes it); without it the shape
-    is read as ``ranksweep estimate`` does. A model whose shape cannot be read gets no estimate:
-    it runs with neither.
-    """
-    ckpt, cache = run.trainer.checkpointing, run.trainer.caching
-    limit = run.trainer.memory_limit_gb
-    if limit is None:
-        limit = device_memory_gb(device)
-    try:
-        config = model_config_for(run) if config is None else _text_config(config)
-        layers = int(_dims(config)["L"])
-        estimate_run(run, grad_ckpt=False, config=config)
-    except (ConfigError, AttributeError, TypeError) as exc:
-        return MemoryPlan(1 if ckpt else 0, 1, None, limit, reason=str(exc))
-    n_cache = layers if cache and run.quant.bits == 4 else 0
-    if limit is None:  # nothing to plan against: the forced values, else neither
-        k = layers if ckpt else 0
-        return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache, config=config), limit,
-                          dequant_layers=n_cache)
-    budget = HEADROOM * limit
-
-    def total(k: int, c: int) -> float:
-        return estimate_run(run, grad_ckpt=k, dequant_layers=c, config=config).total / GB
-
-    # Checkpointing the last layer saves nothing (it would be recomputed first, at once), so auto
-    # recomputes at most layers - 1; true recomputes every layer, as transformers does.
-    k_most = layers if ckpt else 0 if ckpt is False else max(layers - 1, 1)
-    if cache is None and run.quant.bits == 4:
-        n_cache = max(0, _largest(0, layers, lambda c: total(k_most, c) <= budget))
-    k = k_most
-    if ckpt is None:  # the fewest recomputed layers that keep the plan in the budget
-        k = layers - _largest(layers - k_most, layers, lambda m: total(layers - m, n_cache) <= budget)
-        k = min(k, k_most)
-    return MemoryPlan(k, layers, estimate_run(run, grad_ckpt=k, dequant_layers=n_cache, config=config), limit,
-                      dequant_layers=n_cache)

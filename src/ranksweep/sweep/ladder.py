@@ -38,8 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ranksweep.errors import ConfigError
-
 Direction = Literal["minimize", "maximize"]
 DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
 
@@ -102,18 +100,10 @@ def rank_ladder(start_rank: int, factor: int, max_rank: int) -> list[int]:
     >>> rank_ladder(8, 2, 256)
     [8, 16, 32, 64, 128, 256]
 
-    Raises :class:`~ranksweep.errors.ConfigError` naming the override key
-    (``hydra.sweeper.start_rank`` ...) for a non-positive start, a factor below 2
-    or a ``max_rank`` below ``start_rank``.
+    The inputs are checked where a user sets them (:class:`ranksweep.sweep.settings.SweepSettings`).
     """
-    if not _is_int(start_rank) or start_rank <= 0:
-        raise ConfigError(f"hydra.sweeper.start_rank must be a positive integer, got {start_rank!r}")
-    if not _is_int(factor) or factor < 2:
-        raise ConfigError(f"hydra.sweeper.factor must be an integer >= 2, got {factor!r}")
-    if not _is_int(max_rank) or max_rank < start_rank:
-        raise ConfigError(
-            f"hydra.sweeper.max_rank must be >= hydra.sweeper.start_rank ({start_rank}), got {max_rank!r}"
-        )
+    if not (_is_int(start_rank) and start_rank > 0 and _is_int(factor) and factor >= 2):
+        raise ValueError(f"rank_ladder needs start_rank >= 1 and factor >= 2, got {start_rank!r}, {factor!r}")
     ranks = [start_rank]
     while ranks[-1] * factor <= max_rank:
         ranks.append(ranks[-1] * factor)
@@ -181,15 +171,6 @@ class StopRule:
     patience: int = 2
     noise_z: float = 2.0
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` (naming the ``hydra.sweeper.*`` key) for a bad value."""
-        if not isinstance(self.min_gain, (int, float)) or not 0 <= self.min_gain < 1:
-            raise ConfigError(f"hydra.sweeper.min_gain must be in [0, 1), got {self.min_gain!r}")
-        if not _is_int(self.patience) or self.patience < 1:
-            raise ConfigError(f"hydra.sweeper.patience must be a positive integer, got {self.patience!r}")
-        if not isinstance(self.noise_z, (int, float)) or not math.isfinite(self.noise_z) or self.noise_z < 0:
-            raise ConfigError(f"hydra.sweeper.noise_z must be a number >= 0, got {self.noise_z!r}")
-
 
 @dataclass
 class Decision:
@@ -253,7 +234,6 @@ def decide(
 
     Otherwise it continues with ``next_rank = ranks[-1] * factor``.
     """
-    rule.validate()
     sign = _orient(direction)
     if not ranks:
         raise ValueError("decide needs at least one finished rung")
@@ -403,7 +383,7 @@ def recommend(
         raise ValueError("recommend needs at least one rank")
     _check_curve(ranks, means)
     if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
-        raise ConfigError(f"hydra.sweeper.tolerance must be in [0, 1), got {tolerance!r}")
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
     if base is not None and not math.isfinite(base):
         raise ValueError(f"base must be finite or None, got {base!r}")
 

@@ -1,12 +1,4 @@
-"""Single-task datasets: load, split, format, tokenise and collate.
-
-The pipeline a trial runs::
-
-    examples = load_examples(cfg.data)                       # [{"prompt", "response"}] or [{"text"}]
-    train, evals = split_examples(examples, cfg.data.eval_size, cfg.data.seed)
-    train_ds = tokenize_examples(train, tok, variant, cfg.data, max_seq_len, cache_dir=...)
-    loader = DataLoader(train_ds, collate_fn=CausalCollator(tok), ...)
-    score = exact_match(predictions, eval_ds["response"])
+"""Loading and splitting single-task datasets.
 
 Sources (``data.source``):
 
@@ -23,38 +15,20 @@ line naming the config key (``data.path``, ``data.prompt_column``...) and the fi
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import numbers
 import os
 import random
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ranksweep.config import DataConfig
 from ranksweep.errors import DataError
 
-__all__ = [
-    "IGNORE_INDEX",
-    "CausalCollator",
-    "exact_match",
-    "format_pair",
-    "load_examples",
-    "split_examples",
-    "tokenize_examples",
-]
-
-#: Label value ignored by the loss (PyTorch's cross-entropy default).
-IGNORE_INDEX = -100
-
-# Bump when the tokenised layout changes, so old caches are not reused.
-_CACHE_VERSION = 1
+__all__ = ["load_examples", "split_examples"]
 
 # cmudict keys kept: lower-case letters, possibly with apostrophes ("abbe's", "'bout").
 _CMU_WORD = re.compile(r"[a-z']*[a-z][a-z']*")
@@ -63,11 +37,8 @@ _CMU_WORD = re.compile(r"[a-z']*[a-z][a-z']*")
 _SAVED_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
-# ---------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------
-
-
+# datasets.load_dataset reads jsonl/csv/parquet too, but its errors name neither the config key nor
+# the line, and it guesses csv cell types ("1.50" would become 1.5): hence the readers below.
 def load_examples(cfg: DataConfig) -> list[dict[str, str]]:
     """Load the dataset ``cfg`` describes.
 
@@ -350,301 +321,3 @@ def split_examples(examples: Sequence[dict[str, str]], eval_size: float, seed: i
     evals = [examples[i] for i in order[:n_eval]]
     train = [examples[i] for i in order[n_eval:]]
     return train, evals
-
-
-# ---------------------------------------------------------------------------
-# Formatting
-# ---------------------------------------------------------------------------
-
-
-def _eos(tokenizer: Any) -> str:
-    return getattr(tokenizer, "eos_token", None) or ""
-
-
-def _has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def format_pair(example: dict[str, str], tokenizer: Any, variant: str, cfg: DataConfig) -> tuple[str, str]:
-    """``(prompt_text, response_text)``; their concatenation is the training text.
-
-    - text mode (``{"text": ...}``): ``("", text + eos)``;
-    - ``base``: ``cfg.template.format(instruction=..., prompt=...)`` and ``response + eos``;
-    - ``instruct``: the tokenizer's chat template on one user turn
-      (``cfg.instruction + prompt``) with the generation prompt, and the rest of the
-      conversation once the assistant's response is appended (its end-of-turn
-      tokens included). Should the full conversation not start with the prompt
-      text, the response part falls back to ``response + eos``. A tokenizer with
-      no chat template falls back to the ``base`` template.
-
-    ``eos`` is ``tokenizer.eos_token``, or nothing when the tokenizer has none.
-    """
-    if variant not in ("base", "instruct"):
-        raise ValueError(f"variant must be 'base' or 'instruct', got {variant!r}")
-    eos = _eos(tokenizer)
-    if "text" in example:
-        return "", example["text"] + eos
-    prompt, response = example["prompt"], example["response"]
-    if variant == "instruct" and _has_chat_template(tokenizer):
-        messages = [{"role": "user", "content": cfg.instruction + prompt}]
-        prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": response}], tokenize=False
-        )
-        if isinstance(full, str) and isinstance(prompt_text, str) and full.startswith(prompt_text):
-            return prompt_text, full[len(prompt_text):]
-        return str(prompt_text), response + eos
-    try:
-        prompt_text = cfg.template.format(instruction=cfg.instruction, prompt=prompt)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise DataError(
-            f"data.template: cannot format {cfg.template!r} ({type(exc).__name__}: {exc}); "
-            "use {instruction} and {prompt}, and double literal braces"
-        ) from None
-    return prompt_text, response + eos
-
-
-# ---------------------------------------------------------------------------
-# Tokenising
-# ---------------------------------------------------------------------------
-
-
-def _adds_bos(tokenizer: Any) -> bool:
-    """Whether the tokenizer puts a BOS in front when asked for its special tokens."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return bool(ids) and ids[0] == bos and (not plain or plain[0] != bos)
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _cache_key(
-    examples: Sequence[dict[str, str]], tokenizer: Any, variant: str, cfg: DataConfig, max_seq_len: int
-) -> str:
-    """sha256 over everything that changes the tokenised rows."""
-    content = hashlib.sha256()
-    for ex in examples:
-        content.update(json.dumps(ex, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-        content.update(b"\n")
-    parts = {
-        "version": _CACHE_VERSION,
-        "tokenizer": str(getattr(tokenizer, "name_or_path", "") or ""),
-        "tokenizer_class": type(tokenizer).__name__,
-        "vocab_size": len(tokenizer),
-        "chat_template": _sha(str(getattr(tokenizer, "chat_template", None) or "")),
-        "specials": [
-            str(getattr(tokenizer, "bos_token", None)),
-            str(getattr(tokenizer, "eos_token", None)),
-        ],
-        "variant": variant,
-        "instruction": cfg.instruction,
-        "template": cfg.template,
-        "text_mode": bool(cfg.text_column),
-        "max_seq_len": int(max_seq_len),
-        "examples": content.hexdigest(),
-        "n": len(examples),
-    }
-    return _sha(json.dumps(parts, sort_keys=True))
-
-
-def tokenize_examples(
-    examples: Sequence[dict[str, str]],
-    tokenizer: Any,
-    variant: str,
-    cfg: DataConfig,
-    max_seq_len: int,
-    cache_dir: str | None = None,
-) -> Any:
-    """Tokenise examples for causal-LM training with the loss on response tokens only.
-
-    Returns a ``datasets.Dataset`` with columns
-
-    - ``input_ids``: prompt tokens then response tokens;
-    - ``attention_mask``: all ones;
-    - ``labels``: ``-100`` on the prompt tokens, the token ids on the response tokens;
-    - ``prompt_ids``: the prompt tokens alone (what generation starts from);
-    - ``response``: the reference response (text mode: the text), stripped.
-
-    Prompt and response are tokenised separately with ``add_special_tokens=False``;
-    for prompts built from the base template (and in text mode) the tokenizer's BOS
-    is put in front when the tokenizer normally adds one. Chat templates carry their
-    own special tokens. Rows longer than ``max_seq_len`` lose response tokens from
-    the right; if the prompt alone reaches ``max_seq_len`` it is cut from the left
-    (its BOS kept when there is room) so that one response token remains. Rows with
-    no response tokens are dropped.
-
-    With ``cache_dir`` the result is saved under ``cache_dir/tokenized/<sha256 key>``
-    (written to a temp folder, then moved into place) and loaded from there next time.
-
-    Raises:
-        DataError: naming ``trainer.max_seq_len`` when no row is left.
-    """
-    import datasets
-
-    target: Path | None = None
-    if cache_dir is not None:
-        target = Path(os.path.expanduser(str(cache_dir))) / "tokenized" / _cache_key(
-            examples, tokenizer, variant, cfg, max_seq_len
-        )
-        if target.is_dir():
-            try:
-                return datasets.load_from_disk(str(target))
-            except Exception:  # noqa: BLE001 - a damaged cache entry: rebuild it
-                shutil.rmtree(target, ignore_errors=True)
-
-    columns = _tokenize_columns(examples, tokenizer, variant, cfg, max_seq_len)
-    if not columns["input_ids"]:
-        raise DataError(
-            f"trainer.max_seq_len={max_seq_len} leaves no response tokens in any of the "
-            f"{len(examples)} examples (or every response is empty); raise trainer.max_seq_len"
-        )
-    ds = datasets.Dataset.from_dict(columns)
-    if target is not None:
-        _save_atomic(ds, target)
-    return ds
-
-
-def _tokenize_columns(
-    examples: Sequence[dict[str, str]], tokenizer: Any, variant: str, cfg: DataConfig, max_seq_len: int
-) -> dict[str, list]:
-    if max_seq_len < 1:
-        raise DataError(f"trainer.max_seq_len must be a positive integer, got {max_seq_len!r}")
-    pairs = [format_pair(ex, tokenizer, variant, cfg) for ex in examples]
-    # The base template (and text mode) gets the BOS the tokenizer would add;
-    # chat-template prompts already contain their specials.
-    chat = variant == "instruct" and _has_chat_template(tokenizer)
-    bos_id = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
-    prompt_ids = _batch_ids(tokenizer, [p for p, _ in pairs])
-    response_ids = _batch_ids(tokenizer, [r for _, r in pairs])
-
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_ids": [], "response": []}
-    for ex, prompt, response in zip(examples, prompt_ids, response_ids):
-        is_text = "text" in ex
-        prefix = [bos_id] if bos_id is not None and (is_text or not chat) else []
-        prompt, response = _truncate(prefix, prompt, response, max_seq_len)
-        if not response:
-            continue
-        ids = prompt + response
-        out["input_ids"].append(ids)
-        out["attention_mask"].append([1] * len(ids))
-        out["labels"].append([IGNORE_INDEX] * len(prompt) + list(response))
-        out["prompt_ids"].append(prompt)
-        out["response"].append((ex["text"] if is_text else ex["response"]).strip())
-    return out
-
-
-def _batch_ids(tokenizer: Any, texts: list[str], chunk: int = 2048) -> list[list[int]]:
-    ids: list[list[int]] = []
-    for start in range(0, len(texts), chunk):
-        ids.extend(tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"])
-    return [list(x) for x in ids]
-
-
-def _truncate(
-    prefix: list[int], prompt: list[int], response: list[int], max_seq_len: int
-) -> tuple[list[int], list[int]]:
-    """Fit ``prefix + prompt + response`` into ``max_seq_len`` (see :func:`tokenize_examples`)."""
-    full_prompt = prefix + prompt
-    if not response:
-        return full_prompt, []
-    if len(full_prompt) < max_seq_len:
-        return full_prompt, response[: max_seq_len - len(full_prompt)]
-    room = max_seq_len - 1  # prompt tokens that fit beside one response token
-    if len(prefix) >= room:
-        prefix = []
-    keep = room - len(prefix)
-    body = prompt[len(prompt) - keep :] if keep > 0 else []
-    return prefix + body, response[:1]
-
-
-def _save_atomic(ds: Any, target: Path) -> None:
-    """Save ``ds`` into a temp folder beside ``target``, then move it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}-", dir=target.parent))
-    try:
-        ds.save_to_disk(str(tmp))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process saved the same key first
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------
-# Collating and scoring
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class CausalCollator:
-    """Right-pad a list of tokenised rows into a batch of tensors.
-
-    ``input_ids`` are padded with ``tokenizer.pad_token_id`` (falling back to the
-    EOS id, then 0), ``attention_mask`` with 0 and ``labels`` with -100. Other
-    columns (``prompt_ids``, ``response``) are dropped. With ``pad_to_multiple_of``
-    the batch length is rounded up to a multiple of it.
-    """
-
-    tokenizer: Any
-    pad_to_multiple_of: int | None = None
-
-    @property
-    def pad_id(self) -> int:
-        for name in ("pad_token_id", "eos_token_id"):
-            value = getattr(self.tokenizer, name, None)
-            if isinstance(value, int):
-                return value
-        return 0
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        if not features:
-            raise ValueError("CausalCollator got an empty batch")
-        rows = [[int(t) for t in _as_list(f["input_ids"])] for f in features]
-        length = max(len(r) for r in rows)
-        if self.pad_to_multiple_of:
-            m = int(self.pad_to_multiple_of)
-            length = ((length + m - 1) // m) * m
-        pad = self.pad_id
-        input_ids, attention, labels = [], [], []
-        for f, ids in zip(features, rows):
-            n = len(ids)
-            mask = [int(t) for t in _as_list(f["attention_mask"])] if "attention_mask" in f else [1] * n
-            lab = [int(t) for t in _as_list(f["labels"])] if "labels" in f else list(ids)
-            input_ids.append(ids + [pad] * (length - n))
-            attention.append(mask + [0] * (length - n))
-            labels.append(lab + [IGNORE_INDEX] * (length - n))
-        return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "attention_mask": torch.tensor(attention, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-        }
-
-
-def _as_list(value: Any) -> Iterable[Any]:
-    return value.tolist() if hasattr(value, "tolist") else value
-
-
-def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Share of predictions equal to their reference after whitespace normalisation.
-
-    Runs of whitespace become one space and ends are trimmed; case matters.
-    Returns 0.0 for no pairs.
-
-    Raises:
-        ValueError: when the two lists differ in length.
-    """
-    if len(predictions) != len(references):
-        raise ValueError(f"exact_match: {len(predictions)} predictions for {len(references)} references")
-    if not references:
-        return 0.0
-    hits = sum(" ".join(str(p).split()) == " ".join(str(r).split()) for p, r in zip(predictions, references))
-    return hits / len(references)

@@ -1,0 +1,88 @@
+"""Where ranksweep's configs live, composing one, and one-line descriptions of Hydra's errors.
+
+Shared by the Hydra entry point (:mod:`ranksweep.cli`) and the subcommands
+(:mod:`ranksweep.commands`), so that neither imports the other.
+
+The config tree ships inside the package (``src/ranksweep/conf/``, package data of
+the wheel) and Hydra reads it as ``pkg://ranksweep.conf``. The environment variable
+``RANKSWEEP_CONF`` points Hydra at a folder instead (a full copy of the tree). Users
+add config groups of their own with Hydra's search path: ``--config-dir my_conf`` or
+``hydra.searchpath=[file://my_conf]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+from ranksweep.errors import ConfigError
+
+CONF_PACKAGE = "ranksweep.conf"
+CONFIG_NAME = "config"
+VERSION_BASE = "1.3"
+
+
+def config_path() -> str:
+    """Hydra's ``config_path`` for the primary config: the folder $RANKSWEEP_CONF, else ``pkg://ranksweep.conf``."""
+    folder = os.environ.get("RANKSWEEP_CONF")
+    if folder:
+        return str(Path(folder).expanduser().resolve())
+    return f"pkg://{CONF_PACKAGE}"
+
+
+def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False):
+    """The primary config composed with ``overrides``, as the ``ranksweep`` command composes it.
+
+    Composition type-checks against the structured schema (:class:`ranksweep.config.RunConfig`);
+    a bad override raises :class:`ranksweep.errors.ConfigError` with a one-line message that
+    names the key. Values are validated by :func:`ranksweep.config.to_run_config`, not here.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    from ranksweep.config import register_configs
+
+    register_configs()
+    path = config_path()
+    if path.startswith("pkg://"):
+        context = initialize_config_module(config_module=path[len("pkg://"):], version_base=VERSION_BASE)
+    else:
+        context = initialize_config_dir(config_dir=path, version_base=VERSION_BASE)
+    try:
+        with context:
+            return hydra_compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException, YAMLError, ValueError) as exc:
+        raise ConfigError(describe_error(exc)) from exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a Hydra or OmegaConf error, naming the key when there is one.
+
+    A composition error caused by an OmegaConf error (a value of the wrong type, a key
+    the schema does not have, in an override or in a config file) becomes
+    ``lora.r: 'abc' is not an integer`` (plus ``(in model/my_model)`` for a file); other
+    Hydra errors keep their message and the options they list, without Hydra's search path.
+    """
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ranksweep.config import describe_omegaconf_error
+
+    if isinstance(exc, OmegaConfBaseException):
+        return describe_omegaconf_error(exc)
+    if isinstance(exc, ConfigCompositionException):
+        # Hydra wraps the OmegaConf error: as the cause (an override), or as the context (a config file).
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, OmegaConfBaseException) and getattr(inner, "full_key", None):
+            line = describe_omegaconf_error(inner)
+            where = re.match(r"In '([^']+)': ", str(exc))
+            return f"{line} (in {where.group(1)})" if where else line
+    text = " ".join(str(exc).split())
+    # Hydra's "Could not load 'model/nope'": keep the message and the options it lists, not its search path.
+    text = text.split(" Config search path:")[0]
+    return text or type(exc).__name__

@@ -1,0 +1,79 @@
+"""A running job's liveness: a worker that stops beating has its trial failed and run again.
+
+RDB storages (SQLite, PostgreSQL, MySQL) use Optuna's own heartbeat thread and
+``fail_stale_trials``. Optuna's journal storage has no heartbeat, so there the worker beats a
+``heartbeat_at`` user attribute and :func:`fail_stale` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+log = logging.getLogger("ranksweep.sweep")
+
+
+class Beat(Protocol):
+    def start(self) -> None: ...
+
+    def join(self) -> None: ...
+
+
+class AttrHeartbeat:
+    """A heartbeat for storages without Optuna's (JournalStorage): a timestamp user attribute."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, "heartbeat_at", time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # another worker declared this one dead; recording the job says so
+            if self.stop.wait(self.interval):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def is_rdb(storage: Any) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage)
+
+
+def heartbeat(storage: Any, trial_id: int, interval: float) -> Beat:
+    """The heartbeat for one job's trial (not started)."""
+    if is_rdb(storage):
+        from optuna.storages._heartbeat import get_heartbeat_thread
+
+        return get_heartbeat_thread(trial_id, storage)
+    return AttrHeartbeat(storage, trial_id, interval)
+
+
+def fail_stale(study: optuna.Study, storage: Any, grace: float) -> None:
+    """Mark the trials of workers that stopped beating FAIL (without ``failure_kind``: run again)."""
+    if is_rdb(storage):
+        optuna.storages.fail_stale_trials(study)
+        return
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = t.user_attrs.get("heartbeat_at")
+        if last is not None and time.time() - float(last) > grace:
+            try:
+                storage.set_trial_user_attr(
+                    t._trial_id, "fail_reason", f"worker {t.user_attrs.get('worker')} stopped (no heartbeat)")
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # its worker finished it meanwhile: alive after all
+            log.warning("trial %d: its worker stopped beating; it will run again", t.number)

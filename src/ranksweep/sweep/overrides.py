@@ -1,0 +1,100 @@
+"""From the command line to jobs: which overrides are fixed, which are axes, and what each job gets."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ranksweep.errors import ConfigError
+from ranksweep.sweep.plan import Item
+from ranksweep.sweep.settings import SweepSettings
+
+# Overrides the sweeper owns: a user setting them would fight the ladder.
+OWNED = ("lora.r", "trial.storage", "trial.study_name", "trial.trial_number", "trial.parent_trial_number")
+
+
+def quote(value: object) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class SweepSpace:
+    """The fixed overrides, and one ladder ``(key, combo)`` per combination of the axes."""
+
+    fixed: tuple[str, ...]
+    axes: tuple[tuple[str, tuple[str, ...]], ...]  # (key, ("key=v1", "key=v2", ...))
+
+    @property
+    def ladders(self) -> list[tuple[str, tuple[str, ...]]]:
+        combos = list(itertools.product(*[vals for _, vals in self.axes])) if self.axes else [()]
+        return [(" ".join(combo) or "default", tuple(combo)) for combo in combos]
+
+    def stored(self, s: SweepSettings) -> dict:
+        """What the study remembers of its space: a rerun must match it to resume."""
+        out = {"ladders": sorted(k for k, _ in self.ladders), "fixed": sorted(self.fixed),
+               "start_rank": s.start_rank, "factor": s.factor, "seeds_per_rank": s.seeds_per_rank,
+               "objective": s.objective}
+        if s.search:  # absent without a search, so that studies made before it still resume
+            out.update(search=dict(sorted(s.search.items())), search_budget=s.search_budget)
+        return out
+
+    @property
+    def keys(self) -> list[str]:
+        """Every config key the command line sets (fixed or swept)."""
+        return [o.split("=", 1)[0].lstrip("+~") for o in self.fixed] + [k.lstrip("+~") for k, _ in self.axes]
+
+
+def parse(arguments: Sequence[str], preset: dict[str, str]) -> SweepSpace:
+    """Split the command line (plus ``hydra.sweeper.params``, which the command line overrides)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    given = {o.get_key_element().lstrip("+~") for o in parser.parse_overrides(list(arguments))}
+    extra = [f"{k}={v}" for k, v in preset.items() if k not in given]
+    fixed: list[str] = []
+    axes: list[tuple[str, tuple[str, ...]]] = []
+    for o in parser.parse_overrides(extra + list(arguments)):
+        key = o.get_key_element()
+        if key.lstrip("+~") in OWNED:
+            raise ConfigError(f"{key.lstrip('+~')} is set by the rank ladder; use hydra.sweeper.start_rank, "
+                              "factor and max_rank instead")
+        if o.is_sweep_override():
+            if o.is_interval_sweep():
+                raise ConfigError(f"{key}: interval sweeps are not supported; list the values")
+            axes.append((key, tuple(f"{key}={v}" for v in o.sweep_string_iterator())))
+        else:
+            fixed.append(o.input_line)
+    return SweepSpace(tuple(fixed), tuple(axes))
+
+
+def _value(v: object) -> str:
+    return repr(v) if isinstance(v, float) else quote(v) if isinstance(v, str) else str(v)
+
+
+def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, subdir: str,
+                  parent: int | None = None, values: dict | None = None) -> list[str]:
+    """The overrides of one job: the ladder's, its rank and seed, its searched values, and the handle
+    on its Optuna trial."""
+    ov = list(space.fixed) + list(item.combo) + [f"{k}={_value(v)}" for k, v in (values or {}).items()]
+    ov += [
+        f"lora.r={item.rank if item.rank > 0 else s.start_rank}",
+        f"trainer.seed={item.seed}",
+        f"objective={s.objective}",
+        f"trial.storage={quote(s.storage_url)}",
+        f"trial.study_name={quote(s.study_name)}",
+        f"trial.trial_number={number}",
+        f"trial.prune_after={s.prune_after}",
+        f"trial.prune_margin={s.prune_margin}",
+        f"trial.pruner={s.pruner}",
+        f"trial.rung_pruner={s.rung_pruner if item.search else 'none'}",
+        f"logger.group={quote(s.study_name)}",
+        f"hydra.sweep.subdir={quote(subdir)}",
+    ]
+    if parent is not None:
+        ov.append(f"trial.parent_trial_number={parent}")
+    if item.rank == 0:  # the base: an untrained adapter (LoRA B = 0) is the base model
+        ov.append("trainer.max_steps=0")
+        if s.objective != "exact_match":
+            ov.append("data.metric_examples=0")
+    return ov

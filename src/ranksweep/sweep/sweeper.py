@@ -1,0 +1,207 @@
+"""The rank-doubling sweep: Optuna is the record, Hydra's launcher runs the jobs.
+
+For every combination of the other sweep overrides (``lora.targets=attention,all_linear``) there
+is one *ladder*: the untrained base is evaluated once, then ranks ``start_rank * factor**k`` are
+trained until the stop rule of :mod:`ranksweep.sweep.ladder` fires. Each job is one Optuna trial;
+the study holds its params (the axes, ``rank``, ``seed``), its objective, its intermediate eval
+values and user attributes. Rerunning the same command resumes from the study.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+from optuna.distributions import CategoricalDistribution
+
+from ranksweep.errors import ConfigError
+from ranksweep.storage import open_storage
+from ranksweep.sweep import summary as summary_mod
+from ranksweep.sweep.claim import Claim, Claimer
+from ranksweep.sweep.heartbeat import heartbeat
+from ranksweep.sweep.overrides import job_overrides, parse
+from ranksweep.sweep.plan import Item
+from ranksweep.sweep.progress import Progress
+from ranksweep.sweep.reader import spec_of
+from ranksweep.sweep.record import record
+from ranksweep.sweep.search import space as search_space
+from ranksweep.sweep.settings import SweepSettings
+from ranksweep.urls import mask_secrets
+
+log = logging.getLogger("ranksweep.sweep")
+# We drive heartbeats ourselves (around each launch), not through Study.optimize.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log lines say what happens
+
+SPACE_ATTR = "ranksweep_space"
+
+
+class RankSweep:
+    """The sweep logic behind ``hydra/sweeper=ranksweep``: setup, then the claim-launch-record loop."""
+
+    def __init__(self, settings: SweepSettings) -> None:
+        self.s = settings
+        self._fit_cache: dict[tuple[str, int], Optional[str]] = {}
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    # -- the study -------------------------------------------------------------------------
+    def _open_study(self, space: dict) -> optuna.Study:
+        self.storage = open_storage(self.s.storage_url, heartbeat=(self.s.heartbeat_interval, self.s.grace_period))
+        name = self.s.study_name
+        try:
+            study = optuna.create_study(study_name=name, storage=self.storage, direction=self.s.direction,
+                                        load_if_exists=True)
+        except Exception as exc:
+            raise ConfigError(f"hydra.sweeper.storage: cannot create study {name!r}: "
+                              f"{' '.join(str(exc).split())[:200]}") from exc
+        if study.direction.name.lower() != self.s.direction:
+            raise ConfigError(f"hydra.sweeper.study_name: study {name!r} exists with direction "
+                              f"{study.direction.name.lower()}; use a new study_name")
+        stored = study.user_attrs.get(SPACE_ATTR)
+        if stored is None:
+            if study.get_trials(deepcopy=False):
+                raise ConfigError(f"hydra.sweeper.study_name: study {name!r} already holds trials "
+                                  "that ranksweep did not create; use a new study_name")
+            study.set_user_attr(SPACE_ATTR, space)
+        elif stored != space:
+            diff = [k for k in sorted(set(stored) | set(space)) if stored.get(k) != space.get(k)]
+            raise ConfigError(
+                f"hydra.sweeper.study_name: study {name!r} was created with a different search space (differs in: "
+                f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
+                "rerun with the same overrides to resume, or pick a new study_name")
+        # The stop-rule settings, for readers of the study (report); they may change between runs.
+        s = self.s
+        study.set_user_attr("ranksweep_settings", {
+            "ranks": s.ranks, "max_rank": s.max_rank, "min_gain": s.min_gain, "patience": s.patience,
+            "tolerance": s.tolerance, "direction": s.direction, "stop_rule": s.stop_rule, "margin": s.margin,
+            "margin_type": s.margin_type, "confidence": s.confidence, "bootstrap": s.bootstrap})
+        return study
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _run_config(self, item: Item, values: Optional[dict] = None) -> Any:
+        """The validated :class:`ranksweep.config.RunConfig` of the job ``item``, as its trial will see it."""
+        from ranksweep.config import to_run_config
+
+        ov = job_overrides(self.space, self.s, item, 0, "x", values=values)
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, ov)
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        return to_run_config(cfg)
+
+    def _infeasible(self, item: Item) -> Optional[str]:
+        """Why the job would not fit the device (memory estimate over the limit), or None; cached per
+        (ladder, rank). The base evaluation trains nothing and is never skipped."""
+        if item.rank == 0:
+            return None
+        key = (item.ladder, item.rank)
+        if key not in self._fit_cache:
+            from ranksweep.memory import plan_memory, run_device
+
+            run = self._run_config(item)
+            mem = plan_memory(run, run_device(run))
+            self._fit_cache[key] = None if mem.fits else (
+                f"would not fit: {mem.describe()} (trainer.memory_limit_gb; `ranksweep estimate` shows the parts)")
+        return self._fit_cache[key]
+
+    def _slots(self) -> int:
+        """Jobs this worker keeps in flight: ``n_jobs``, or 1 with Hydra's in-process launcher."""
+        if self.s.n_jobs > 1 and type(self.launcher).__name__ == "BasicLauncher":
+            log.warning("hydra.sweeper.n_jobs=%d needs an out-of-process launcher (hydra/launcher=joblib, "
+                        "submitit_local, submitit_slurm); running one job at a time", self.s.n_jobs)
+            return 1
+        return self.s.n_jobs
+
+    def _launch(self, c: Claim) -> Any:
+        """Run one job through Hydra's launcher while a heartbeat says its worker is alive."""
+        beat = heartbeat(self.storage, c.trial._trial_id, self.s.heartbeat_interval)
+        beat.start()
+        try:
+            ov = job_overrides(self.space, self.s, c.item, c.trial.number, c.subdir, c.parent, c.values)
+            (ret,) = self.launcher.launch([ov], initial_job_idx=c.trial.number)
+        except Exception as exc:  # the launcher itself failed (lost job, unreadable result)
+            ret = exc
+        finally:
+            beat.join()
+        return ret
+
+    def _tell(self, c: Claim, ret: Any) -> None:
+        try:
+            record(self.study, c.trial, ret)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker missed this worker's heartbeat for grace_period and marked the trial
+            # failed; its (ladder, rank, seed) runs again. Raise grace_period if this repeats.
+            log.warning("trial %d was marked failed by another worker (missed heartbeats); its result "
+                        "is dropped and the job runs again", c.trial.number)
+        trials, ladders = self.claimer.read()
+        self.progress.show(trials, ladders, c.item.rank, c.item.ladder)
+
+    # -- the sweep -------------------------------------------------------------------------
+    def sweep(self, arguments: Sequence[str]) -> list:
+        self.space = space = parse(arguments, self.s.params)
+        searched = search_space(self.s.search, space.keys + ["lora.r", "trainer.seed"])
+        probe = {k: getattr(d, "low", None) if hasattr(d, "low") else d.choices[0] for k, d in searched.items()}
+        for key, combo in space.ladders:  # bad overrides (and search keys) fail here, before anything is stored
+            self._run_config(Item(key, combo, self.s.start_rank, 0), probe)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.study = self._open_study(space.stored(self.s))
+        axes = {k: CategoricalDistribution(sorted({c.split("=", 1)[1] for c in vals})) for k, vals in space.axes}
+        self.spec = spec_of(self.s, space.ladders)
+        self.claimer = Claimer(self.study, self.storage, self.s, self.spec, axes, self.sweep_dir, self._infeasible,
+                               searched)
+        slots = self._slots()
+        self.progress = Progress(self.s.study_name, self.s.seeds_per_rank, slots)
+        log.info("study %r in %s: %d ladder(s) %s, ranks %s, %d job(s) at a time", self.s.study_name,
+                 mask_secrets(self.s.storage_url), len(space.ladders), ", ".join(k for k, _ in space.ladders),
+                 self.s.ranks, slots)
+        inflight: dict[Future, Claim] = {}
+        pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="ranksweep-job") if slots > 1 else None
+        try:
+            while True:
+                claimed, elsewhere = self.claimer.claim(slots - len(inflight)) if slots > len(inflight) else ([], False)
+                for c in claimed:
+                    if pool is None:
+                        self._tell(c, self._launch(c))
+                    else:
+                        inflight[pool.submit(self._launch, c)] = c
+                if inflight:  # no barrier: whichever job ends first frees its slot
+                    done, _ = wait(list(inflight), timeout=self.s.poll_s, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        self._tell(inflight.pop(fut), fut.result())
+                    continue
+                if claimed or self.claimer.skipped:  # a skipped rank ends its ladder: plan again at once
+                    continue
+                if not elsewhere:
+                    break
+                time.sleep(self.s.poll_s)  # another worker holds a job this ladder needs
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._finish()
+        return []
+
+    def _finish(self) -> None:
+        from ranksweep.tracking import log_sweep_summary
+
+        _, ladders = self.claimer.read()
+        paths = summary_mod.write_outputs(self.sweep_dir, ladders, self.s)
+        print(summary_mod.format_table(ladders), flush=True)
+        print(f"summary: {paths.summary}\nplot:    {paths.plot}\nstudy:   {self.s.study_name} in "
+              f"{mask_secrets(self.s.storage_url)}", flush=True)
+        self.summary_run_dir = log_sweep_summary(self.config.get("logger") or {}, ladders, self.s, self.sweep_dir,
+                                                 paths.plot)

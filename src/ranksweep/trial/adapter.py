@@ -1,0 +1,74 @@
+"""A trial's adapter on its base: k-bit preparation, gradient checkpointing, LoRA, compilation.
+
+Imported once a trial's data is known to be good (peft takes seconds to import).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+from ranksweep.config import RunConfig
+from ranksweep.memory import MemoryPlan
+from ranksweep.models import disable_cpu_bf16_repack
+from ranksweep.speed import causal_lm_parts, checkpoint_layers
+
+__all__ = ["add_lora", "adapter_summary", "compile_decoder", "prepare_for_training", "uncompile"]
+
+_NON_REENTRANT = {"use_reentrant": False}
+
+
+def prepare_for_training(model: Any, run: RunConfig, mem: MemoryPlan) -> Any:
+    """k-bit preparation (4/8 bits) and gradient checkpointing on the layers ``mem`` chose."""
+    ckpt = mem.grad_ckpt
+    if run.quant.bits in (4, 8):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt,
+                                                gradient_checkpointing_kwargs=dict(_NON_REENTRANT))
+    elif ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(_NON_REENTRANT))
+        model.enable_input_require_grads()
+    if not ckpt and getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()  # a reused base may come from a checkpointed trial
+    if ckpt and mem.ckpt_layers < mem.layers:
+        checkpoint_layers(model, mem.ckpt_layers)
+    return model
+
+
+def add_lora(model: Any, run: RunConfig, modules: list[str]) -> Any:
+    """A fresh LoRA adapter on ``modules`` (the peft-wrapped model)."""
+    lora_cfg = LoraConfig(
+        r=run.lora.r, lora_alpha=run.lora.lora_alpha, lora_dropout=run.lora.dropout, bias=run.lora.bias,
+        target_modules=modules, use_rslora=run.lora.use_rslora, task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora_cfg)
+    disable_cpu_bf16_repack(model)
+    return model
+
+
+def compile_decoder(model: Any) -> Any:
+    """Compile the decoder, which both loss paths call (lazily, on the first step); returns what was compiled."""
+    parts = causal_lm_parts(model)
+    compiled = parts[0] if parts else model
+    compiled.compile()
+    return compiled
+
+
+def uncompile(compiled: Any) -> None:
+    """Undo :func:`compile_decoder`: a reused base goes back uncompiled."""
+    compiled._compiled_call_impl = None
+
+
+def adapter_summary(model: Any) -> dict[str, float]:
+    """How many directions the trained update of each LoRA module uses (:mod:`ranksweep.evidence`)."""
+    from ranksweep.evidence import summarize
+
+    modules, scale = {}, 1.0
+    for name, m in model.named_modules():
+        a, b = getattr(m, "lora_A", None), getattr(m, "lora_B", None)
+        if a is None or b is None or "default" not in a:
+            continue
+        modules[name] = (a["default"].weight.detach().float().cpu().numpy(),
+                         b["default"].weight.detach().float().cpu().numpy())
+        scale = float(m.scaling["default"])
+    return summarize(modules, scale) if modules else {}

@@ -1,0 +1,63 @@
+"""A Hydra app with ranksweep's configs and sweeper but a cheap task function: a synthetic objective
+of (rank, learning rate) instead of a QLoRA trial, reported to Optuna the way a trial reports.
+
+    python -m helpers.synthetic_app -m hydra.sweeper.study_name=s ...   (from tests/)
+
+The true capacity curve ``v(r)`` falls by ``step`` per doubling up to ``true_rank`` and is flat after
+it; training at a learning rate away from the rank's best costs ``c * log10(lr / best_lr(r))**2``,
+and the best learning rate halves with every doubling (``best_lr(8) = 1e-3``), as under a constant
+LoRA scale. Eval values fall towards the final value over the steps, so pruners have curves to read;
+per-example results (64 examples of fixed difficulty, small seeded noise) feed the paired bootstrap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from ranksweep.errors import TrialPruned
+
+TRUE_RANK = int(os.environ.get("SYN_TRUE_RANK", "32"))
+STEP = float(os.environ.get("SYN_STEP", "0.05"))
+C = float(os.environ.get("SYN_C", "0.2"))
+N = 64
+
+
+def best_lr(r: int) -> float:
+    return 1e-3 * 8 / r
+
+
+def value(r: int, lr: float) -> float:
+    capacity = 1.0 + STEP * max(0.0, math.log2(TRUE_RANK / r))
+    return capacity + C * math.log10(lr / best_lr(r)) ** 2
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ranksweep.conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from ranksweep.pruning import OptunaReporter
+
+    r, lr, seed = int(cfg.lora.r), float(cfg.trainer.lr), int(cfg.trainer.seed)
+    steps, every = int(cfg.trainer.max_steps), int(cfg.trainer.eval_every)
+    start = 3.0
+    final = start if steps == 0 else value(r, lr)
+    reporter = OptunaReporter.from_handle(cfg.trial, max_steps=steps, eval_every=every)
+    for step in range(every, steps + 1, every):
+        v = final + (start - final) * math.exp(-4.0 * step / steps)
+        reporter.report(step, v)
+        if reporter.should_prune():
+            raise TrialPruned(step, v)
+    difficulty = np.random.default_rng(1234).gamma(4.0, 0.25, size=N)
+    noise = np.random.default_rng(seed * 100_003 + r).normal(0.0, 0.002, size=N)
+    tokens = np.full(N, 10.0)
+    loss = (final * difficulty / difficulty.mean() + noise) * tokens
+    reporter.set_attrs({"lr": lr, "trainable_params": 1000 * r, "duration_s": 0.1, "eval_loss": final,
+                        "eval_examples": {"loss": loss.tolist(), "tokens": tokens.tolist(), "fingerprint": "syn"}})
+    return float(loss.sum() / tokens.sum())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""A wheel of ranksweep, installed into a fresh venv outside the repo, runs from an empty folder.
+
+The configs ship inside the package (Hydra reads ``pkg://ranksweep.conf``), so nothing
+of the repo is needed at run time. The wheel is built from a copy of the sources (the
+working tree gets no build/ or egg-info), installed with ``--no-deps`` into a venv
+created in a temp dir; the dependencies come from this test's own venv through a
+``.pth`` line holding its site-packages path (a plain path line is appended to
+``sys.path``; the ``.pth`` files inside that dir, such as the repo's editable install
+of ranksweep, are not processed, so ``import ranksweep`` finds the wheel's copy).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import CONF, PYTHON, REPO, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+TINY = ("model=tiny_llama", "trainer=tiny", "trainer.max_steps=4", "data.max_examples=80", "data.eval_size=8",
+        "data.metric_examples=2", "logger=none")
+
+
+def _run(args, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, **kw)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("install").resolve()
+    assert REPO not in root.parents, f"{root} is inside the repo"
+    # Build from a copy: what a wheel holds comes from pyproject.toml, not from files left in the tree.
+    tree = root / "tree"
+    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, tree / name)
+    dist = root / "dist"
+    _run([PYTHON, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, tree])
+    (wheel,) = dist.glob("ranksweep-*.whl")
+    venv = root / "venv"
+    _run([PYTHON, "-m", "venv", "--without-pip", venv])
+    python = venv / "bin" / "python"
+    _run([PYTHON, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel])
+    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    (site / "_ranksweep_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    work = root / "work"
+    work.mkdir()
+    cache = root / "cache"
+    cache.mkdir()
+    env = subprocess_env(RANKSWEEP_CACHE=str(cache), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", WANDB_SILENT="true")
+    for key in ("PYTHONPATH", "RANKSWEEP_CONF", "VIRTUAL_ENV"):
+        env.pop(key, None)
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    return {"wheel": wheel, "venv": venv, "python": python, "site": site, "work": work, "env": env}
+
+
+def ranksweep(inst: dict, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The fresh venv's `ranksweep`, run from the (empty) work folder."""
+    return _run([inst["venv"] / "bin" / "ranksweep", *args], cwd=cwd or inst["work"], env=inst["env"], timeout=600)
+
+
+def test_wheel_holds_every_config(installed):
+    names = set(zipfile.ZipFile(installed["wheel"]).namelist())
+    for path in CONF.rglob("*.yaml"):
+        assert f"ranksweep/conf/{path.relative_to(CONF)}" in names, path
+    assert "ranksweep/conf/__init__.py" in names
+    assert "hydra_plugins/ranksweep_sweeper/__init__.py" in names
+
+
+def test_import_resolves_inside_the_fresh_venv(installed):
+    code = ("import ranksweep, hydra_plugins.ranksweep_sweeper as s; from importlib import resources; "
+            "print(ranksweep.__file__); print(s.__file__); print(resources.files('ranksweep.conf'))")
+    out = _run([installed["python"], "-c", code], cwd=installed["work"], env=installed["env"]).stdout.split()
+    for path in map(Path, out):
+        assert path.is_relative_to(installed["site"]), path
+        assert not path.is_relative_to(REPO), path
+
+
+def test_single_trial(installed):
+    work = installed["work"]
+    proc = ranksweep(installed, *TINY)
+    (run_dir,) = (work / "outputs" / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert f"adapter:  {run_dir}/adapter" in proc.stdout
+    # Hydra read the primary config from the installed package.
+    hydra_yaml = (run_dir / ".hydra" / "hydra.yaml").read_text()
+    assert "path: ranksweep.conf\n      schema: pkg" in hydra_yaml
+
+
+def test_sweep_and_report(installed):
+    work = installed["work"]
+    proc = ranksweep(installed, "-m", *TINY, "trainer.eval_every=2", "hydra.sweeper.max_rank=16",
+                     "hydra.sweeper.study_name=w")
+    sweep = work / "outputs" / "sweeps" / "w"
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert summary, proc.stdout[-2000:]
+    assert (work / "outputs" / "ranksweep.db").is_file()
+    assert {"r8", "r16"} <= {p.name.split("-")[2] for p in sweep.glob("trial-*")}, list(sweep.iterdir())
+    report = ranksweep(installed, "report", "w")
+    html = Path(report.stdout.strip().splitlines()[-1])
+    html = html if html.is_absolute() else work / html
+    assert html.is_file() and html.resolve().is_relative_to(work), html
+
+
+def test_user_config_dir_with_the_installed_package(installed, tmp_path):
+    """--config-dir adds a user's group option beside the packaged ones."""
+    conf = tmp_path / "my_conf" / "model"
+    conf.mkdir(parents=True)
+    text = (CONF / "model" / "tiny_llama.yaml").read_text().replace("name: tiny_llama", "name: my_tiny")
+    (conf / "my_tiny.yaml").write_text(text)
+    proc = ranksweep(installed, "--config-dir", "my_conf", "model=my_tiny", "trainer=tiny", "--cfg", "job",
+                     cwd=tmp_path)
+    assert "name: my_tiny" in proc.stdout and "id: tiny:llama" in proc.stdout and "max_steps: 20" in proc.stdout

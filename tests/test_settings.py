@@ -1,0 +1,60 @@
+"""hydra.sweeper.*: every setting defined, defaulted and validated in one place (SweepSettings)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hydra_plugins.ranksweep_sweeper.config import RanksweepSweeperConf
+from ranksweep.errors import ConfigError
+from ranksweep.sweep.settings import SweepSettings
+
+
+def test_plugin_config_is_the_settings():
+    assert issubclass(RanksweepSweeperConf, SweepSettings)
+    plugin = RanksweepSweeperConf()
+    for name, value in vars(SweepSettings()).items():
+        assert getattr(plugin, name) == value, name
+
+
+@pytest.mark.parametrize("start, factor, max_rank, expected", [
+    (8, 2, 256, [8, 16, 32, 64, 128, 256]), (8, 2, 200, [8, 16, 32, 64, 128]), (8, 2, 8, [8]),
+    (1, 2, 16, [1, 2, 4, 8, 16]), (4, 4, 256, [4, 16, 64, 256]), (3, 3, 100, [3, 9, 27, 81]),
+])
+def test_ranks(start, factor, max_rank, expected):
+    assert SweepSettings(start_rank=start, factor=factor, max_rank=max_rank).ranks == expected
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("start_rank", 0, "hydra.sweeper.start_rank must be a positive integer, got 0"),
+    ("start_rank", -8, "hydra.sweeper.start_rank must be a positive integer, got -8"),
+    ("start_rank", True, "hydra.sweeper.start_rank must be a positive integer, got True"),
+    ("factor", 1, "hydra.sweeper.factor must be an integer >= 2, got 1"),
+    ("factor", 2.0, "hydra.sweeper.factor must be an integer >= 2, got 2.0"),
+    ("max_rank", 4, "hydra.sweeper.max_rank must be >= hydra.sweeper.start_rank (8), got 4"),
+    ("min_gain", -0.1, "hydra.sweeper.min_gain must be in [0, 1), got -0.1"),
+    ("min_gain", 1.5, "hydra.sweeper.min_gain must be in [0, 1), got 1.5"),
+    ("min_gain", float("nan"), "hydra.sweeper.min_gain must be in [0, 1), got nan"),
+    ("patience", 0, "hydra.sweeper.patience must be a positive integer, got 0"),
+    ("seeds_per_rank", 0, "hydra.sweeper.seeds_per_rank must be a positive integer, got 0"),
+    ("tolerance", 1.5, "hydra.sweeper.tolerance must be in [0, 1), got 1.5"),
+    ("objective", "bleu", "hydra.sweeper.objective must be eval_loss, perplexity or exact_match, got 'bleu'"),
+    ("direction", "maximize", "hydra.sweeper.direction must be minimize for objective=eval_loss, got maximize"),
+    ("max_failure_rate", 2.0, "hydra.sweeper.max_failure_rate must be in [0, 1], got 2.0"),
+    ("pruner", "median", "hydra.sweeper.pruner must be parent or none, got 'median'"),
+    ("prune_after", 1.5, "hydra.sweeper.prune_after must be in [0, 1], got 1.5"),
+    ("n_jobs", 0, "hydra.sweeper.n_jobs must be a positive integer, got 0"),
+    ("parallel", 0, "hydra.sweeper.parallel must be a positive integer, got 0"),
+    ("grace_period", 5, "hydra.sweeper.grace_period must be an integer above heartbeat_interval (10), got 5"),
+    ("study_name", " ", "hydra.sweeper.study_name must not be empty"),
+])
+def test_bad_setting_names_its_key(field, value, message):
+    with pytest.raises(ConfigError) as exc:
+        SweepSettings(**{field: value}).validate()
+    assert str(exc.value) == message
+
+
+def test_from_params_drops_hydra_keys_and_refuses_unknown_ones():
+    s = SweepSettings.from_params({"_target_": "x", "study_name": "a", "params": {"lora.targets": "qv,mlp"}})
+    assert s.study_name == "a" and s.params == {"lora.targets": "qv,mlp"}
+    with pytest.raises(ConfigError, match="hydra.sweeper.min_gian"):
+        SweepSettings.from_params({"min_gian": 0.1})
