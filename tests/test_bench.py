@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, subprocess_env
+from helpers import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF, subprocess_env, write_toy_jsonl
+from helpers import CONF, subprocess_env, write_toy_jsonl
 
 RANKSWEEP = str(Path(sys.executable).parent / "ranksweep")
 BASE = ("model=tiny_llama", "trainer=tiny", "logger=none", "data.max_examples=60", "data.eval_size=10",
@@ -157,8 +157,9 @@ def test_user_config_group(tmp_path):
         proc = ranksweep(tmp_path, *where, *BASE, "model=my_tiny", "lora.r=4", "--cfg", "job")
         assert proc.returncode == 0, proc.stderr
         cfg = yaml.safe_load(proc.stdout)
-        assert cfg["model"] == {"name": "my_tiny", "id": "tiny:llama", "family": "llama", "variant": "instruct",
-                                "dtype": "auto", "revision": None, "trust_remote_code": False, "params_b": 0.5}
+        want = {"name": "my_tiny", "id": "tiny:llama", "family": "llama", "variant": "instruct", "dtype": "auto",
+                "revision": None, "trust_remote_code": False, "params_b": 0.5}
+        assert {k: cfg["model"].get(k) for k in want} == want, cfg["model"]
         assert cfg["lora"]["r"] == 4 and cfg["trainer"]["max_steps"] == 20  # trainer=tiny, packaged
     proc = ranksweep(tmp_path, "--config-dir", "my_conf", "model=my_tyni", "--cfg", "job")
     assert proc.returncode == 2 and "my_tiny" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr

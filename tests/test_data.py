@@ -436,3 +436,251 @@ def test_exact_match():
     assert exact_match([], []) == 0.0
     with pytest.raises(ValueError):
         exact_match(["a"], [])
+
+
+# --------------------------------------------------------------------------- conversations and other formats
+
+CHAT = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "HI"},
+    {"role": "user", "content": "two"},
+    {"role": "assistant", "content": "TWO 2"},
+]
+
+
+def _chatml(role: str, content: str) -> tuple[str, str]:
+    """One ChatML turn as (untrained head, body): the body of an assistant turn is what is trained."""
+    return f"<|im_start|>{role}\n", f"{content}<|im_end|>\n"
+
+
+def _expected(tok, messages, trained_from: int = 0, bos: bool = False):
+    """ids and labels built here turn by turn from ChatML's definition (not from the chat template)."""
+    ids, labels = ([tok.bos_token_id], [IGNORE_INDEX]) if bos else ([], [])
+    for i, m in enumerate(messages):
+        head, body = _chatml(m["role"], m["content"])
+        h = tok(head, add_special_tokens=False)["input_ids"]
+        b = tok(body, add_special_tokens=False)["input_ids"]
+        train = m["role"] == "assistant" and i >= trained_from
+        ids += h + b
+        labels += [IGNORE_INDEX] * len(h) + (b if train else [IGNORE_INDEX] * len(b))
+    return ids, labels
+
+
+def _jsonl_cfg(path, **kw):
+    return DataConfig(source="jsonl", path=str(path), **kw)
+
+
+def test_messages_multi_turn_labels_assistant_tokens_only(tok, tmp_path):
+    p = _write_jsonl(tmp_path / "chat.jsonl", [{"messages": CHAT}])
+    cfg = _jsonl_cfg(p, system_prompt="Be brief.")
+    (ex,) = load_examples(cfg)
+    assert ex["messages"] == CHAT and ex["train_from"] == 0 and ex["where"] == "data.path: chat.jsonl line 1"
+    row = tokenize_examples([ex], tok, "instruct", cfg, max_seq_len=256)[0]
+    want_ids, want_labels = _expected(tok, [{"role": "system", "content": "Be brief."}, *CHAT])
+    assert row["input_ids"] == want_ids
+    assert row["labels"] == want_labels  # token by token: both assistant turns, nothing else
+    trained = tok.decode([t for t in row["labels"] if t != IGNORE_INDEX])
+    assert trained == "HI<|im_end|>\nTWO 2<|im_end|>\n"
+    # Generation (exact match) starts from everything before the last assistant turn.
+    assert tok.decode(row["prompt_ids"]) == tok.decode(want_ids).rsplit("TWO 2", 1)[0]
+    assert tok.decode(row["prompt_ids"]).endswith("<|im_start|>assistant\n")
+    assert row["response"] == "TWO 2"
+
+
+def test_conversation_keeps_its_own_system_turn(tok):
+    convo = [{"role": "system", "content": "Mine."}, *CHAT[:2]]
+    ex = {"messages": convo, "train_from": 0}
+    row = tokenize_examples([ex], tok, "instruct", DataConfig(system_prompt="Not used."), 256)[0]
+    assert (row["input_ids"], row["labels"]) == _expected(tok, convo)
+
+
+def test_sharegpt_equals_messages(tok, tmp_path):
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    share = [{"from": names[m["role"]], "value": m["content"]} for m in CHAT]
+    a = _write_jsonl(tmp_path / "share.jsonl", [{"conversations": share, "id": 1}])
+    b = _write_jsonl(tmp_path / "msgs.jsonl", [{"messages": CHAT}])
+    ex_a, ex_b = load_examples(_jsonl_cfg(a)), load_examples(_jsonl_cfg(b))
+    assert [e["messages"] for e in ex_a] == [e["messages"] for e in ex_b]
+    explicit = load_examples(_jsonl_cfg(a, format="sharegpt"))
+    assert explicit[0]["messages"] == CHAT
+    rows_a = tokenize_examples(ex_a, tok, "instruct", DataConfig(), 256)
+    rows_b = tokenize_examples(ex_b, tok, "instruct", DataConfig(), 256)
+    assert rows_a.to_dict() == rows_b.to_dict()
+
+
+def test_prompt_completion_conversational_trains_the_completion_only(tok, tmp_path):
+    p = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": CHAT[:3], "completion": CHAT[3:]}])
+    (ex,) = load_examples(_jsonl_cfg(p))
+    assert ex["train_from"] == 3
+    row = tokenize_examples([ex], tok, "instruct", DataConfig(), 256)[0]
+    assert (row["input_ids"], row["labels"]) == _expected(tok, CHAT, trained_from=3)
+    assert row["response"] == "TWO 2"
+
+
+def test_prompt_completion_text_is_concatenated_without_template(tok, tmp_path):
+    p = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "The sky is", "completion": " blue."}])
+    (ex,) = load_examples(_jsonl_cfg(p))
+    assert ex == {"prompt": "The sky is", "completion": " blue."}
+    row = tokenize_examples([ex], tok, "instruct", DataConfig(), 64)[0]
+    assert tok.decode(row["input_ids"]) == "<s>The sky is blue.</s>"
+    assert tok.decode([t for t in row["labels"] if t != IGNORE_INDEX]) == " blue.</s>"
+    assert tok.decode(row["prompt_ids"]) == "<s>The sky is" and row["response"] == "blue."
+
+
+@pytest.mark.parametrize("how", ["base", "no_template"])
+def test_plain_template_for_base_models(tok, tok_plain, how):
+    """Base models (and tokenizers without a chat template): the documented plain template."""
+    tokenizer, variant = (tok, "base") if how == "base" else (tok_plain, "instruct")
+    eos = tokenizer.eos_token
+    ex = {"messages": CHAT, "train_from": 0}
+    row = tokenize_examples([ex], tokenizer, variant, DataConfig(system_prompt="Be brief."), 256)[0]
+    text = ("### System:\nBe brief.\n\n### User:\nhi\n\n### Assistant:\nHI" + eos + "\n\n"
+            "### User:\ntwo\n\n### Assistant:\nTWO 2" + eos + "\n\n")
+    bos = [tokenizer.bos_token_id] if how == "base" else []  # `tok` adds a BOS like Llama's tokenizers
+    assert row["input_ids"] == bos + tokenizer(text, add_special_tokens=False)["input_ids"]
+    labelled = [i for i, t in enumerate(row["labels"]) if t != IGNORE_INDEX]
+    spans = []  # token by token: exactly the two assistant bodies with their EOS
+    for body in ("HI" + eos, "TWO 2" + eos):
+        start = len(bos) + len(tokenizer(text[: text.index(body)], add_special_tokens=False)["input_ids"])
+        spans += range(start, start + len(tokenizer(body, add_special_tokens=False)["input_ids"]))
+    assert labelled == spans
+    assert all(row["labels"][i] == row["input_ids"][i] for i in labelled)
+    assert tokenizer.decode(row["prompt_ids"]).endswith("### User:\ntwo\n\n### Assistant:\n")
+
+
+def test_multi_turn_truncation_keeps_the_first_turns(tok):
+    ex = {"messages": CHAT, "train_from": 0}
+    full = tokenize_examples([ex], tok, "instruct", DataConfig(), 256)[0]
+    cut = tokenize_examples([ex], tok, "instruct", DataConfig(), 30)[0]
+    assert cut["input_ids"] == full["input_ids"][:30] and cut["labels"] == full["labels"][:30]
+    assert any(t != IGNORE_INDEX for t in cut["labels"])
+
+
+def test_template_rewriting_history_trains_the_last_turn(tok):
+    """A template that drops earlier assistant turns' text (as reasoning templates do): last turn only."""
+    rewriting = _char_tokenizer(chat_template=(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}...{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"))
+    row = tokenize_examples([{"messages": CHAT, "train_from": 0}], rewriting, "instruct", DataConfig(), 256)[0]
+    assert rewriting.decode([t for t in row["labels"] if t != IGNORE_INDEX]) == "TWO 2<|im_end|>\n"
+    assert "..." in rewriting.decode(row["prompt_ids"])
+
+
+BAD_ROWS = [
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]},
+     "messages[1].role must be one of system, user, assistant; got 'bot'"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]},
+     "messages[1].content must be text; got null"),
+    ({"messages": [{"role": "user", "content": "a"}, {"content": "b"}]},
+     "messages[1] has no 'role'; its keys are: content"),
+    ({"messages": [{"role": "user", "content": "a"}]}, "messages has no assistant turn to train on"),
+    ({"messages": []}, "messages must be a non-empty list of messages; got an empty list"),
+    ({"messages": "hello"}, "messages must be a non-empty list of messages; got a str"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
+                   {"role": "assistant", "content": "b"}]}, "messages[1]: a system turn must come first"),
+    ({"messages": [{"role": "assistant", "content": "b"}]},
+     "messages: the first turn after the system turn must be the user's, got 'assistant'"),
+    ({"messages": ["hi"]}, "messages[0] must be an object with 'role' and 'content'; got a str"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_ROWS)
+def test_bad_conversation_row_is_one_line(tmp_path, bad, message):
+    rows = [{"messages": CHAT}] * 6 + [bad]
+    p = _write_jsonl(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_examples(_jsonl_cfg(p))
+    assert str(err.value) == f"data.path: chat.jsonl line 7: {message}"
+
+
+def test_bad_sharegpt_and_prompt_completion_rows(tmp_path):
+    share = _write_jsonl(tmp_path / "s.jsonl", [{"conversations": [{"from": "human", "value": "a"},
+                                                                    {"from": "bot", "value": "b"}]}])
+    with pytest.raises(DataError) as err:
+        load_examples(_jsonl_cfg(share))
+    assert str(err.value) == ("data.path: s.jsonl line 1: conversations[1].from must be one of "
+                              "system, human, gpt (or user, assistant); got 'bot'")
+    pc = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": CHAT[:1], "completion": [{"role": "user", "content": "x"}]}])
+    with pytest.raises(DataError, match=r"^data\.path: pc\.jsonl line 1: completion has no assistant turn"):
+        load_examples(_jsonl_cfg(pc))
+    mixed = _write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "a", "completion": CHAT[1:2]}])
+    with pytest.raises(DataError, match=r"^data\.path: mixed\.jsonl line 1: prompt must be a non-empty list"):
+        load_examples(_jsonl_cfg(mixed))
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "response": "b"}])
+    with pytest.raises(DataError) as err:
+        load_examples(_jsonl_cfg(pairs, format="messages"))
+    assert str(err.value) == "data.format: column 'messages' not in pairs.jsonl line 1; columns are: prompt, response"
+
+
+def test_formats_from_csv_parquet_and_hub(tmp_path):
+    """Nested message lists from parquet (numpy arrays) and a save_to_disk folder; JSON text from csv."""
+    import datasets
+
+    frame = pd.DataFrame({"messages": [CHAT, CHAT[:2]]})
+    frame.to_parquet(tmp_path / "chat.parquet")
+    got = load_examples(DataConfig(source="parquet", path=str(tmp_path / "chat.parquet")))
+    assert [e["messages"] for e in got] == [CHAT, CHAT[:2]] and got[1]["where"] == "data.path: chat.parquet row 2"
+    pd.DataFrame({"messages": [json.dumps(CHAT)]}).to_csv(tmp_path / "chat.csv", index=False)
+    assert load_examples(DataConfig(source="csv", path=str(tmp_path / "chat.csv")))[0]["messages"] == CHAT
+    datasets.Dataset.from_dict({"text": ["ab", "cd"]}).save_to_disk(str(tmp_path / "text"))
+    assert load_examples(DataConfig(source="hub", path=str(tmp_path / "text"))) == [{"text": "ab"}, {"text": "cd"}]
+
+
+# --------------------------------------------------------------------------- held-out eval set
+
+
+def test_eval_path_is_used_as_given(tmp_path):
+    from ranksweep.data import load_splits
+
+    train = _write_jsonl(tmp_path / "train.jsonl", PAIRS)
+    evals = pd.DataFrame({"prompt": ["e1", "e2", "e3"], "response": ["E1", "E2", "E3"]})
+    evals.to_csv(tmp_path / "ev.csv", index=False)
+    tr, ev = load_splits(_jsonl_cfg(train, eval_path=str(tmp_path / "ev.csv"), eval_size=5))
+    assert tr == load_examples(_jsonl_cfg(train)), "the training data is not split"
+    assert ev == [{"prompt": f"e{i}", "response": f"E{i}"} for i in (1, 2, 3)], "in the file's order"
+    tr2, ev2 = load_splits(_jsonl_cfg(train, eval_size=5))
+    assert (len(tr2), len(ev2)) == (15, 5), "without it: the seeded split"
+
+    chat = _write_jsonl(tmp_path / "chat.jsonl", [{"messages": CHAT}])
+    bad = _write_jsonl(tmp_path / "bad_eval.jsonl", [{"messages": CHAT}, {"messages": [{"role": "x", "content": ""}]}])
+    with pytest.raises(DataError) as err:
+        load_splits(_jsonl_cfg(chat, eval_path=str(bad)))
+    assert str(err.value) == ("data.eval_path: bad_eval.jsonl line 2: messages[0].role must be one of "
+                              "system, user, assistant; got 'x'")
+    with pytest.raises(DataError, match=r"^data\.eval_path: file not found"):
+        load_splits(_jsonl_cfg(chat, eval_path=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(DataError, match=r"^data\.format: column 'messages' not in ev\.csv"):
+        load_splits(_jsonl_cfg(chat, eval_path=str(tmp_path / "ev.csv")))  # the training data's format
+
+
+def test_eval_split_of_a_saved_dataset_dict(tmp_path):
+    import datasets
+
+    from ranksweep.data import load_splits
+
+    d = tmp_path / "saved"
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"messages": [CHAT] * 4}),
+        "test": datasets.Dataset.from_dict({"messages": [CHAT[:2]] * 2}),
+    }).save_to_disk(str(d))
+    cfg = DataConfig(source="hub", path=str(d), eval_split="test")
+    tr, ev = load_splits(cfg)
+    assert len(tr) == 4 and [e["messages"] for e in ev] == [CHAT[:2]] * 2
+    with pytest.raises(DataError, match=r"^data\.eval_split: split 'dev' not in saved; splits are: train, test"):
+        load_splits(replace(cfg, eval_split="dev"))
+
+
+def test_data_config_checks():
+    from ranksweep.errors import ConfigError
+
+    def bad(match, **kw):
+        with pytest.raises(ConfigError, match=match):
+            DataConfig(**{"source": "jsonl", "path": "x.jsonl", **kw}).validate()
+
+    bad(r"^data\.format must be one of auto, pairs, text, messages, sharegpt, prompt_completion; got 'chat'",
+        format="chat")
+    bad(r"^data\.eval_path=e\.jsonl and data\.eval_split=test are both set", eval_path="e.jsonl", eval_split="test")
+    bad(r"^data\.eval_split=test names a split of a hub dataset, but data\.source=jsonl", eval_split="test")
+    bad(r"^data\.text_column=t reads raw text, but data\.format=messages", text_column="t", format="messages")
+    DataConfig(source="jsonl", path="x.jsonl", format="sharegpt", messages_column="conv").validate()

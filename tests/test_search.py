@@ -92,7 +92,8 @@ def test_a_rung_costs_well_under_its_budget_and_pruned_trials_stay_out(searched)
 
 
 def test_a_best_learning_rate_at_the_edge_is_flagged(tmp_path):
-    proc = synthetic(tmp_path, "hydra.sweeper.study_name=e", "hydra.sweeper.max_rank=32", "hydra.sweeper.search_budget=4",
+    proc = synthetic(tmp_path, "hydra.sweeper.study_name=e", "hydra.sweeper.max_rank=32",
+                     "hydra.sweeper.search_budget=4",
                      '+hydra.sweeper.search={trainer.lr: "tag(log, interval(4e-4, 4e-3))"}')
     assert proc.returncode == 0, proc.stderr[-3000:]
     rungs = {r["rank"]: r for r in ladder(tmp_path, "e")["rungs"]}

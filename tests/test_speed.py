@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from conftest import FAMILIES
+from helpers import FAMILIES
 
 from ranksweep import data as data_mod
 from ranksweep.config import to_run_config
@@ -276,6 +276,46 @@ def test_kernels_choice():
     assert resolve_kernels("none", "cuda") == "none"
     with pytest.raises(ConfigError, match=r"^trainer.kernels=liger needs a CUDA device"):
         resolve_kernels("liger", "cpu")
+
+
+def test_liger_goes_through_training_arguments(compose_cfg, tmp_path):
+    """trainer.kernels=liger: the Trainer's own Liger integration (it unwraps peft and patches the family),
+    the cross-entropies off (the chunked loss stays); the arguments a CUDA trial would get, built here."""
+    import transformers.trainer as hf_trainer
+
+    from ranksweep.trial.trainer import training_arguments
+
+    run = to_run_config(compose_cfg("trainer.kernels=liger", "trainer.device=cuda"))
+    args = training_arguments(run, "cuda", tmp_path, kernels="liger")
+    assert args.use_liger_kernel is True
+    assert args.liger_kernel_config == {"rope": True, "rms_norm": True, "swiglu": True, "geglu": True,
+                                        "cross_entropy": False, "fused_linear_cross_entropy": False}
+    assert callable(hf_trainer.apply_liger_kernel), "Trainer.train applies it when use_liger_kernel is set"
+    plain = training_arguments(run, "cpu", tmp_path)
+    assert plain.use_liger_kernel is False and plain.liger_kernel_config is None
+
+
+def test_liger_on_cpu_is_refused_before_loading(compose_cfg, toy_jsonl, tmp_path):
+    from ranksweep.errors import RanksweepError
+
+    for device in ("cpu", "auto"):  # trainer.device=cpu: by the config check; auto on CPU: before any load
+        with pytest.raises(RanksweepError) as err:
+            run_trial(_short(compose_cfg, toy_jsonl, "trainer.kernels=liger", f"trainer.device={device}"), tmp_path)
+        assert str(err.value).startswith("trainer.kernels=liger needs a CUDA device"), device
+        assert not (tmp_path / "metrics.json").exists()
+
+
+def test_packing_is_transformers_flattening_collator(compose_cfg, toy_jsonl):
+    from transformers import DataCollatorWithFlattening
+
+    from ranksweep.speed import packing_collator
+
+    model, tok, feats = _peft_model(compose_cfg, "llama", 16, toy_jsonl)
+    collator = packing_collator(tok, model)
+    assert isinstance(collator.flatten, DataCollatorWithFlattening) and not collator.flash_kwargs
+    model.config._attn_implementation = "flash_attention_2"  # FlashAttention on: its boundaries go along
+    assert packing_collator(tok, model).flash_kwargs
+    model.config._attn_implementation = "sdpa"
 
 
 @pytest.mark.slow

@@ -17,45 +17,21 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.run import BIN, TINY_SWEEP, curve, ranksweep, summary
+from helpers.run import env as _env
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 
-BIN = str(Path(sys.executable).parent / "ranksweep")
-TINY = [
-    "model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
-    "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4",
-    "hydra.sweeper.max_rank=32", "hydra.sweeper.min_gain=0.0",
-]
-
-
-def _env(cache: Path, **extra: str) -> dict:
-    env = dict(os.environ)
-    env.update(RANKSWEEP_CACHE=str(cache), WANDB_SILENT="true", WANDB_MODE="offline", **extra)
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
+TINY = [*TINY_SWEEP, "hydra.sweeper.min_gain=0.0"]
 
 
 def sweep(cwd: Path, cache: Path, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BIN, "-m", *TINY, *args], cwd=cwd, env=_env(cache, **env), capture_output=True,
-                          text=True, timeout=timeout)
+    return ranksweep(cwd, "-m", *TINY, *args, cache=cache, timeout=timeout, **env)
 
 
 def load_study(cwd: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'outputs' / 'ranksweep.db'}")
-
-
-def summary(cwd: Path, name: str) -> dict:
-    return json.loads((cwd / "outputs" / "sweeps" / name / "sweep_summary.json").read_text())
-
-
-def curve(doc: dict) -> list:
-    """What must agree between two runs of the same sweep: ranks, values, decisions."""
-    out = []
-    for lad in doc["ladders"]:
-        out.append((lad["key"], lad["base"], [(r["rank"], r["values"], r["state"]) for r in lad["rungs"]],
-                    lad["stop_reason"], (lad["recommendation"] or {}).get("rank")))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +62,16 @@ def test_sweep_end_to_end(full):
         assert Path(a["output_dir"], "adapter", "adapter_model.safetensors").is_file()
         assert Path(a["wandb_run"]).is_dir()
         assert t.intermediate_values, "eval values reported during training"
-    # trainable params double with the rank (alpha follows the two_r rule)
+    # trainable params double with the rank; alpha stays lora.alpha (alpha_rule=fixed: scale alpha/r)
     by_rank = {t.params["rank"]: t for t in rungs}
     assert by_rank[16].user_attrs["trainable_params"] == 2 * by_rank[8].user_attrs["trainable_params"]
-    assert by_rank[16].user_attrs["alpha"] == 32
+    assert by_rank[16].user_attrs["alpha"] == 16
+    for t in rungs:  # what the paired comparisons and the budget reading need
+        ex = t.user_attrs["eval_examples"]
+        assert len(ex["loss"]) == len(ex["tokens"]) == 16 and ex["fingerprint"]
+        assert sum(ex["loss"]) / sum(ex["tokens"]) == pytest.approx(t.user_attrs["eval_loss"], rel=1e-6)
+        assert 0 < t.user_attrs["supervised_tokens"] and t.user_attrs["lr"] == 5e-3
+        assert 1 <= t.user_attrs["adapter"]["effective_rank"] <= t.params["rank"]
 
     doc = summary(cwd, "full")
     (lad,) = doc["ladders"]
@@ -137,7 +119,7 @@ def test_wandb_runs_agree_with_study(full):
         doc = _inspect(t.user_attrs["wandb_run"])
         text = json.dumps(doc)
         assert "full" in text  # group = study name
-        assert f"r{t.params['rank']}-a{2 * t.params['rank']}-all_linear-nf4" in text  # run name
+        assert f"r{t.params['rank']}-a16-all_linear-nf4" in text  # run name
         assert doc["summary"]["eval_loss"] == pytest.approx(t.value, rel=1e-9)  # summary eval_loss
     (run,) = list((cwd / "outputs" / "sweeps" / "full" / "wandb").glob("offline-run-*"))  # one summary run
     doc = _inspect(str(run))
@@ -276,7 +258,7 @@ def test_sweep_aborts_past_max_failure_rate(tmp_path, cache):
 
 def test_ranks_that_would_not_fit_are_skipped(tmp_path, cache):
     """A limit between the r=8 and r=16 estimates: r=8 trains, r=16 is recorded infeasible, not run."""
-    from conftest import compose
+    from helpers import compose
 
     from ranksweep.config import to_run_config
     from ranksweep.memory import GB, plan_memory

@@ -18,7 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PYTHON, layer_shapes, role_names, subprocess_env
+from helpers import PYTHON, layer_shapes, role_names, subprocess_env
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ranksweep.config import to_run_config
@@ -60,7 +61,7 @@ def qlora(tmp_path_factory, toy_jsonl, compose_cfg):
     cfg_before = compose_cfg(*overrides, "trainer.max_steps=0")
     cfg_after = compose_cfg(*overrides, f"trainer.max_steps={TRAIN_STEPS}", "logger=wandb")
     run = to_run_config(cfg_after)
-    assert run.quant.bits == 4 and run.logger.mode == "offline"
+    assert run.quant.bits == 4 and run.logger.effective().mode == "offline"
     model, tok, _ = load_base(run.model, run.quant, "cpu", run.cache_dir)
     snap0 = snapshot(model)
     before = run_trial(cfg_before, out / "before", base_loader=lambda: (model, tok))
@@ -291,3 +292,162 @@ def test_smollm2_qlora_smoke(compose_cfg, toy_jsonl, tmp_path):
     assert math.isfinite(result.objective) and result.objective < 6.0
     lora_b = [v for k, v in lora_tensors(tmp_path).items() if ".lora_B." in k]
     assert len(lora_b) == 60 and all(torch.count_nonzero(v) > 0 for v in lora_b)
+
+
+# --------------------------------------------------------------------------- epochs or steps
+
+
+def test_epochs_or_steps_config():
+    from ranksweep.config import TrainerConfig
+    from ranksweep.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        TrainerConfig(max_steps=30, epochs=2).validate()
+    assert str(err.value).startswith("trainer.epochs=2 and trainer.max_steps=30 are both set")
+    with pytest.raises(ConfigError, match=r"^trainer\.max_steps and trainer\.epochs are both null"):
+        TrainerConfig(max_steps=None).validate()
+    with pytest.raises(ConfigError, match=r"^trainer\.epochs must be a positive number, got -1"):
+        TrainerConfig(max_steps=None, epochs=-1).validate()
+    with pytest.raises(ConfigError, match=r"^trainer\.save_every must be a positive integer, got 0"):
+        TrainerConfig(save_every=0).validate()
+    TrainerConfig(max_steps=0, epochs=2).validate()  # evaluate only (the sweeper's base evaluation)
+    by_epochs = TrainerConfig(max_steps=None, epochs=1.5, micro_batch=8, grad_accum=2)
+    by_epochs.validate()
+    assert by_epochs.steps_for(100) == 11  # 13 batches -> 7 steps an epoch (the last one short) -> ceil(10.5)
+    assert TrainerConfig(max_steps=0, epochs=2).steps_for(100) == 0
+    assert TrainerConfig(max_steps=None, epochs=0.01).steps_for(8) == 1
+
+
+def test_epochs_set_max_steps_before_training(compose_cfg, toy_jsonl, tmp_path):
+    cfg = compose_cfg("data=jsonl", f"data.path={toy_jsonl}", "data.max_examples=48", "data.eval_size=8",
+                      "data.metric_examples=0", "trainer.max_steps=null", "trainer.epochs=0.5",
+                      "trainer.micro_batch=8", "trainer.eval_every=2")
+    result = run_trial(cfg, tmp_path)
+    m = result.metrics
+    assert (m["steps"], m["max_steps"], m["epochs"]) == (3, 3, 0.5)  # 40 rows = 5 batches; half of them
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.trainer.max_steps is None and saved.trainer.epochs == 0.5, "the config as given"
+    only_eval = run_trial(compose_cfg("data=jsonl", f"data.path={toy_jsonl}", "data.max_examples=48",
+                                      "data.eval_size=8", "data.metric_examples=0", "trainer.max_steps=0",
+                                      "trainer.epochs=2"), tmp_path / "base")
+    assert only_eval.metrics["steps"] == 0
+
+
+def test_estimate_with_epochs(capsys):
+    from ranksweep.commands import main
+
+    assert main("estimate", ["model=tiny_llama", "trainer=tiny", "trainer.max_steps=null", "trainer.epochs=2"]) == 0
+    assert "peak memory estimate" in capsys.readouterr().out
+
+
+def test_pruning_schedule_waits_for_the_steps(tmp_path):
+    """With trainer.epochs the job's reporter learns max_steps from the trial before it opens."""
+    import optuna
+
+    from ranksweep.config import RunConfig, TrainerConfig, TrialHandle
+    from ranksweep.job import _reporter
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    number = study.ask().number
+    run = RunConfig(trainer=TrainerConfig(max_steps=None, epochs=1),
+                    trial=TrialHandle(storage=storage, study_name="s", trial_number=number, prune_after=0.5))
+    reporter = _reporter(run)
+    reporter.set_max_steps(40)
+    reporter.report(10, 1.0)
+    assert reporter.inner.study.pruner.parent.after_step == 20
+
+
+# --------------------------------------------------------------------------- conversations, held-out eval
+
+
+def _chat_rows(n: int, seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        w = "".join(rng.choice("abcdefgh") for _ in range(4))
+        rows.append({"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": w[::-1]},
+                                  {"role": "user", "content": "up"}, {"role": "assistant", "content": w.upper()}]})
+    return rows
+
+
+def test_conversation_trial_with_held_out_eval(compose_cfg, tmp_path):
+    train, evals = tmp_path / "chat.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(40, 0)))
+    eval_rows = _chat_rows(6, 1)
+    evals.write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
+    cfg = compose_cfg("data=jsonl", f"data.path={train}", f"data.eval_path={evals}", "data.metric_examples=3",
+                      "data.system_prompt=Answer.", "data.max_new_tokens=8", "trainer.max_steps=3",
+                      "trainer.eval_every=3")
+    m = run_trial(cfg, tmp_path / "out").metrics
+    assert m["eval_examples"]["n"] == 6 and len(m["eval_examples"]["loss"]) == 6, "the eval file, whole"
+    assert len(m["eval_examples"]["fingerprint"]) == 16
+    assert [s["reference"] for s in m["samples"]] == [r["messages"][-1]["content"] for r in eval_rows[:3]]
+    again = run_trial(cfg, tmp_path / "again").metrics
+    assert again["eval_examples"]["fingerprint"] == m["eval_examples"]["fingerprint"]
+
+
+# --------------------------------------------------------------------------- a trial that survives its worker
+
+
+def _cli(cwd: Path, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "ranksweep"), *args], cwd=cwd, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_killed_trial_resumes_from_its_last_checkpoint(tmp_path, toy_jsonl):
+    """SIGKILL a single run after its first checkpoint; the same command resumes it: the eval loss of an
+    uninterrupted run, and no finished step trained twice."""
+    import signal
+    import time
+
+    common = ("model=tiny_llama", "trainer=tiny", "logger=none", "data=jsonl", f"data.path={toy_jsonl}",
+              "data.max_examples=200", "data.eval_size=20", "data.metric_examples=0", "trainer.max_steps=24",
+              "trainer.micro_batch=4", "trainer.eval_every=8", "trainer.log_every=1")
+    ref = _cli(tmp_path, *common, "hydra.run.dir=ref")
+    ckpt = tmp_path / "ckpt"
+    cmd = (*common, "trainer.save_every=4", f"trial.checkpoint_dir={ckpt}")
+    first = _cli(tmp_path, *cmd, "hydra.run.dir=first")
+    deadline = time.monotonic() + 240
+    while not any((c / "trainer_state.json").is_file() for c in ckpt.glob("checkpoint-*")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    assert not (tmp_path / "first" / "metrics.json").exists(), "killed before it finished"
+    saved = max(int(c.name.split("-")[1]) for c in ckpt.glob("checkpoint-*"))
+    second = _cli(tmp_path, *cmd, "hydra.run.dir=second")
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out[-3000:]
+    assert ref.wait(timeout=300) == 0
+    m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "second" / "metrics.json").read_text())
+    assert m["resumed_from_step"] >= saved >= 4 and m["resumed_from_step"] % 4 == 0
+    assert m["first_logged_step"] == m["resumed_from_step"] + 1, "finished steps were not trained again"
+    steps = [int(line.split("step ")[1].split("/")[0]) for line in out.splitlines() if "  loss " in line]
+    assert steps[0] == m["resumed_from_step"] + 1 and steps[-1] == 24
+    assert f"resumed from the checkpoint at step {m['resumed_from_step']}/24" in out
+    assert m["steps"] == m_ref["steps"] == 24
+    assert m["eval_loss"] == pytest.approx(m_ref["eval_loss"], abs=1e-3)
+    assert m["train_tokens"] == m_ref["train_tokens"] and m["supervised_tokens"] == m_ref["supervised_tokens"]
+    assert m["eval_examples"]["fingerprint"] == m_ref["eval_examples"]["fingerprint"]
+
+
+def test_checkpoints_of_another_configuration_are_refused(compose_cfg, toy_jsonl, tmp_path):
+    from ranksweep.errors import ConfigError
+
+    ckpt = tmp_path / "ckpt"
+    over = ("data=jsonl", f"data.path={toy_jsonl}", "data.max_examples=40", "data.eval_size=8",
+            "data.metric_examples=0", "trainer.max_steps=2", "trainer.save_every=2", f"trial.checkpoint_dir={ckpt}")
+    done = run_trial(compose_cfg(*over), tmp_path / "a")
+    assert (ckpt / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert (ckpt / "checkpoint-2" / "optimizer.pt").is_file() and (ckpt / "checkpoint-2" / "rng_state.pth").is_file()
+    again = run_trial(compose_cfg(*over), tmp_path / "b")  # finished: resumes at its last step, trains nothing
+    assert again.metrics["resumed_from_step"] == 2 and again.metrics["eval_loss"] == done.metrics["eval_loss"]
+    with pytest.raises(ConfigError) as err:
+        run_trial(compose_cfg(*over, "lora.r=4"), tmp_path / "c")
+    assert str(err.value).startswith(f"trial.checkpoint_dir: {ckpt} holds checkpoints of another configuration "
+                                     "(lora.r)")

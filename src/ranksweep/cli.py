@@ -2,8 +2,13 @@
 
 Hydra reads the config tree shipped inside the package (``pkg://ranksweep.conf``,
 see :mod:`ranksweep.compose`). User mistakes (bad overrides, missing files, unknown
-modules) end with one line on stderr and exit code 2. Set HYDRA_FULL_ERROR=1 to see
-tracebacks.
+modules) end with one line on stderr and exit code 2; every other failure of a run (a NaN
+loss, out of memory, a filesystem error) with one line and exit code 1. Set
+HYDRA_FULL_ERROR=1 to see tracebacks.
+
+Secrets never reach Hydra: passwords in URLs on the command line are masked before Hydra
+parses it (:func:`ranksweep.urls.conceal`), so Hydra's saved files, logs and W&B see the
+masked form; a job gets the real values back in memory only (:func:`ranksweep.urls.reveal`).
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ import os
 import sys
 
 from ranksweep import compose
-from ranksweep.errors import RanksweepError
+from ranksweep.errors import ConfigError, describe_failure
+from ranksweep.urls import conceal, mask_secrets, reveal
 
 _TRACEBACKS = "HYDRA_FULL_ERROR" in os.environ
 
 
-# A user error raised by a single run's job, re-raised by main() once Hydra returns
-# (raising it through Hydra would add Hydra's "Error executing job" line to stderr).
+# A failure of a single run's job, re-raised by main() once Hydra returns (raising it through
+# Hydra would add Hydra's "Error executing job with overrides: [...]" line to stderr).
 _RUN_ERRORS: list[BaseException] = []
+# Whether Hydra got as far as calling the job (an OSError before it is about hydra.run.dir).
+_STARTED: list[bool] = []
 
 
 def _job(cfg) -> float | None:
@@ -33,14 +41,15 @@ def _job(cfg) -> float | None:
 
     hc = HydraConfig.get()
     single = hc.mode == RunMode.RUN
+    _STARTED.append(True)
     try:
         # Validate (once per job) before the heavy imports (torch, transformers): bad values fail in a second.
-        run = to_run_config(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)  # what config.yaml and W&B record
+        run = reveal(to_run_config(cfg))  # the real storage URL, in memory only
+        resolved = mask_secrets(OmegaConf.to_container(cfg, resolve=True))  # what config.yaml and W&B record
         from ranksweep.job import run_job
 
         return run_job(run, run.output_dir or hc.runtime.output_dir, resolved=resolved)
-    except RanksweepError as exc:
+    except Exception as exc:  # noqa: BLE001 - a single run reports any failure as one line
         if not single or _TRACEBACKS:
             raise
         _RUN_ERRORS.append(exc)
@@ -72,36 +81,47 @@ def main(argv: list[str] | None = None) -> int:
         logging.captureWarnings(True)
     # Let exceptions reach us so that we print one line, not Hydra's traceback summary.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # Passwords in URLs never reach Hydra (its saved files, its logs, the jobs' overrides).
+    sys.argv[1:] = [conceal(a) for a in sys.argv[1:]]
     task = hydra.main(version_base=compose.VERSION_BASE, config_path=compose.config_path(),
                       config_name=compose.CONFIG_NAME)(_job)
     _RUN_ERRORS.clear()
+    _STARTED.clear()
     try:
         task()
         if _RUN_ERRORS:
             raise _RUN_ERRORS.pop()
-    except RanksweepError as exc:
-        if _TRACEBACKS:
-            raise
-        print(f"ranksweep: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except (HydraException, OmegaConfBaseException, YAMLError) as exc:  # YAMLError: a broken config file
         if _TRACEBACKS:
             raise
-        print(f"ranksweep: error: {compose.describe_error(exc)}", file=sys.stderr)
-        return 2
+        return _error(compose.describe_error(exc), 2)
     except ValueError as exc:
         # Hydra's own command-line check (`-m --cfg job`) raises a bare ValueError.
-        if _TRACEBACKS or not str(exc).startswith("Only one of --run"):
+        if _TRACEBACKS:
             raise
-        print(f"ranksweep: error: {compose.describe_error(exc)}", file=sys.stderr)
-        return 2
+        if str(exc).startswith("Only one of --run"):
+            return _error(compose.describe_error(exc), 2)
+        return _error(*describe_failure(exc))
+    except Exception as exc:  # noqa: BLE001 - every failure is one line (HYDRA_FULL_ERROR=1: the traceback)
+        if _TRACEBACKS:
+            raise
+        if isinstance(exc, OSError) and exc.strerror and not _STARTED and "-m" not in sys.argv \
+                and "--multirun" not in sys.argv:
+            # Hydra could not create the run's folder or its log file: the user's hydra.run.dir.
+            exc = ConfigError(f"hydra.run.dir: cannot create {exc.filename or ''}: {exc.strerror}")
+        return _error(*describe_failure(exc))
     finally:
         logging.shutdown()
     return 0
 
 
+def _error(line: str, code: int) -> int:
+    print(f"ranksweep: error: {mask_secrets(line)}", file=sys.stderr)
+    return code
+
+
 # Subcommands that are not Hydra runs: `ranksweep NAME ...` (ranksweep.commands.COMMANDS).
-SUBCOMMANDS = ("report", "sync", "dashboard", "estimate")
+SUBCOMMANDS = ("report", "export", "sync", "dashboard", "estimate")
 
 
 def run() -> None:  # pragma: no cover - console script

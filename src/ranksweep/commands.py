@@ -1,9 +1,9 @@
-"""Subcommands that are not Hydra runs: ``ranksweep report | sync | dashboard | estimate``.
+"""Subcommands that are not Hydra runs: ``ranksweep report | export | sync | dashboard | estimate``.
 
 Each takes argv (without the subcommand) and returns an exit code. User mistakes
 (a missing study, an empty one, a storage that is not a database, bad options) end
 with one line ``ranksweep: error: ...`` on stderr and exit code 2, like the rest
-of ranksweep.
+of ranksweep; any other failure is one line too, exit code 1.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ranksweep.errors import RanksweepError
+from ranksweep.errors import RanksweepError, describe_failure
 from ranksweep.storage import DEFAULT_STORAGE_URL
 
 DEFAULT_STORAGE = DEFAULT_STORAGE_URL
@@ -103,8 +103,10 @@ def dashboard(argv: Sequence[str]) -> int:
     storage = open_existing_storage(args.storage)
     try:
         from optuna_dashboard import run_server
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise RanksweepError("optuna-dashboard is not installed: pip install optuna-dashboard") from exc
+    except ImportError as exc:  # the [dashboard] extra
+        from ranksweep.extras import missing
+
+        raise RanksweepError(missing("dashboard") or f"optuna-dashboard cannot be imported: {exc}") from exc
     print(
         f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True
     )
@@ -149,16 +151,47 @@ def estimate(argv: Sequence[str]) -> int:
     return 0
 
 
+def export(argv: Sequence[str]) -> int:
+    """``ranksweep export STUDY``: the recommended adapter with its model card (``best/``), merged, pushed."""
+    p = _Parser(
+        prog="ranksweep export",
+        description="Write a study's recommended adapter (PEFT format) with its config, metrics, rank curve and "
+        "a model card (README.md); optionally merged into its base in 16-bit, or pushed to the Hugging Face Hub.",
+    )
+    p.add_argument("study", metavar="STUDY")
+    _storage_arg(p)
+    p.add_argument("--ladder", metavar="KEY", help="one ladder (e.g. 'lora.targets=attention'); default: every "
+                   "ladder, the best one at the top of --out")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the sweep's best/ folder)")
+    p.add_argument("--merge", action="store_true", help="also write DIR/merged/: the adapter merged into a fresh "
+                   "16-bit load of the base (bf16 on GPU, the model's dtype or fp32 on CPU), with its tokenizer")
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the adapter folder (the merged model with "
+                   "--merge) to this Hub model repo; the token comes from HF_TOKEN or `hf auth login`")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")
+    p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print the repo, files and model "
+                   "card, upload nothing")
+    args = p.parse_args(list(argv))
+    if (args.private or args.dry_run) and not args.push_to_hub:
+        raise RanksweepError("ranksweep export: --private and --dry-run go with --push-to-hub ORG/NAME")
+    from ranksweep.deploy import export_study
+
+    export_study(args.study, args.storage, ladder=args.ladder, out=args.out, merge=args.merge,
+                 push=args.push_to_hub, private=args.private, dry_run=args.dry_run)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"report": report, "sync": sync, "dashboard": dashboard,
-                                                     "estimate": estimate}
+                                                     "estimate": estimate, "export": export}
 
 
 def main(name: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Run subcommand ``name``; a :class:`RanksweepError` becomes one line on stderr and its exit code."""
+    """Run subcommand ``name``; any failure becomes one line on stderr: a :class:`RanksweepError` with its exit
+    code (2), anything else (a filesystem error, a damaged storage) with exit code 1."""
     try:
         return COMMANDS[name](list(argv or []))
-    except RanksweepError as exc:
+    except Exception as exc:  # noqa: BLE001 - one line for any failure (HYDRA_FULL_ERROR=1: the traceback)
         if _TRACEBACKS:
             raise
-        print(f"ranksweep: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        line, code = describe_failure(exc)
+        print(f"ranksweep: error: {line}", file=sys.stderr)
+        return code

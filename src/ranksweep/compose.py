@@ -8,6 +8,10 @@ the wheel) and Hydra reads it as ``pkg://ranksweep.conf``. The environment varia
 ``RANKSWEEP_CONF`` points Hydra at a folder instead (a full copy of the tree). Users
 add config groups of their own with Hydra's search path: ``--config-dir my_conf`` or
 ``hydra.searchpath=[file://my_conf]``.
+
+:class:`MaskSavedSecrets` is the Hydra callback (``hydra.callbacks`` in ``config.yaml``) that masks
+secrets in the files Hydra saves for a job (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``,
+the sweep's ``multirun.yaml``) when a config file, not the command line, brought them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ranksweep.errors import ConfigError
 
@@ -85,4 +89,66 @@ def describe_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     # Hydra's "Could not load 'model/nope'": keep the message and the options it lists, not its search path.
     text = text.split(" Config search path:")[0]
+    if re.search(r"hydra/launcher/(submitit_\w+|slurm_\w+)", text):
+        from ranksweep.extras import missing
+
+        hint = missing("slurm")
+        text += f" ({hint})" if hint else ""
     return text or type(exc).__name__
+
+
+class MaskSavedSecrets:
+    """Hydra callback: rewrite what Hydra saved for a job with :func:`ranksweep.urls.mask_secrets` applied.
+
+    The command line is masked before Hydra reads it (``ranksweep.cli``); this covers secrets that come
+    from config files. Hydra saves a job's files just before ``on_job_start``. Duck-typed (no import of
+    Hydra's ``Callback`` base), so that importing this module stays cheap; it never raises.
+    """
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        files = []
+        sub = OmegaConf.select(config, "hydra.output_subdir")
+        out = OmegaConf.select(config, "hydra.runtime.output_dir")
+        if sub is not None and out:
+            files += [Path(str(out)) / str(sub) / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+        if str(OmegaConf.select(config, "hydra.mode")) == "RunMode.MULTIRUN":
+            files.append(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / "multirun.yaml")
+        for path in files:
+            try:
+                _mask_yaml(path)
+            except Exception as exc:  # noqa: BLE001 - a callback must not fail the job
+                import logging
+
+                logging.getLogger("ranksweep").warning("could not mask secrets in %s: %s", path, exc)
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_job_end(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _mask_yaml(path: Path) -> None:
+    """Rewrite the YAML file ``path`` (atomically) when masking secrets changes it."""
+    from omegaconf import OmegaConf
+
+    from ranksweep.files import atomic_write_text
+    from ranksweep.urls import mask_secrets
+
+    if not path.is_file():
+        return
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    masked = mask_secrets(data)
+    if masked != data:
+        atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(masked)))

@@ -19,10 +19,11 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ranksweep.errors import ConfigError
@@ -82,12 +83,17 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Parameters, for documentation and the cost axis of plots (billions).
     params_b: Optional[float] = None
+    # Attention kernel handed to from_pretrained: auto (transformers' choice, sdpa where the family
+    # supports it), sdpa, eager, flash_attention_2 / flash_attention_3 (CUDA, the flash-attn package).
+    attn_implementation: str = "auto"
 
     def validate(self) -> None:
         _choice("model.family", self.family, FAMILIES)
         _choice("model.variant", self.variant, VARIANTS)
         _choice("model.dtype", self.dtype, DTYPES)
         _require(bool(str(self.id).strip()), "model.id must not be empty")
+        _choice("model.attn_implementation", self.attn_implementation,
+                ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"))
 
 
 @dataclass
@@ -168,7 +174,7 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    """A single-task dataset: prompt -> response pairs, or raw text."""
+    """A single-task dataset: prompt -> response pairs, raw text, or conversations."""
 
     name: str = "cmudict"
     source: str = "cmudict"
@@ -187,11 +193,36 @@ class DataConfig:
     metric: str = "exact_match"
     metric_examples: int = 64  # eval examples generated for the task metric
     max_new_tokens: int = 32
+    # What a row holds; auto tells it from the columns. pairs: prompt_column + response_column;
+    # text: text_column (default "text"); messages: [{role, content}] (TRL, OpenAI); sharegpt:
+    # conversations [{from, value}]; prompt_completion: TRL's prompt + completion (text or messages).
+    format: str = "auto"
+    messages_column: Optional[str] = None  # the conversation's column (null: messages / conversations)
+    system_prompt: Optional[str] = None  # a system turn for every conversation (and pair) without one
+    # A held-out eval set (the training data is then not split): a local file in any supported
+    # format, or a split of the hub dataset / save_to_disk DatasetDict named by data.path.
+    eval_path: Optional[str] = None
+    eval_split: Optional[str] = None
 
     def validate(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
         if self.source != "cmudict":
             _require(bool(self.path), f"data.path must be set for data.source={self.source}")
+        _choice("data.format", self.format, ("auto", "pairs", "text", "messages", "sharegpt", "prompt_completion"))
+        _require(not self.text_column or self.format in ("auto", "text"),
+                 f"data.text_column={self.text_column} reads raw text, but data.format={self.format}; "
+                 "unset one of them")
+        _require(not self.messages_column or self.format in ("auto", "messages", "sharegpt"),
+                 f"data.messages_column={self.messages_column} names a conversation column, but "
+                 f"data.format={self.format}; unset one of them")
+        _require(self.source != "cmudict" or self.format in ("auto", "pairs"),
+                 f"data.format={self.format} does not fit data.source=cmudict (word -> pronunciation pairs)")
+        _require(not (self.eval_path and self.eval_split),
+                 f"data.eval_path={self.eval_path} and data.eval_split={self.eval_split} are both set; "
+                 "give one eval set")
+        _require(not self.eval_split or self.source == "hub",
+                 f"data.eval_split={self.eval_split} names a split of a hub dataset, but data.source={self.source}; "
+                 "use data.eval_path for a local file")
         if self.max_examples is not None:
             _positive_int("data.max_examples", self.max_examples)
         _require(self.eval_size > 0, f"data.eval_size must be > 0, got {self.eval_size!r}")
@@ -202,7 +233,14 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 60
+    # Optimizer steps; 0 = evaluate only. null when training by epochs (then computed from the
+    # training set: see steps_for).
+    max_steps: Optional[int] = 60
+    # Passes over the training set (a positive number, fractions allowed) instead of max_steps.
+    epochs: Optional[float] = None
+    # Checkpoint adapter, optimizer, scheduler, RNG and data position every N steps (null = off) into
+    # trial.checkpoint_dir; a trial started on a folder holding checkpoints resumes from the last one.
+    save_every: Optional[int] = None
     micro_batch: int = 8
     grad_accum: int = 1
     lr: float = 2e-4
@@ -254,11 +292,31 @@ class TrainerConfig:
         value = str(self.gradient_checkpointing).lower()
         return None if value == "auto" else value == "true"
 
+    def steps_for(self, n_train: int) -> int:
+        """max_steps, or for ``epochs`` the optimizer steps of that many passes over ``n_train`` rows
+        (as the Trainer counts them: ceil(rows / micro_batch) batches, grad_accum batches a step)."""
+        if self.max_steps is not None:
+            return int(self.max_steps)
+        batches = math.ceil(n_train / self.micro_batch)
+        per_epoch = max(batches // self.grad_accum + int(batches % self.grad_accum > 0), 1)
+        return max(math.ceil(float(self.epochs) * per_epoch), 1)  # type: ignore[arg-type]
+
     def validate(self) -> None:
         _require(
-            isinstance(self.max_steps, int) and self.max_steps >= 0,
+            self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 0),
             f"trainer.max_steps must be a non-negative integer, got {self.max_steps!r}",
         )
+        if self.epochs is not None:
+            _require(isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0,
+                     f"trainer.epochs must be a positive number, got {self.epochs!r}")
+            # max_steps=0 (evaluate only, the sweeper's base evaluation) goes with either.
+            _require(not self.max_steps,
+                     f"trainer.epochs={self.epochs:g} and trainer.max_steps={self.max_steps} are both set; "
+                     "train by epochs with trainer.max_steps=null, or by steps with trainer.epochs=null")
+        _require(self.max_steps is not None or self.epochs is not None,
+                 "trainer.max_steps and trainer.epochs are both null; set one of them")
+        if self.save_every is not None:
+            _positive_int("trainer.save_every", self.save_every)
         _positive_int("trainer.micro_batch", self.micro_batch)
         _positive_int("trainer.grad_accum", self.grad_accum)
         _require(math.isfinite(self.lr) and self.lr > 0, f"trainer.lr must be a positive number, got {self.lr!r}")
@@ -276,6 +334,9 @@ class TrainerConfig:
         _choice("trainer.loss_impl", self.loss_impl, LOSS_IMPLS)
         _positive_int("trainer.ce_chunk", self.ce_chunk)
         _choice("trainer.kernels", self.kernels, KERNELS)
+        _require(not (self.kernels == "liger" and self.device == "cpu"),
+                 "trainer.kernels=liger needs a CUDA device (Liger's kernels are Triton); "
+                 "use trainer.kernels=auto or none with trainer.device=cpu")
         _choice("trainer.optim", self.optim, tuple(OPTIMS))
         if self.memory_limit_gb is not None:
             _require(
@@ -290,19 +351,45 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
+    """Weights & Biases. ``project``, ``entity``, ``mode`` and ``dir`` left null (the packaged
+    defaults) mean: ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_MODE`` (or ``WANDB_DISABLED=true``)
+    and ``WANDB_DIR`` when set, else ranksweep's defaults: project ``ranksweep``, ``offline``, the
+    job's output dir. A value given in the config or on the command line (``logger.project=x``)
+    wins over the environment. :meth:`effective` resolves them where a run starts."""
+
     name: str = "wandb"
     enabled: bool = True
-    project: str = "ranksweep"
-    entity: Optional[str] = None
-    # offline by default; online when the user asks (logger.mode=online).
-    mode: str = "offline"
+    project: Optional[str] = None  # null: WANDB_PROJECT, else "ranksweep"
+    entity: Optional[str] = None  # null: WANDB_ENTITY, else W&B's default entity
+    # null: WANDB_MODE, else offline; logger.mode=online logs live.
+    mode: Optional[str] = None
     group: Optional[str] = None
     run_name: Optional[str] = None
     tags: list[str] = field(default_factory=list)
-    dir: Optional[str] = None  # defaults to the job's output dir
+    dir: Optional[str] = None  # null: WANDB_DIR, else the job's output dir
+
+    def effective(self) -> LoggerConfig:
+        """A copy with what this config leaves null filled: explicit value > WANDB_* variable > default."""
+        import os
+
+        env = os.environ
+        mode = self.mode
+        if mode is None:
+            raw = (env.get("WANDB_MODE") or "").strip().lower()
+            if not raw and env.get("WANDB_DISABLED", "").strip().lower() in ("true", "1", "yes"):
+                raw = "disabled"
+            mode = {"dryrun": "offline", "run": "online", "": "offline"}.get(raw, raw)  # W&B's own aliases
+        return dataclasses.replace(self, project=self.project or env.get("WANDB_PROJECT") or "ranksweep",
+                                   entity=self.entity or env.get("WANDB_ENTITY") or None, mode=mode,
+                                   dir=self.dir or env.get("WANDB_DIR") or None)
 
     def validate(self) -> None:
-        _choice("logger.mode", self.mode, ("offline", "online", "disabled"))
+        modes = ("offline", "online", "disabled")
+        if self.mode is not None:
+            _choice("logger.mode", self.mode, modes)
+            return
+        mode = self.effective().mode
+        _require(mode in modes, f"logger.mode is unset and WANDB_MODE must be one of {', '.join(modes)}; got {mode!r}")
 
 
 @dataclass
@@ -319,6 +406,10 @@ class TrialHandle:
     pruner: str = "parent"  # parent | none (cancellation of unneeded ranks works with both)
     # Within a rank's search: sha (successive halving) | hyperband | none, over that rank's trials only.
     rung_pruner: str = "none"
+    # Where the trial's checkpoints go (trainer.save_every); a folder already holding checkpoints of the
+    # same configuration is resumed from. null: <output_dir>/checkpoints. The sweeper passes the same
+    # folder to the retry of a trial whose worker died.
+    checkpoint_dir: Optional[str] = None
 
 
 @dataclass
@@ -337,11 +428,13 @@ class RunConfig:
     output_dir: Optional[str] = None
 
     def validate(self) -> None:
+        check_numbers(self)  # every float finite, every seed in numpy's range: before the groups' own checks
         for group in GROUPS:
             getattr(self, group).validate()
+        check_bounds(self)
         _choice("objective", self.objective, OBJECTIVES)
-        if self.objective == "exact_match":
-            _require(self.data.metric == "exact_match", "objective=exact_match needs data.metric=exact_match")
+        check_cross_keys(self)
+        check_model_id(self.model.id)
 
 
 GROUPS = {
@@ -352,6 +445,109 @@ GROUPS = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
 }
+
+
+# Float fields their group's validate() does not bound: dotted key -> (minimum, maximum, minimum allowed).
+FLOAT_BOUNDS: dict[str, tuple[float, Optional[float], bool]] = {
+    "trainer.weight_decay": (0.0, None, True),
+    "trial.prune_after": (0.0, 1.0, True),
+    "trial.prune_margin": (0.0, None, True),
+    "model.params_b": (0.0, None, False),
+}
+SEED_MAX = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too)
+
+
+def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf field of a dataclass, nested ones included."""
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out += _fields(value, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", value))
+    return out
+
+
+def check_numbers(run: Any) -> None:
+    """Every float field of every group finite (``nan``, ``inf`` are refused), every ``*seed`` in [0, 2**32)."""
+    for key, value in _fields(run):
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{key} must be a finite number, got {value!r}")
+        if key.rsplit(".", 1)[-1].endswith("seed") and isinstance(value, int) and not isinstance(value, bool):
+            _require(0 <= value <= SEED_MAX, f"{key} must be an integer in [0, {SEED_MAX}], got {value!r}")
+
+
+def check_bounds(run: Any) -> None:
+    """The ranges of :data:`FLOAT_BOUNDS`."""
+    for key, (low, high, closed) in FLOAT_BOUNDS.items():
+        value: Any = run
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        if value is None or isinstance(value, bool):
+            continue
+        ok = (value >= low if closed else value > low) and (high is None or value <= high)
+        shown = f"{'[' if closed else '('}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+        _require(ok, f"{key} must be in {shown}, got {value!r}")
+
+
+def raw_text(data: Any) -> bool:
+    """Whether the dataset is raw text (a text column, no prompt/response): nothing to generate or match."""
+    return bool(getattr(data, "text_column", None)) or getattr(data, "format", "auto") == "text"
+
+
+def check_cross_keys(run: Any) -> None:
+    """What one key says about another: the objective, the task metric and the data agree."""
+    data = run.data
+    if run.objective == "exact_match":
+        _require(not raw_text(data), "objective=exact_match needs prompt/response data; raw text "
+                 f"(data.text_column={data.text_column}) has no response to match: use objective=eval_loss")
+        _require(data.metric == "exact_match", "objective=exact_match needs data.metric=exact_match")
+        _require(data.metric_examples > 0,
+                 f"objective=exact_match needs data.metric_examples > 0 (the eval examples it generates), "
+                 f"got {data.metric_examples}")
+
+
+def check_model_id(model_id: Any) -> None:
+    """``tiny:<family>`` names a family; a local folder holds a model (config, weights, tokenizer), not only
+    an adapter: what ``from_pretrained`` would otherwise fail on after the data loaded, with a message about
+    sentencepiece."""
+    text = str(model_id)
+    if text.startswith("tiny:"):
+        family = text.split(":", 1)[1]
+        _require(family in ("", *FAMILIES), f"model.id: tiny:<family> takes one of {', '.join(FAMILIES)}; "
+                 f"got {text!r}")
+        return
+    if text.startswith("embedded:") or "://" in text:
+        return
+    folder = Path(text).expanduser()
+    if text.startswith((".", "/", "~")) and not folder.exists():
+        raise ConfigError(f"model.id: folder not found: {text}")
+    if folder.is_file():
+        raise ConfigError(f"model.id: {text} is a file; point model.id at a model folder or a hub id")
+    problem = _model_folder_problem(folder) if folder.is_dir() else None
+    _require(problem is None, f"model.id: {text} is {problem}; point model.id at a folder written by "
+             "save_pretrained (model and tokenizer), or a hub id")
+
+
+def _model_folder_problem(folder: Path) -> Optional[str]:
+    import json
+
+    if not (folder / "config.json").is_file():
+        return ("a LoRA adapter (adapter_config.json), not a base model" if (folder / "adapter_config.json").is_file()
+                else "a folder with no model in it (no config.json)")
+    try:
+        doc = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or "model_type" not in doc:
+        return "not a model folder (its config.json has no model_type)"
+    if not any(any(folder.glob(p)) for p in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")):
+        return "a model config without weights (no *.safetensors or *.bin)"
+    if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                                 "vocab.json", "spiece.model")):
+        return "a model without a tokenizer (no tokenizer.json, tokenizer.model or tokenizer_config.json)"
+    return None
 
 
 SCHEMA_NAME = "_ranksweep_schema"
@@ -380,7 +576,10 @@ def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
 
 
 def to_run_config(cfg: DictConfig | dict) -> RunConfig:
-    """Build and validate a :class:`RunConfig` from a composed config."""
+    """Build and validate a :class:`RunConfig` from a composed config.
+
+    Raw text data (``data.text_column``) turns the generation metric off (``data.metric=none``), in
+    the returned config and in ``cfg`` itself when it is a composed config."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     base = OmegaConf.structured(RunConfig)
@@ -396,6 +595,13 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(describe_omegaconf_error(exc)) from exc
     run.validate()
+    if raw_text(run.data) and run.data.metric == "exact_match":
+        # Raw text has no prompt to generate from nor a response to match: generation is off. The
+        # composed config says so too, so that config.yaml and W&B record what ran.
+        run.data.metric = "none"
+        if OmegaConf.select(cfg, "data.metric") is not None:
+            with open_dict(cfg), read_write(cfg):
+                cfg.data.metric = "none"
     return run
 
 

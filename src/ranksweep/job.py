@@ -4,7 +4,8 @@ The job's config arrives validated (a :class:`~ranksweep.config.RunConfig`, buil
 command) together with the resolved config that ``config.yaml`` and W&B record.
 
 A CUDA out-of-memory error is retried once with half the micro-batch and twice
-the gradient accumulation (the same effective batch).
+the gradient accumulation (the same effective batch), from step 0 (checkpoints of the first
+attempt are of another batch shape).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import gc
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,13 +30,42 @@ log = logging.getLogger("ranksweep")
 _Cfg = TypeVar("_Cfg", RunConfig, DictConfig)
 
 
+class _LazyReporter:
+    """The job's OptunaReporter, opened on first use: with ``trainer.epochs`` the pruning schedule
+    (``prune_after`` x max_steps) is known only once the trial has tokenised its data."""
+
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+        self.max_steps = int(run.trainer.max_steps or 0)
+        self._inner: Optional[Any] = None
+
+    def set_max_steps(self, steps: int) -> None:
+        if self._inner is None:
+            self.max_steps = int(steps)
+
+    @property
+    def inner(self) -> Any:
+        if self._inner is None:
+            from ranksweep.pruning import OptunaReporter
+
+            self._inner = OptunaReporter.from_handle(self.run.trial, max_steps=self.max_steps,
+                                                     eval_every=int(self.run.trainer.eval_every))
+        return self._inner
+
+    def report(self, step: int, value: float) -> None:
+        self.inner.report(step, value)
+
+    def should_prune(self) -> bool:
+        return self.inner.should_prune()
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        self.inner.set_attrs(attrs)
+
+
 def _reporter(run: RunConfig) -> Optional[Any]:
     handle = run.trial
     if handle.storage and handle.study_name and handle.trial_number is not None:
-        from ranksweep.pruning import OptunaReporter
-
-        return OptunaReporter.from_handle(handle, max_steps=int(run.trainer.max_steps),
-                                          eval_every=int(run.trainer.eval_every))
+        return _LazyReporter(run)
     return None
 
 
@@ -75,8 +106,9 @@ def cached_base(run: RunConfig) -> Optional[tuple]:
     if not run.trainer.reuse_base:
         return None
     device = pick_device(run.trainer.device)
-    key = (run.model.id, run.model.revision, run.model.dtype, run.quant.bits, run.quant.quant_type,
-           run.quant.double_quant, run.quant.compute_dtype, device, os.path.expanduser(run.cache_dir))
+    key = (run.model.id, run.model.revision, run.model.dtype, run.model.attn_implementation, run.quant.bits,
+           run.quant.quant_type, run.quant.double_quant, run.quant.compute_dtype, device,
+           os.path.expanduser(run.cache_dir))
     if key not in _BASE:
         _BASE.clear()
         gc.collect()
@@ -88,7 +120,7 @@ def cached_base(run: RunConfig) -> Optional[tuple]:
 def _injected_fault(run: RunConfig) -> None:
     """Fault injection for failure tests: RANKSWEEP_FAULT=<rank>[,<rank>...] makes those ranks raise."""
     ranks = os.environ.get("RANKSWEEP_FAULT", "")
-    if ranks and str(run.lora.r) in ranks.split(",") and int(run.trainer.max_steps) > 0:
+    if ranks and str(run.lora.r) in ranks.split(",") and run.trainer.max_steps != 0:
         raise RuntimeError(f"injected fault for lora.r={run.lora.r} (RANKSWEEP_FAULT)")
 
 
@@ -103,8 +135,11 @@ def _run_with_oom_retry(run: RunConfig, out_dir: str, reporter: Optional[Any], r
                     retry.trainer.micro_batch, retry.trainer.grad_accum)
         import torch
 
+        from ranksweep.trial.checkpoints import checkpoint_dir, clear
+
         _BASE.clear()
         torch.cuda.empty_cache()
+        clear(checkpoint_dir(retry, Path(out_dir)))
         result = run_trial(retry, out_dir, reporter=reporter, base_loader=lambda: cached_base(retry),
                            resolved=_with_batch(resolved, retry))
         result.metrics["oom_retry"] = True

@@ -95,6 +95,9 @@ def build_tiny(family: str, folder: Path, seed: int = 0) -> None:
 def _convert_embedded(name: str, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    from ranksweep.extras import require
+
+    require("embedded")  # gguf, to read the GGUF file
     module, gguf, pip_name = EMBEDDED[name]
     spec = importlib.util.find_spec(module)  # found, never imported
     if spec is None or not spec.submodule_search_locations:
@@ -197,6 +200,16 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tok
 
 
+def attention_kwargs(cfg: ModelConfig, device: str) -> dict[str, str]:
+    """``attn_implementation`` for from_pretrained (nothing for ``auto``: transformers' own choice)."""
+    impl = cfg.attn_implementation
+    if impl == "auto":
+        return {}
+    if impl.startswith("flash_attention") and device != "cuda":
+        raise ConfigError(f"model.attn_implementation={impl} needs a CUDA device; use sdpa or auto on {device}")
+    return {"attn_implementation": impl}
+
+
 def load_base(cfg: ModelConfig, quant: QuantConfig, device: str, cache_dir: str) -> tuple[Any, Any, str]:
     """Load tokenizer and frozen base model in the chosen bits. Returns (model, tokenizer, path)."""
     from transformers import AutoModelForCausalLM
@@ -211,9 +224,15 @@ def load_base(cfg: ModelConfig, quant: QuantConfig, device: str, cache_dir: str)
         if qc is not None:
             kwargs["quantization_config"] = qc
             kwargs["device_map"] = {"": device if device == "cpu" else 0}
+        kwargs.update(attention_kwargs(cfg, device))
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:  # missing hub id offline, missing files
         raise ConfigError(f"model.id: cannot load {cfg.id!r}: {str(exc).splitlines()[0]}") from exc
+    except (ImportError, ValueError) as exc:
+        if cfg.attn_implementation == "auto" or not any(w in str(exc).lower() for w in ("attn", "attention")):
+            raise
+        first = str(exc).strip().splitlines()[0][:300]
+        raise ConfigError(f"model.attn_implementation={cfg.attn_implementation}: {first}") from exc
     if qc is None:
         model.to(device)
     disable_cpu_bf16_repack(model)

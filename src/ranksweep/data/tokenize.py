@@ -1,4 +1,4 @@
-"""Tokenising examples for causal-LM training (loss on response tokens only), with an on-disk cache."""
+"""Tokenising examples for causal-LM training (loss on the trained segments only), with an on-disk cache."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import Any
 
 from ranksweep.config import DataConfig
 from ranksweep.data.collate import IGNORE_INDEX
-from ranksweep.data.format import format_pair, has_chat_template
+from ranksweep.data.format import render_example
 from ranksweep.errors import DataError
 from ranksweep.files import atomic_dir
 
 __all__ = ["tokenize_examples"]
 
 # Bump when the tokenised layout changes, so old caches are not reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -37,7 +37,7 @@ def _sha(text: str) -> str:
 
 
 def _cache_key(
-    examples: Sequence[dict[str, str]], tokenizer: Any, variant: str, cfg: DataConfig, max_seq_len: int
+    examples: Sequence[dict[str, Any]], tokenizer: Any, variant: str, cfg: DataConfig, max_seq_len: int
 ) -> str:
     """sha256 over everything that changes the tokenised rows."""
     content = hashlib.sha256()
@@ -57,6 +57,7 @@ def _cache_key(
         "variant": variant,
         "instruction": cfg.instruction,
         "template": cfg.template,
+        "system_prompt": cfg.system_prompt,
         "text_mode": bool(cfg.text_column),
         "max_seq_len": int(max_seq_len),
         "examples": content.hexdigest(),
@@ -66,36 +67,39 @@ def _cache_key(
 
 
 def tokenize_examples(
-    examples: Sequence[dict[str, str]],
+    examples: Sequence[dict[str, Any]],
     tokenizer: Any,
     variant: str,
     cfg: DataConfig,
     max_seq_len: int,
     cache_dir: str | None = None,
 ) -> Any:
-    """Tokenise examples for causal-LM training with the loss on response tokens only.
+    """Tokenise examples for causal-LM training with the loss on the trained tokens only.
 
     Returns a ``datasets.Dataset`` with columns
 
-    - ``input_ids``: prompt tokens then response tokens;
+    - ``input_ids``: the example's tokens (prompt then response; a conversation's turns in order);
     - ``attention_mask``: all ones;
-    - ``labels``: ``-100`` on the prompt tokens, the token ids on the response tokens;
-    - ``prompt_ids``: the prompt tokens alone (what generation starts from);
-    - ``response``: the reference response (text mode: the text), stripped.
+    - ``labels``: the token ids on the trained tokens (the response, the completion, the assistant
+      turns, all of a text), ``-100`` elsewhere;
+    - ``prompt_ids``: the tokens before the last trained segment (what generation starts from);
+    - ``response``: the reference for that segment (the response, the completion, the last assistant
+      turn, the text), stripped.
 
-    Prompt and response are tokenised separately with ``add_special_tokens=False``;
-    for prompts built from the base template (and in text mode) the tokenizer's BOS
-    is put in front when the tokenizer normally adds one. Chat templates carry their
-    own special tokens. Rows longer than ``max_seq_len`` lose response tokens from
-    the right; if the prompt alone reaches ``max_seq_len`` it is cut from the left
-    (its BOS kept when there is room) so that one response token remains. Rows with
-    no response tokens are dropped.
+    Each segment of :func:`ranksweep.data.format.render_example` is tokenised on its own with
+    ``add_special_tokens=False``, so a trained span starts and ends exactly at a segment boundary;
+    for plain templates (and raw text) the tokenizer's BOS is put in front when the tokenizer
+    normally adds one. Chat templates carry their own special tokens. Rows longer than
+    ``max_seq_len`` lose tokens from the right; if the tokens before the first trained one reach
+    ``max_seq_len`` they are cut from the left (the BOS kept when there is room) so that one trained
+    token remains. Rows with no trained tokens are dropped.
 
     With ``cache_dir`` the result is saved under ``cache_dir/tokenized/<sha256 key>``
     (written to a temp folder, then moved into place) and loaded from there next time.
 
     Raises:
-        DataError: naming ``trainer.max_seq_len`` when no row is left.
+        DataError: naming ``trainer.max_seq_len`` when no row is left; a conversation the chat
+        template refuses (naming the file and row).
     """
     import datasets
 
@@ -125,31 +129,36 @@ def tokenize_examples(
 
 
 def _tokenize_columns(
-    examples: Sequence[dict[str, str]], tokenizer: Any, variant: str, cfg: DataConfig, max_seq_len: int
+    examples: Sequence[dict[str, Any]], tokenizer: Any, variant: str, cfg: DataConfig, max_seq_len: int
 ) -> dict[str, list]:
     if max_seq_len < 1:
         raise DataError(f"trainer.max_seq_len must be a positive integer, got {max_seq_len!r}")
-    pairs = [format_pair(ex, tokenizer, variant, cfg) for ex in examples]
-    # The base template (and text mode) gets the BOS the tokenizer would add;
-    # chat-template prompts already contain their specials.
-    chat = variant == "instruct" and has_chat_template(tokenizer)
+    rendered = [render_example(ex, tokenizer, variant, cfg) for ex in examples]
     bos_id = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
-    prompt_ids = _batch_ids(tokenizer, [p for p, _ in pairs])
-    response_ids = _batch_ids(tokenizer, [r for _, r in pairs])
+    pieces = _batch_ids(tokenizer, [text for segments, _, _ in rendered for text, _ in segments])
 
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_ids": [], "response": []}
-    for ex, prompt, response in zip(examples, prompt_ids, response_ids):
-        is_text = "text" in ex
-        prefix = [bos_id] if bos_id is not None and (is_text or not chat) else []
-        prompt, response = _truncate(prefix, prompt, response, max_seq_len)
-        if not response:
+    at = 0
+    for segments, add_bos, reference in rendered:
+        ids: list[int] = []
+        trained: list[bool] = []
+        last_start = 0
+        for (_, train), piece in zip(segments, pieces[at:at + len(segments)]):
+            if train and piece:
+                last_start = len(ids)
+            ids += piece
+            trained += [train] * len(piece)
+        at += len(segments)
+        prefix = [bos_id] if bos_id is not None and add_bos else []
+        row = _truncate(prefix, ids, trained, max_seq_len)
+        if row is None:
             continue
-        ids = prompt + response
-        out["input_ids"].append(ids)
-        out["attention_mask"].append([1] * len(ids))
-        out["labels"].append([IGNORE_INDEX] * len(prompt) + list(response))
-        out["prompt_ids"].append(prompt)
-        out["response"].append((ex["text"] if is_text else ex["response"]).strip())
+        row_ids, row_trained = row
+        out["input_ids"].append(row_ids)
+        out["attention_mask"].append([1] * len(row_ids))
+        out["labels"].append([t if keep else IGNORE_INDEX for t, keep in zip(row_ids, row_trained)])
+        out["prompt_ids"].append(_fit_prompt(prefix, ids[:last_start], max_seq_len))
+        out["response"].append(reference)
     return out
 
 
@@ -160,18 +169,27 @@ def _batch_ids(tokenizer: Any, texts: list[str], chunk: int = 2048) -> list[list
     return [list(x) for x in ids]
 
 
-def _truncate(
-    prefix: list[int], prompt: list[int], response: list[int], max_seq_len: int
-) -> tuple[list[int], list[int]]:
-    """Fit ``prefix + prompt + response`` into ``max_seq_len`` (see :func:`tokenize_examples`)."""
-    full_prompt = prefix + prompt
-    if not response:
-        return full_prompt, []
-    if len(full_prompt) < max_seq_len:
-        return full_prompt, response[: max_seq_len - len(full_prompt)]
+def _fit_prompt(prefix: list[int], prompt: list[int], max_seq_len: int) -> list[int]:
+    """``prefix + prompt``, cut from the left (the prefix kept when there is room) to leave one token
+    of ``max_seq_len`` for the response."""
+    if len(prefix) + len(prompt) < max_seq_len:
+        return prefix + prompt
     room = max_seq_len - 1  # prompt tokens that fit beside one response token
     if len(prefix) >= room:
         prefix = []
     keep = room - len(prefix)
-    body = prompt[len(prompt) - keep :] if keep > 0 else []
-    return prefix + body, response[:1]
+    return prefix + (prompt[len(prompt) - keep :] if keep > 0 else [])
+
+
+def _truncate(
+    prefix: list[int], ids: list[int], trained: list[bool], max_seq_len: int
+) -> tuple[list[int], list[bool]] | None:
+    """Fit ``prefix + ids`` into ``max_seq_len`` (see :func:`tokenize_examples`); None without a trained token."""
+    if True not in trained:
+        return None
+    first = trained.index(True)
+    if len(prefix) + first < max_seq_len:
+        row, keep = prefix + ids, [False] * len(prefix) + trained
+        return row[:max_seq_len], keep[:max_seq_len]
+    head = _fit_prompt(prefix, ids[:first], max_seq_len)
+    return head + [ids[first]], [False] * len(head) + [True]

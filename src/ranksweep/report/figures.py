@@ -1,9 +1,11 @@
 """The report's figures, drawn with matplotlib and returned as inline SVG.
 
 A ladder is drawn by :func:`ranksweep.plot.draw_ladder`, the drawing the sweep's PNG uses: in
-detail on each ladder's own figure, as one line per (study, ladder) on the comparison overlay.
-The other figures are the report's own: cost against quality, the eval curves during training and
-the overlays of each cost against the rank. Every figure is a private ``Figure`` (no pyplot state).
+detail on each ladder's own figure (each rank's paired interval against the best, the margin band),
+as one line per (study, ladder) on the comparison overlay. The other figures are the report's own:
+each doubling's gain with its interval against the margin, each rank's search trials against the
+learning rate, cost against quality, the eval curves during training and the overlays of each cost
+against the rank. Every figure is a private ``Figure`` (no pyplot state).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any, Callable, Optional
 from ranksweep.plot import base_off_axis, better, draw_ladder, log2_axis, new_figure, params_formatter
 from ranksweep.report.load import StudyData, TrialRow
 from ranksweep.sweep.results import Ladder, Rung
+from ranksweep.sweep.rules import Doubling
 
-__all__ = ["COLORS", "Figures", "Svg", "cost_figure", "curves_figure", "ladder_colors", "ladder_figure",
-           "overlay_figures"]
+__all__ = ["COLORS", "Figures", "Svg", "chosen_trials", "cost_figure", "curves_figure", "gain_figure",
+           "ladder_colors", "ladder_figure", "overlay_figures", "search_figure", "value_rows"]
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22")
@@ -98,6 +101,161 @@ def ladder_figure(figs: Figures, data: StudyData, lad: Ladder, color: str) -> Sv
     return figs.svg(fig, f"{lad.objective} against rank for {data.name} {lad.label}")
 
 
+WORTH, NOT_WORTH, MARGIN = "#11703a", "#9a6700", "#b42318"
+
+
+def gain_figure(figs: Figures, data: StudyData, lad: Ladder, doublings: Sequence[Doubling]) -> Optional[Svg]:
+    """Each doubling's gain with its interval (error bars) against the margin line; None without any gain.
+
+    A doubling whose lower bound is above the margin is confidently worth it (filled, green); the others
+    are hollow. The margin is the one the stop rule judged each doubling with (relative margins move a
+    little with the value)."""
+    ds = [d for d in doublings if d.gain is not None]
+    if not ds:
+        return None
+    fig, (ax,) = new_figure(4.6, 3.5)
+    pct = round(data.spec.judge.confidence * 100) if data.spec and data.spec.judge else 95
+    for above in (True, False):
+        pick = [d for d in ds if d.above == above]
+        if not pick:
+            continue
+        color = WORTH if above else NOT_WORTH
+        est = [d.gain.est for d in pick]  # type: ignore[union-attr]
+        err = [[max(d.gain.est - d.gain.lo, 0.0) for d in pick], [max(d.gain.hi - d.gain.est, 0.0) for d in pick]]  # type: ignore[union-attr]
+        ax.errorbar([d.rank for d in pick], est, yerr=err, ls="none", marker="o", ms=7, capsize=4, lw=1.6,
+                    color=color, mfc=color if above else "white", mew=1.6, zorder=3,
+                    label="lower bound above the margin: worth it" if above else "not confidently above the margin")
+    margins = [(d.rank, d.margin) for d in ds if d.margin is not None]
+    if margins:
+        ax.plot([m[0] for m in margins], [m[1] for m in margins], color=MARGIN, ls="--", lw=1.2,
+                marker="_", ms=14, label="margin")
+    ax.axhline(0.0, color="black", lw=0.8, alpha=0.6)
+    log2_axis(ax, [d.rank for d in ds])
+    ax.set_xticklabels([f"{d.prev}\u2192{d.rank}" for d in sorted(ds, key=lambda d: d.rank)])
+    ax.set_xlabel("doubling r \u2192 2r")
+    ax.set_ylabel(f"gain in {lad.objective} (positive: better)")
+    ax.set_title(f"{lad.label}: gain per doubling ({pct}% CI)", fontsize=10)
+    _legend_below(ax)
+    return figs.svg(fig, f"gain per doubling with {pct}% intervals against the margin for {data.name} {lad.label}")
+
+
+def chosen_trials(rung: Rung) -> list[int]:
+    """The trials behind a rung's value: its best search trial and the further seeds of its values."""
+    best = rung.best
+    if best is None:
+        return []
+    return [best.number] + [j.trial.number for j in rung.jobs if not j.search and j.trial is not None
+                            and j.trial.objective is not None]
+
+
+def value_rows(data: StudyData) -> list[TrialRow]:
+    """The trials behind the rank values: every further-seed trial (role ``rung``; every trial of a sweep
+    without a search) and each rank's best search trial. A search's other trials are on the search figure."""
+    chosen = {n for lad in data.ladders for rung in lad.curve for n in chosen_trials(rung)}
+    return [r for r in data.trials if r.role == "rung" or r.number in chosen]
+
+
+def _searched(data: StudyData, lad: Ladder) -> list[tuple[Rung, list[TrialRow]]]:
+    """Each rank's search trials that trained at a known learning rate, for ranks that searched it."""
+    out = []
+    for rung in lad.curve:
+        rows = [r for r in data.rank_rows(lad.key, rung.rank) if r.role == "search"
+                and "trainer.lr" in (r.attrs.get("searched") or []) and r.trial.lr and r.value is not None]
+        if rows:
+            out.append((rung, rows))
+    return out
+
+
+def _rank_color(rank: int, ranks: Sequence[int]) -> Any:
+    from matplotlib import colormaps
+
+    lo, hi = math.log2(min(ranks)), math.log2(max(ranks))
+    return colormaps["viridis"](0.85 * (math.log2(rank) - lo) / max(hi - lo, 1e-9))
+
+
+def search_figure(figs: Figures, data: StudyData, lad: Ladder) -> Optional[Svg]:
+    """Each rank's search trials: the objective against the learning rate on a log axis, one colour per
+    rank, each rank's best starred and the bests joined in rank order. Pruned trials are drawn hollow at
+    their last eval (an eval loss: drawn only when the objective is eval_loss); those far off the finished
+    values sit on the axis' edge as triangles. None when no rank searched the learning rate."""
+    per_rank = _searched(data, lad)
+    if not per_rank:
+        return None
+    fig, (ax,) = new_figure(5.6, 3.7)
+    ranks = [rung.rank for rung, _ in per_rank]
+    losses = lad.objective == "eval_loss"
+    done_y = [float(r.value) for _, rows in per_rank for r in rows if r.state == "COMPLETE"]  # type: ignore[arg-type]
+    limits = _y_limits(done_y)
+    bests: list[tuple[float, float]] = []
+    off = False
+    for rung, rows in per_rank:
+        color = _rank_color(rung.rank, ranks)
+        done = [r for r in rows if r.state == "COMPLETE"]
+        ax.scatter([r.trial.lr for r in done], [r.value for r in done], s=26, color=color, zorder=3,
+                   label=f"r={rung.rank}")
+        if losses:
+            off = _pruned_points(ax, [r for r in rows if r.state != "COMPLETE"], color, limits) or off
+        best = rung.best
+        if best is not None and best.lr and best.objective is not None:
+            bests.append((best.lr, best.objective))
+            ax.scatter([best.lr], [best.objective], s=170, marker="*", color=color, edgecolors="black", lw=0.8,
+                       zorder=4)
+            ax.annotate(f"r{rung.rank}", (best.lr, best.objective), textcoords="offset points", xytext=(6, -10),
+                        fontsize=7.5, color="black")
+    if len(bests) > 1:
+        ax.plot([b[0] for b in bests], [b[1] for b in bests], color="black", ls=":", lw=1, zorder=2,
+                label="best of each rank")
+    _search_range(ax, per_rank)
+    if losses:
+        ax.scatter([], [], s=26, facecolors="none", edgecolors="grey", label="pruned (last eval)")
+    if off:
+        ax.scatter([], [], s=30, marker="^", facecolors="none", edgecolors="grey", label="pruned, last eval above")
+    ax.scatter([], [], s=120, marker="*", color="white", edgecolors="black", label="best of the rank")
+    if limits is not None:
+        ax.set_ylim(*limits)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(f"{lad.objective} ({better(lad.direction)})")
+    ax.set_title(f"{lad.label}: each rank's search trials", fontsize=10, pad=12)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend_below(ax)
+    return figs.svg(fig, f"search trials against the learning rate per rank for {data.name} {lad.label}")
+
+
+def _y_limits(done: Sequence[float]) -> Optional[tuple[float, float]]:
+    """The finished trials' values with some room; pruned evals beyond it are drawn on its edge."""
+    if not done:
+        return None
+    lo, hi = min(done), max(done)
+    pad = max(hi - lo, 1e-3 * max(abs(hi), 1.0))
+    return lo - 0.12 * pad, hi + 0.6 * pad
+
+
+def _pruned_points(ax: Any, rows: Sequence[TrialRow], color: Any, limits: Optional[tuple[float, float]]) -> bool:
+    """Pruned trials, hollow, at their last eval; above ``limits``: a hollow triangle on the top edge.
+    Whether any was above."""
+    top = limits[1] if limits is not None else math.inf
+    inside = [r for r in rows if float(r.value) <= top]  # type: ignore[arg-type]
+    off = [r for r in rows if float(r.value) > top]  # type: ignore[arg-type]
+    if inside:
+        ax.scatter([r.trial.lr for r in inside], [r.value for r in inside], s=26, facecolors="none",
+                   edgecolors=[color], lw=1.2, zorder=3)
+    if off:
+        ax.scatter([r.trial.lr for r in off], [top] * len(off), s=30, marker="^", facecolors="none",
+                   edgecolors=[color], lw=1.2, zorder=3, clip_on=False)
+    return bool(off)
+
+
+def _search_range(ax: Any, per_rank: Sequence[tuple[Rung, list[TrialRow]]]) -> None:
+    """The learning rate's search range: dotted lines at its edges."""
+    ranges = {r.trial.ranges["trainer.lr"] for _, rows in per_rank for r in rows if "trainer.lr" in r.trial.ranges}
+    if len(ranges) == 1:
+        (lo, hi), = ranges
+        for x in (lo, hi):
+            ax.axvline(x, color="grey", ls=(0, (2, 2)), lw=1)
+        ax.plot([], [], color="grey", ls=(0, (2, 2)), lw=1, label="search range")
+
+
 def _rank_means(points: Sequence[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
     """(mean cost, mean objective, rank) per rank, in rank order."""
     by_rank: dict[int, list[tuple[float, float]]] = {}
@@ -127,7 +285,7 @@ def _cost_axes(ax: Any, rows: Sequence[TrialRow], key: str, color: str, name: st
 def cost_figure(figs: Figures, data: StudyData, colors: dict[str, str]) -> Svg:
     """The objective against each cost (wall time, peak memory, trainable parameters, adapter size)."""
     fig, axes = new_figure(10.5, 6.6, ncols=2, nrows=2)
-    rungs = [r for r in data.trials if r.role == "rung"]
+    rungs = value_rows(data)
     base = {r.ladder: r.value for r in data.trials if r.role == "base" and r.value is not None}
     for ax, (key, label) in zip(axes, COSTS):
         drawn = False
@@ -153,7 +311,7 @@ def cost_figure(figs: Figures, data: StudyData, colors: dict[str, str]) -> Svg:
 
 def curves_figure(figs: Figures, data: StudyData, colors: dict[str, str]) -> Optional[Svg]:
     """Eval values during training (Optuna's intermediate values), one line per rung trial; None without any."""
-    rows = [r for r in data.trials if r.role == "rung" and r.intermediate]
+    rows = [r for r in value_rows(data) if r.intermediate]
     if not rows:
         return None
     fig, (ax,) = new_figure(5.6, 3.5)
@@ -166,7 +324,9 @@ def curves_figure(figs: Figures, data: StudyData, colors: dict[str, str]) -> Opt
                     xytext=(3, 0), fontsize=7, color=color)
     ax.set_xlabel("step")
     ax.set_ylabel(f"eval {data.objective}")
-    ax.set_title(f"{data.name}: eval during training (line width grows with rank)", fontsize=10)
+    searched = any(r.role == "search" for r in data.trials)
+    ax.set_title(f"{data.name}: eval during training{' of each rank’s best trial' if searched else ''} "
+                 "(line width grows with rank)", fontsize=10)
     ax.grid(True, alpha=0.3)
     _legend_below(ax)
     return figs.svg(fig, f"eval curves for {data.name}")

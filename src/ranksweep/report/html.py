@@ -3,8 +3,8 @@
 The templates (``templates/*.html.j2``) are rendered with autoescaping on; the stylesheet and the
 scripts (``templates/report.css``, ``errors.js``, ``report.js``) are read from the package and
 inlined, and every figure is inline SVG, so the page is one file that works offline. This module
-only arranges what the templates show (:class:`StudyView`); numbers are formatted by
-:mod:`ranksweep.plot`'s ``fmt_*`` through the ``fmt`` filter.
+only arranges what the templates show (:class:`StudyView`, :class:`LadderView`, :class:`RungRow`);
+numbers are formatted by :mod:`ranksweep.fmt`'s ``fmt_*`` through the ``fmt`` filter.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from ranksweep.errors import RanksweepError
 from ranksweep.files import atomic_write_text
 from ranksweep.fmt import fmt_params, fmt_pct, fmt_time, fmt_value
 from ranksweep.report import figures
-from ranksweep.report.load import StudyData, TrialRow, load_study_data
+from ranksweep.report.load import StudyData, TrialRow, load_study_data, trial_steps
 from ranksweep.storage import DEFAULT_STORAGE_URL
 from ranksweep.sweep.ladder import Recommendation
-from ranksweep.sweep.results import Ladder
+from ranksweep.sweep.results import Ladder, Rung
+from ranksweep.sweep.rules import Doubling, doublings
 
-__all__ = ["FORMATS", "Link", "StudyView", "default_report_path", "render_report", "study_view", "write_report"]
+__all__ = ["FORMATS", "LadderView", "Link", "RungRow", "StudyView", "default_report_path", "render_report",
+           "study_view", "write_report"]
 
 TEMPLATES = "templates"
 FORMATS: dict[str, Callable[[float], str]] = {
@@ -40,7 +42,18 @@ FORMATS: dict[str, Callable[[float], str]] = {
     "gb": lambda v: f"{v:.3f}",
     "mb": lambda v: f"{v:.3f}",
     "rate": lambda v: f"{v:.0f}",  # tokens per second
+    "lr": lambda v: f"{v:.2e}",  # a learning rate
+    "int": lambda v: f"{v:.0f}",  # steps, counts
+    "g3": lambda v: f"{v:.3g}",  # an effective rank, a margin
+    "signed": lambda v: f"{v + 0.0:+.3g}",  # a gain, a difference
 }
+
+
+def param_text(v: Any) -> str:
+    """A searched value as the table shows it: numbers to 3 significant digits, anything else as is."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
 
 
 @dataclass(frozen=True)
@@ -63,16 +76,58 @@ class Link:
 
 
 @dataclass(frozen=True)
+class RungRow:
+    """One rank's row of its ladder's evidence table: the :class:`Rung` and what its trials cost."""
+
+    rung: Rung
+    trials: int  # trials that trained this rank: search slots, further seeds, retries
+    pruned: dict[str, int]  # pruned trials by rule: rung (successive halving), parent, cancelled, other
+    failed: int
+    steps: int  # optimizer steps over all of them
+    doubling: Optional[Doubling]  # the stop rule's judgement of the doubling to this rank
+    within_margin: Optional[bool]  # its upper bound on (its value - the best) within the margin
+    recommended: bool = False
+    best: bool = False
+
+    @property
+    def lrs_tried(self) -> int:
+        return len(set(self.rung.lrs))
+
+    @property
+    def pruned_text(self) -> str:
+        """``rung 2, parent 1``: the pruned trials by rule, or ``""``."""
+        return ", ".join(f"{k} {v}" for k, v in self.pruned.items())
+
+
+@dataclass
 class LadderView:
-    """One ladder's row of the overview and line of "why each ladder stopped"."""
+    """One ladder: its row of the overview, its evidence table and its figures."""
 
     ladder: Ladder
     best: Optional[float]  # the best mean of a COMPLETE rank
     trials: int  # the study's trials of this ladder, any state
+    rows: list[RungRow] = field(default_factory=list)
+    curve_fig: Optional[figures.Svg] = None
+    gain_fig: Optional[figures.Svg] = None
+    search_fig: Optional[figures.Svg] = None
 
     @property
     def rec(self) -> Optional[Recommendation]:
         return self.ladder.recommendation
+
+    @property
+    def edges(self) -> list[RungRow]:
+        """Ranks whose best learning rate sits at the edge of the search range."""
+        return [r for r in self.rows if r.rung.lr_at_edge]
+
+    @property
+    def searched(self) -> bool:
+        """Whether any rank searched its values (the table then has a column for them)."""
+        return any(r.rung.best_params for r in self.rows)
+
+    @property
+    def figs(self) -> list[figures.Svg]:
+        return [f for f in (self.curve_fig, self.gain_fig, self.search_fig) if f is not None]
 
 
 @dataclass
@@ -82,13 +137,14 @@ class StudyView:
     data: StudyData
     ladders: list[LadderView]
     counts: str  # "4 complete, 1 fail"
-    recommended: set[tuple[str, int]]  # (ladder, rank) of each recommendation
+    recommended: set[int]  # the trials behind each recommended rank's value
+    chosen: set[int]  # the trials behind every rank's value (a search's best, further seeds)
+    settings: list[tuple[str, str]]  # the stop rule's and the search's settings, as the note lists them
     trial_header: list[str]
     failures: list[tuple[TrialRow, str]]  # every trial that did not complete, with why
     output_links: dict[int, Optional[Link]]
     wandb_links: dict[int, Optional[Link]]
     summary_runs: list[Link]
-    ladder_figs: list[figures.Svg] = field(default_factory=list)
     cost_fig: Optional[figures.Svg] = None
     curves_fig: Optional[figures.Svg] = None
 
@@ -100,8 +156,62 @@ def _best(lad: Ladder) -> Optional[float]:
     return min(means) if lad.direction == "minimize" else max(means)
 
 
+def _within(lad: Ladder, r: Rung) -> Optional[bool]:
+    """Whether r's upper bound on how much worse than the best it is lies within the margin."""
+    if r.vs_best is None or lad.margin is None:
+        return None
+    worse = r.vs_best.hi if lad.direction == "minimize" else -r.vs_best.lo
+    return worse <= lad.margin
+
+
+def rung_rows(data: StudyData, lad: Ladder) -> list[RungRow]:
+    """The evidence table of one ladder: a row per rank of its curve."""
+    judge = data.spec.judge if data.spec is not None else None
+    judged = {d.rank: d for d in doublings([r.step() for r in lad.curve], judge)} if judge is not None else {}
+    rec = lad.recommendation
+    out = []
+    for rung in lad.curve:
+        rows = data.rank_rows(lad.key, rung.rank)
+        pruned: dict[str, int] = {}
+        for r in rows:
+            if r.state == "PRUNED":
+                who = str(r.attrs.get("pruned_by") or "other")
+                pruned[who] = pruned.get(who, 0) + 1
+        out.append(RungRow(rung=rung, trials=len(rows), pruned=dict(sorted(pruned.items())),
+                           failed=sum(r.state == "FAIL" for r in rows),
+                           steps=sum(trial_steps(r) or 0 for r in rows), doubling=judged.get(rung.rank),
+                           within_margin=_within(lad, rung), recommended=rec is not None and rec.rank == rung.rank,
+                           best=rec is not None and rec.best_rank == rung.rank))
+    return out
+
+
 def ladder_views(data: StudyData) -> list[LadderView]:
-    return [LadderView(lad, _best(lad), len(data.ladder_rows(lad.key))) for lad in data.ladders]
+    return [LadderView(lad, _best(lad), len(data.ladder_rows(lad.key)), rung_rows(data, lad))
+            for lad in data.ladders]
+
+
+def settings_rows(data: StudyData) -> list[tuple[str, str]]:
+    """The settings the "how to read this" note lists: the stop rule's, then the search's."""
+    spec, space = data.spec, data.space
+    out: list[tuple[str, str]] = []
+    if spec is not None and spec.judge is not None:
+        j = spec.judge
+        margin = (f"{j.margin * 100:g}% of the best rank's value (relative)" if j.relative
+                  else f"{j.margin:g} {data.objective} (absolute)")
+        out += [("stop rule", "margin"), ("margin", margin), ("confidence", f"{j.confidence * 100:g}%"),
+                ("bootstrap replicates", str(j.n_boot)), ("patience", f"{spec.patience} doubling(s)")]
+    elif spec is not None:
+        out += [("stop rule", "share of the gain over the base"), ("min gain", f"{spec.rule.min_gain:g}"),
+                ("tolerance", f"{spec.tolerance:g}"), ("patience", f"{spec.patience} doubling(s)")]
+    if spec is not None:
+        out.append(("seeds per rank", str(spec.seeds)))
+    search = dict(space.get("search") or {})
+    if search:
+        out.append(("search space", "; ".join(f"{k}: {v}" for k, v in search.items())))
+        out.append(("search budget", f"{space.get('search_budget', spec.budget if spec else '-')} trials per rank"))
+    else:
+        out.append(("search", "none: one trial per rank and seed at the configured values"))
+    return out
 
 
 def failure_reason(r: TrialRow) -> str:
@@ -109,6 +219,13 @@ def failure_reason(r: TrialRow) -> str:
     if r.state == "PRUNED":
         if r.trial.fail_reason:
             return str(r.trial.fail_reason)
+        who, last = r.attrs.get("pruned_by"), f"; last eval {fmt_value(r.value)}" if r.value is not None else ""
+        if who == "rung":
+            steps = trial_steps(r)
+            return (f"stopped by successive halving within r={r.rank}'s search"
+                    f"{f' at step {steps}' if steps is not None else ''}: behind the rank's better values{last}")
+        if who == "cancelled":
+            return f"cancelled: {r.attrs.get('cancel_reason') or 'the ladder stopped below this rank'}{last}"
         if r.value is None:
             return "pruned"
         parent = r.attrs.get("parent_trial_number")
@@ -121,9 +238,9 @@ def failure_reason(r: TrialRow) -> str:
 
 def _trial_header(data: StudyData) -> list[str]:
     kind = next((r.metrics.get("peak_mem_kind") for r in data.trials if r.metrics.get("peak_mem_kind")), None)
-    return ["#", "ladder", "rank", "seed", "role", "state", data.objective, "exact match", "alpha",
-            "trainable params", "time", f"peak mem (GB{', ' + str(kind) if kind else ''})", "tok/s", "adapter MB",
-            "output dir", "W&B run"]
+    return ["#", "ladder", "rank", "seed", "role", "searched", "state", data.objective, "exact match", "alpha",
+            "trainable params", "steps", "time", f"peak mem (GB{', ' + str(kind) if kind else ''})", "tok/s",
+            "adapter MB", "output dir", "W&B run"]
 
 
 def _counts(data: StudyData) -> str:
@@ -145,10 +262,12 @@ def _summary_run_links(data: StudyData) -> list[Link]:
 def study_view(data: StudyData) -> StudyView:
     """Everything of ``data`` the study section shows, but its figures."""
     rows = data.trials
+    rec = {(lad.key, lad.recommendation.rank) for lad in data.ladders if lad.recommendation}
+    chosen = {r.number for r in figures.value_rows(data)}
     return StudyView(
         data=data, ladders=ladder_views(data), counts=_counts(data),
-        recommended={(lad.key, lad.recommendation.rank) for lad in data.ladders if lad.recommendation},
-        trial_header=_trial_header(data),
+        recommended={r.number for r in rows if r.number in chosen and (r.ladder, r.rank) in rec},
+        chosen=chosen, settings=settings_rows(data), trial_header=_trial_header(data),
         failures=[(r, failure_reason(r)) for r in rows if r.state != "COMPLETE"],
         output_links={r.number: Link.to(r.output_dir, r.output_dir.name if r.output_dir else "-") for r in rows},
         wandb_links={r.number: Link.to(r.wandb_dir, r.wandb_dir.name) if r.wandb_dir else
@@ -158,8 +277,11 @@ def study_view(data: StudyData) -> StudyView:
 
 def _draw_study(figs: figures.Figures, view: StudyView, index: int) -> StudyView:
     colors = figures.ladder_colors(view.data, index)
-    view.ladder_figs = [figures.ladder_figure(figs, view.data, lad, colors.get(lad.key, figures.COLORS[0]))
-                        for lad in view.data.ladders]
+    for v in view.ladders:
+        lad = v.ladder
+        v.curve_fig = figures.ladder_figure(figs, view.data, lad, colors.get(lad.key, figures.COLORS[0]))
+        v.gain_fig = figures.gain_figure(figs, view.data, lad, [r.doubling for r in v.rows if r.doubling])
+        v.search_fig = figures.search_figure(figs, view.data, lad)
     view.cost_fig = figures.cost_figure(figs, view.data, colors)
     view.curves_fig = figures.curves_figure(figs, view.data, colors)
     return view
@@ -179,6 +301,8 @@ def _environment() -> Any:
     env = jinja2.Environment(loader=jinja2.PackageLoader("ranksweep.report", TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["fmt"] = lambda v, kind="value": FORMATS[kind](float(v))
+    env.filters["param"] = param_text
+    env.globals["steps"] = trial_steps
     return env
 
 
@@ -216,4 +340,8 @@ def write_report(study_names: Sequence[str], storage_url: str = DEFAULT_STORAGE_
     target = Path(out) if out else default_report_path(study_names)
     if target.is_dir():
         target = target / default_report_path(study_names).name
-    return atomic_write_text(target, render_report(studies))
+    html = render_report(studies)
+    try:
+        return atomic_write_text(target, html)
+    except OSError as exc:  # under a regular file, a read-only place, a name too long: one line, nothing left
+        raise RanksweepError(f"--out: cannot write {target}: {exc.strerror or exc}") from exc

@@ -3,6 +3,9 @@
 The ladders come from :func:`ranksweep.sweep.results.read_study`, the reader the sweeper plans
 with, so a report of a running or interrupted sweep is current. Stop-rule settings come from the
 study (the sweeper stores them), else from the sweep's ``sweep_summary.json``, else the defaults.
+Each ladder is then annotated with its adapters' own evidence (:func:`ranksweep.sweep.conclude.annotate`
+with :func:`ranksweep.evidence.compare`: subspace similarity and extra energy against the previous
+rank), read from the adapters on disk where they still are.
 
 On top of :class:`~ranksweep.sweep.results.Trial`, the report reads what only it shows: each
 trial's ``metrics.json``, its adapter's size on disk, its output dir and offline W&B run resolved
@@ -16,16 +19,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ranksweep.errors import RanksweepError
 from ranksweep.storage import DEFAULT_STORAGE_URL
+from ranksweep.sweep import conclude
+from ranksweep.sweep.reader import Spec, spec_of_study
 from ranksweep.sweep.results import Ladder, Trial, read_study
 from ranksweep.sweep.summary import SUMMARY_FILENAME
 from ranksweep.urls import journal_path, mask_secrets, sqlite_path, storage_root
 
-__all__ = ["ADAPTER_FILE", "StudyData", "TrialRow", "check_storage", "load_study_data", "open_existing_storage",
-           "open_study", "sweep_dirs", "wandb_run_dirs"]
+__all__ = ["ADAPTER_FILE", "StudyData", "TrialRow", "check_storage", "evidence_reader", "load_study_data",
+           "open_existing_storage", "open_study", "sweep_dirs", "trial_steps", "wandb_run_dirs"]
 
 ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
 KEY = "--storage"
@@ -87,9 +92,15 @@ class StudyData:
     summary_note: str
     sweep_dirs: list[Path]
     summary_runs: list[Path]
+    spec: Optional[Spec] = None  # how the ladders were read: the stop rule, its margin, the search budget
 
     def ladder_rows(self, key: str) -> list[TrialRow]:
         return [r for r in self.trials if r.ladder == key]
+
+    def rank_rows(self, key: str, rank: int) -> list[TrialRow]:
+        """Every trial that trained ``rank`` on ladder ``key`` (search slots, further seeds, retries)."""
+        return [r for r in self.trials if r.ladder == key and r.rank == rank and r.role != "base"
+                and not r.attrs.get("claim_lost")]
 
 
 # ----------------------------------------------------------------------------- the storage
@@ -195,6 +206,27 @@ def trial_row(t: Trial, roots: Sequence[Path]) -> TrialRow:
                     adapter_mb=adapter_mb, metrics=metrics)
 
 
+def trial_steps(r: TrialRow) -> Optional[int]:
+    """The optimizer steps a trial ran: its recorded ``steps``, else its last eval step (a pruned trial)."""
+    got = r.number_attr("steps")
+    if got is not None:
+        return int(got)
+    return max(r.intermediate) if r.intermediate else None
+
+
+def evidence_reader(roots: Sequence[Path]) -> Callable[[str, str], Optional[tuple[float, float]]]:
+    """:func:`ranksweep.evidence.compare` on two trials' output dirs, resolved like every path of the study."""
+    from ranksweep import evidence
+
+    def compare(small: str, large: str) -> Optional[tuple[float, float]]:
+        a, b = _resolve(small, roots), _resolve(large, roots)
+        if a is None or b is None or not a.is_dir() or not b.is_dir():
+            return None
+        return evidence.compare(a, b)
+
+    return compare
+
+
 def sweep_dirs(study_name: str, storage_url: str, trials: Sequence[Trial]) -> list[Path]:
     """Candidate sweep dirs of a study: parents of its trials' output dirs, then outputs/sweeps/<study>."""
     roots = _roots(storage_url)
@@ -233,8 +265,9 @@ def _note(study: Any, summary_path: Optional[Path]) -> str:
 # ----------------------------------------------------------------------------- the study
 
 
-def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE_URL) -> StudyData:
-    """Everything the report shows for one study; a missing or empty study is a one-line error."""
+def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE_URL, adapters: bool = True) -> StudyData:
+    """Everything the report shows for one study; a missing or empty study is a one-line error. With
+    ``adapters``, each rung's adapter is compared with the previous rank's (read from disk)."""
     study = open_study(study_name, storage_url)
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     if not frozen:
@@ -244,7 +277,10 @@ def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE_URL) -> 
     dirs = sweep_dirs(study_name, storage_url, trials)
     summary_path, doc = _find_summary(study_name, dirs)
     keys = [str(lad.get("key")) for lad in doc.get("ladders", []) if isinstance(lad, dict) and lad.get("key")]
-    ladders = read_study(study, dict(doc.get("sweep") or {}), keys)
+    meta = dict(doc.get("sweep") or {})
+    ladders = read_study(study, meta, keys)
+    for lad in ladders if adapters else ():
+        conclude.annotate(lad, evidence_reader(roots))
     space = dict(study.user_attrs.get("ranksweep_space") or {})
     objective = str(space.get("objective") or (ladders[0].objective if ladders else "objective"))
     runs: list[Path] = []
@@ -254,12 +290,12 @@ def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE_URL) -> 
                      direction=study.direction.name.lower(), objective=objective, space=space,
                      trials=[trial_row(t, roots) for t in trials], ladders=ladders, summary_path=summary_path,
                      summary_note=_note(study, summary_path), sweep_dirs=[d for d in dirs if d.is_dir()],
-                     summary_runs=runs)
+                     summary_runs=runs, spec=spec_of_study(study, meta, keys))
 
 
 def wandb_run_dirs(study_name: str, storage_url: str = DEFAULT_STORAGE_URL) -> list[Path]:
     """The offline W&B run dirs of a study: one per trial (``wandb_run``), then the sweep's summary run(s)."""
-    data = load_study_data(study_name, storage_url)
+    data = load_study_data(study_name, storage_url, adapters=False)
     out: list[Path] = []
     for r in data.trials:
         if r.wandb_dir is not None and r.wandb_dir not in out:

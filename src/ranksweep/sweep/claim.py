@@ -21,11 +21,12 @@ from optuna.trial import TrialState
 from ranksweep.locks import study_lock
 from ranksweep.sweep import plan
 from ranksweep.sweep.heartbeat import fail_stale
-from ranksweep.sweep.reader import Spec, read_ladders
+from ranksweep.sweep.reader import Spec, index_trials, read_ladders
 from ranksweep.sweep.record import check_failures
 from ranksweep.sweep.results import Ladder, Trial
 from ranksweep.sweep.search import RungView, propose
 from ranksweep.sweep.settings import SweepSettings
+from ranksweep.urls import reveal
 
 log = logging.getLogger("ranksweep.sweep")
 
@@ -63,9 +64,10 @@ class Claimer:
     def claim(self, free: int) -> tuple[list[Claim], bool]:
         """Up to ``free`` new claims, and whether needed work is running on another worker."""
         self.skipped = False
-        with study_lock(self.s.storage_url, self.s.study_name):
+        with study_lock(reveal(self.s.storage_url), self.s.study_name):  # the URL is masked (urls.conceal)
             fail_stale(self.study, self.storage, self.s.grace_period)
             trials, ladders = self.read()
+            self.earlier = index_trials(trials)  # every attempt per job, dead workers' included
             check_failures(trials, self.s.max_failure_rate)
             for lad in ladders:  # the stop rule fired: cancel the speculative ranks it made unnecessary
                 self._cancel(lad)
@@ -138,10 +140,14 @@ class Claimer:
         return claim
 
     def _searched(self, item: plan.Item, trial: optuna.trial.Trial, lad: Ladder) -> dict[str, Any]:
-        """The searched values of this job: proposed by the rung's sampler, the previous rank's best
-        (first trial of a rank), or the search's best (a further seed)."""
+        """The searched values of this job: an earlier attempt's (a job run again after its worker died
+        resumes that attempt's checkpoints, so it must train the same values), proposed by the rung's
+        sampler, the previous rank's best (first trial of a rank), or the search's best (a further seed)."""
         if item.rank == 0 or not self.search:
             return {}
+        before = next((t.searched for t in getattr(self, "earlier", {}).get(item.key, []) if t.searched), None)
+        if before:
+            item = plan.Item(item.ladder, item.combo, item.rank, item.seed, item.slot, False, dict(before))
         if not item.search:  # a further seed repeats the best values, recorded with the same distributions
             for name, value in item.params.items():
                 dist = self.search[name]

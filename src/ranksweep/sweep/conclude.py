@@ -10,6 +10,7 @@ from ranksweep.sweep import budget as budget_mod
 from ranksweep.sweep import ladder as ladder_mod
 from ranksweep.sweep.results import Ladder, Rung
 from ranksweep.sweep.rules import Judge, doublings, recommend_margin
+from ranksweep.sweep.stats import Interval
 
 
 def conclude(lad: Ladder, tolerance: float = 0.05, judge: Optional[Judge] = None) -> Ladder:
@@ -24,6 +25,16 @@ def conclude(lad: Ladder, tolerance: float = 0.05, judge: Optional[Judge] = None
         by_rank[d.rank].gain = d.gain
     lad.recommendation = recommend_margin([r.step() for r in done], judge)
     lad.margin = lad.recommendation.tolerance_abs if lad.recommendation else None
+    if lad.recommendation is not None:
+        best = by_rank[lad.recommendation.best_rank]
+        for r in done:  # each rank against the best, paired: the error bars of the curve
+            if r is best:
+                r.vs_best = Interval(0.0, 0.0, 0.0)
+            else:
+                w = judge.improvement(r.step(), best.step())  # how much better the best is, oriented
+                sign = judge.orient  # back to objective units: value(r) - value(best)
+                lo, hi = sorted((-sign * w.lo, -sign * w.hi))
+                r.vs_best = Interval(-sign * w.est, lo, hi)
     _curves(lad, judge)
     lad.budget = _budget(lad, judge)
     ex = [r for r in done if r.examples is not None]

@@ -72,8 +72,17 @@ def _value(v: object) -> str:
     return repr(v) if isinstance(v, float) else quote(v) if isinstance(v, str) else str(v)
 
 
+def checkpoint_dir(sweep_dir: object, item: Item) -> str:
+    """The job's checkpoint folder: the same for every attempt at the job, so that an attempt run again
+    after its worker died resumes the last one's checkpoints (``trainer.save_every``)."""
+    import hashlib
+
+    ladder = hashlib.sha1(item.ladder.encode()).hexdigest()[:8]
+    return f"{sweep_dir}/checkpoints/{ladder}-r{item.rank}-s{item.seed}-t{item.slot}"
+
+
 def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, subdir: str,
-                  parent: int | None = None, values: dict | None = None) -> list[str]:
+                  parent: int | None = None, values: dict | None = None, checkpoints: str | None = None) -> list[str]:
     """The overrides of one job: the ladder's, its rank and seed, its searched values, and the handle
     on its Optuna trial."""
     ov = list(space.fixed) + list(item.combo) + [f"{k}={_value(v)}" for k, v in (values or {}).items()]
@@ -93,6 +102,8 @@ def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, 
     ]
     if parent is not None:
         ov.append(f"trial.parent_trial_number={parent}")
+    if checkpoints is not None and item.rank > 0:
+        ov.append(f"trial.checkpoint_dir={quote(checkpoints)}")
     if item.rank == 0:  # the base: an untrained adapter (LoRA B = 0) is the base model
         ov.append("trainer.max_steps=0")
         if s.objective != "exact_match":

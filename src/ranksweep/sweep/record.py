@@ -57,7 +57,10 @@ def record(study: optuna.Study, trial: optuna.trial.Trial, ret: Any) -> None:
 
 def check_failures(trials: Sequence[Trial], max_failure_rate: float) -> None:
     """Abort the sweep past ``max_failure_rate`` failed trials (at least two; infeasible ranks don't count)."""
-    failed = [t for t in trials if t.state == "FAIL" and t.failure_kind not in (None, "infeasible")]
+    from ranksweep.launchers import RETRY_KINDS
+
+    # Ranks that do not fit and jobs the scheduler took away (run again) are not the trials' failures.
+    failed = [t for t in trials if t.state == "FAIL" and t.failure_kind not in (None, "infeasible", *RETRY_KINDS)]
     finished = [t for t in trials if t.finished] + failed
     if len(failed) >= 2 and len(failed) / max(len(finished), 1) > max_failure_rate:
         last = failed[-1].fail_reason or "?"

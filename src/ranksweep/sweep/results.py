@@ -166,6 +166,7 @@ class Rung:
     still_falling: Optional[bool] = None
     separation_step: Optional[int] = None  # where the next rank's curve parts from this one's
     gain: Optional[Interval] = None  # improvement over the previous rank, with its interval
+    vs_best: Optional[Interval] = None  # (this value - the best rank's value), paired, in objective units
     effective_rank: Optional[float] = None
     similarity: Optional[float] = None  # subspace similarity with the previous rank's adapter
     extra_energy: Optional[float] = None  # energy share of the directions beyond the previous rank
@@ -233,6 +234,8 @@ class Rung:
                 "supervised_tokens": self.supervised_tokens, "still_falling": self.still_falling,
                 "separation_step": self.separation_step,
                 "gain": None if g is None else {"est": g.est, "lo": g.lo, "hi": g.hi},
+                "vs_best": None if self.vs_best is None else {"est": self.vs_best.est, "lo": self.vs_best.lo,
+                                                              "hi": self.vs_best.hi},
                 "effective_rank": self.effective_rank, "similarity": self.similarity,
                 "extra_energy": self.extra_energy, "eval_examples": self.examples.n if self.examples else None,
                 "note": self.note or None}

@@ -60,11 +60,19 @@ class Outputs:
 
 
 def write_outputs(sweep_dir: Path, ladders: Sequence[Ladder], s: SweepSettings) -> Outputs:
-    """The summary JSON and the PNG of a finished sweep, in its folder."""
+    """The summary JSON and the PNG of a finished sweep, in its folder, and ``best/`` (the recommended adapter
+    with its model card, :func:`ranksweep.export.write_best`)."""
+    from ranksweep.evidence import compare
+    from ranksweep.export import write_best
     from ranksweep.plot import rank_curve_png
+    from ranksweep.sweep.conclude import annotate
 
+    for lad in ladders:  # the adapters' own evidence, read from their folders
+        annotate(lad, compare)
     summary = write_summary(sweep_dir / SUMMARY_FILENAME, ladders, sweep_meta(s))
-    return Outputs(summary, rank_curve_png(sweep_dir / PLOT_FILENAME, ladders))
+    outputs = Outputs(summary, rank_curve_png(sweep_dir / PLOT_FILENAME, ladders))
+    write_best(sweep_dir, ladders, s)
+    return outputs
 
 
 def _lr(r) -> str:

@@ -25,18 +25,19 @@ from omegaconf import DictConfig, open_dict
 from optuna.distributions import CategoricalDistribution
 
 from ranksweep.errors import ConfigError
-from ranksweep.storage import open_storage
+from ranksweep.storage import check_readable, open_storage
+from ranksweep.sweep import identity
 from ranksweep.sweep import summary as summary_mod
 from ranksweep.sweep.claim import Claim, Claimer
 from ranksweep.sweep.heartbeat import heartbeat
-from ranksweep.sweep.overrides import job_overrides, parse
+from ranksweep.sweep.overrides import checkpoint_dir, job_overrides, parse
 from ranksweep.sweep.plan import Item
 from ranksweep.sweep.progress import Progress
 from ranksweep.sweep.reader import spec_of
 from ranksweep.sweep.record import record
 from ranksweep.sweep.search import space as search_space
 from ranksweep.sweep.settings import SweepSettings
-from ranksweep.urls import mask_secrets
+from ranksweep.urls import conceal, mask_secrets
 
 log = logging.getLogger("ranksweep.sweep")
 # We drive heartbeats ourselves (around each launch), not through Study.optimize.
@@ -61,9 +62,10 @@ class RankSweep:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     # -- the study -------------------------------------------------------------------------
-    def _open_study(self, space: dict) -> optuna.Study:
+    def _open_study(self, space: dict, identities: dict[str, dict]) -> optuna.Study:
         self.storage = open_storage(self.s.storage_url, heartbeat=(self.s.heartbeat_interval, self.s.grace_period))
         name = self.s.study_name
+        check_readable(self.storage, name, self.s.storage_url)  # a damaged storage is never written to
         try:
             study = optuna.create_study(study_name=name, storage=self.storage, direction=self.s.direction,
                                         load_if_exists=True)
@@ -85,6 +87,7 @@ class RankSweep:
                 f"hydra.sweeper.study_name: study {name!r} was created with a different search space (differs in: "
                 f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
                 "rerun with the same overrides to resume, or pick a new study_name")
+        identity.bind_study(study, identities, name)  # the same trial config as the study's first run
         # The stop-rule settings, for readers of the study (report); they may change between runs.
         s = self.s
         study.set_user_attr("ranksweep_settings", {
@@ -106,9 +109,11 @@ class RankSweep:
 
     def _infeasible(self, item: Item) -> Optional[str]:
         """Why the job would not fit the device (memory estimate over the limit), or None; cached per
-        (ladder, rank). The base evaluation trains nothing and is never skipped."""
+        (ladder, rank). The base evaluation builds the first rank's adapter: it is skipped when that rank
+        does not fit (nothing in its ladder could run)."""
         if item.rank == 0:
-            return None
+            why = self._infeasible(Item(item.ladder, item.combo, self.s.start_rank, 0))
+            return None if why is None else f"its adapter (the first rank, r={self.s.start_rank}) {why}"
         key = (item.ladder, item.rank)
         if key not in self._fit_cache:
             from ranksweep.memory import plan_memory, run_device
@@ -132,7 +137,8 @@ class RankSweep:
         beat = heartbeat(self.storage, c.trial._trial_id, self.s.heartbeat_interval)
         beat.start()
         try:
-            ov = job_overrides(self.space, self.s, c.item, c.trial.number, c.subdir, c.parent, c.values)
+            ov = job_overrides(self.space, self.s, c.item, c.trial.number, c.subdir, c.parent, c.values,
+                               checkpoint_dir(self.sweep_dir, c.item))
             (ret,) = self.launcher.launch([ov], initial_job_idx=c.trial.number)
         except Exception as exc:  # the launcher itself failed (lost job, unreadable result)
             ret = exc
@@ -153,13 +159,21 @@ class RankSweep:
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, arguments: Sequence[str]) -> list:
+        # A password from a config file or ${oc.env:...}: masked in every job's overrides from here on.
+        self.s.storage = conceal(self.s.storage_url)
+        identity.check_name("hydra.sweeper.study_name", self.s.study_name)  # it names the sweep folder
         self.space = space = parse(arguments, self.s.params)
         searched = search_space(self.s.search, space.keys + ["lora.r", "trainer.seed"])
         probe = {k: getattr(d, "low", None) if hasattr(d, "low") else d.choices[0] for k, d in searched.items()}
+        idents = {}
         for key, combo in space.ladders:  # bad overrides (and search keys) fail here, before anything is stored
-            self._run_config(Item(key, combo, self.s.start_rank, 0), probe)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.study = self._open_study(space.stored(self.s))
+            identity.check_label("ladder", key)
+            idents[key] = identity.trial_identity(self._run_config(Item(key, combo, self.s.start_rank, 0), probe),
+                                                  searched)
+        where = identity.storage_identity(self.s.storage_url)
+        identity.open_folder(self.sweep_dir, where, self.s.study_name)  # another study's folder: refused
+        self.study = self._open_study(space.stored(self.s), idents)
+        identity.bind_folder(self.sweep_dir, where, self.s.study_name)
         axes = {k: CategoricalDistribution(sorted({c.split("=", 1)[1] for c in vals})) for k, vals in space.axes}
         self.spec = spec_of(self.s, space.ladders)
         self.claimer = Claimer(self.study, self.storage, self.s, self.spec, axes, self.sweep_dir, self._infeasible,
@@ -201,7 +215,8 @@ class RankSweep:
         _, ladders = self.claimer.read()
         paths = summary_mod.write_outputs(self.sweep_dir, ladders, self.s)
         print(summary_mod.format_table(ladders), flush=True)
-        print(f"summary: {paths.summary}\nplot:    {paths.plot}\nstudy:   {self.s.study_name} in "
-              f"{mask_secrets(self.s.storage_url)}", flush=True)
+        best = self.sweep_dir / "best"
+        print(f"summary: {paths.summary}\nplot:    {paths.plot}" + (f"\nbest:    {best}" if best.is_dir() else "")
+              + f"\nstudy:   {self.s.study_name} in {mask_secrets(self.s.storage_url)}", flush=True)
         self.summary_run_dir = log_sweep_summary(self.config.get("logger") or {}, ladders, self.s, self.sweep_dir,
                                                  paths.plot)

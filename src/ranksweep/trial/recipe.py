@@ -4,6 +4,10 @@
 
     load_data -> load_model -> tokenize_data -> prepare_adapter -> build_trainer
               -> train_and_evaluate -> save, and cleanup whatever happened in the last two.
+
+``trainer.epochs`` becomes ``max_steps`` once the training set is tokenised (before the memory plan,
+the Trainer and the pruner's schedule read it). With ``trainer.save_every`` the Trainer checkpoints
+into ``trial.checkpoint_dir``; a trial started there resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import resource
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
@@ -23,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ranksweep import data as data_mod
 from ranksweep.config import RunConfig, to_run_config
-from ranksweep.errors import TrialFailed, TrialPruned
+from ranksweep.errors import DataError, TrialFailed, TrialPruned
 from ranksweep.files import atomic_write_json
 from ranksweep.models import load_base, pick_device, torch_dtype
 from ranksweep.targets import resolve_targets
@@ -69,6 +73,32 @@ def resolved_config(cfg: RunConfig | DictConfig | dict) -> dict:
     return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # type: ignore[return-value]
 
 
+def _settle_raw_text(run: RunConfig, examples: Sequence[dict], resolved: dict) -> RunConfig:
+    """Raw text (``{"text"}`` rows, ``data.format=auto`` included) has no prompt to generate from: the
+    generation metric is off (recorded in ``resolved`` too), and ``objective=exact_match`` is a data error."""
+    if not examples or "text" not in examples[0] or run.data.metric != "exact_match":
+        return run
+    if run.objective == "exact_match":
+        raise DataError("objective=exact_match needs prompt/response data, but data.path holds raw text "
+                        "(no response to match); use objective=eval_loss")
+    log.info("raw text: no prompt to generate from, data.metric=none")
+    if isinstance(resolved.get("data"), dict):
+        resolved["data"]["metric"] = "none"
+    return replace(run, data=replace(run.data, metric="none"))
+
+
+def _require_trainable_tokens(ds: Any, split: str, run: RunConfig) -> None:
+    """A :class:`DataError` when no row of ``ds`` has a labelled token after the causal shift (the loss of
+    a token is predicted from the tokens before it: a label at position 0 trains nothing)."""
+    for row in ds.select_columns(["labels"]):
+        if any(x != data_mod.IGNORE_INDEX for x in row["labels"][1:]):
+            return
+    what = "text" if run.data.text_column else "response (or assistant turn)"
+    key = "data.eval_path" if split == "eval" and run.data.eval_path else "data.path"
+    raise DataError(f"{key}: no trainable tokens in the {split} set after formatting: every example's {what} "
+                    f"is empty (or cut off by trainer.max_seq_len={run.trainer.max_seq_len})")
+
+
 class TrialRecipe:
     """The state of one trial, carried from step to step. Each step reads what the earlier ones set."""
 
@@ -93,17 +123,23 @@ class TrialRecipe:
         self.metrics: dict[str, Any] = {}
 
     def load_data(self) -> None:
-        """Examples, split into train and eval. Data first: a bad dataset fails in a second, before any model load."""
-        run = self.run
-        examples = data_mod.load_examples(run.data)
-        self.train_ex, self.eval_ex = data_mod.split_examples(examples, run.data.eval_size, run.data.seed)
+        """Train and eval examples (a held-out eval set, or a seeded split). Data first: a bad dataset
+        fails in a second, before any model load."""
+        self.train_ex, self.eval_ex = data_mod.load_splits(self.run.data)
+        self.run = _settle_raw_text(self.run, self.eval_ex, self.resolved)
         # peft and the Trainer take seconds to import: only after the data is known to be good
         # (and before the model-load timing starts).
         from ranksweep.trial import adapter, trainer  # noqa: F401
 
     def load_model(self) -> None:
         """The quantized base and tokenizer (a reused base when ``base_loader`` has one); the LoRA targets."""
+        from ranksweep.models import attention_kwargs
+        from ranksweep.speed import resolve_kernels
+
         run = self.run
+        # Refused before any load: liger or FlashAttention without CUDA, liger-kernel not installed.
+        self.kernels = resolve_kernels(run.trainer.kernels, self.device)
+        attention_kwargs(run.model, self.device)
         t_load = time.perf_counter()
         self.base = self.base_loader() if self.base_loader is not None else None
         if self.base is None:
@@ -121,20 +157,27 @@ class TrialRecipe:
                                                    run.trainer.max_seq_len, cache_dir=cache)
         self.eval_ds = data_mod.tokenize_examples(self.eval_ex, self.tok, run.model.variant, run.data,
                                                   run.trainer.max_seq_len, cache_dir=cache)
+        _require_trainable_tokens(self.train_ds, "training", run)  # else the loss is 0/0 = NaN after training
+        _require_trainable_tokens(self.eval_ds, "eval", run)
+        if run.trainer.max_steps is None:  # trainer.epochs: the steps of that many passes
+            steps = run.trainer.steps_for(len(self.train_ds))
+            log.info("trainer.epochs=%g: %d steps (%d training rows, micro_batch %d x grad_accum %d)",
+                     run.trainer.epochs, steps, len(self.train_ds), run.trainer.micro_batch, run.trainer.grad_accum)
+            self.run = replace(run, trainer=replace(run.trainer, max_steps=steps))
+        if self.reporter is not None and hasattr(self.reporter, "set_max_steps"):
+            self.reporter.set_max_steps(int(self.run.trainer.max_steps))
 
     def prepare_adapter(self) -> None:
         """Memory plan, kernels, dequantized weights, k-bit preparation, checkpointing, LoRA, compile."""
         from transformers import set_seed
 
         from ranksweep.memory import plan_memory
-        from ranksweep.speed import apply_kernels, cache_dequantized, resolve_kernels
+        from ranksweep.speed import cache_dequantized
         from ranksweep.trial.adapter import add_lora, compile_decoder, prepare_for_training
 
         run = self.run
         self.mem = plan_memory(run, self.device, config=self.model.config)
         log.info("memory: %s", self.mem.describe())
-        patched = apply_kernels(self.model, run.model.family, resolve_kernels(run.trainer.kernels, self.device))
-        self.kernels = "liger" if patched else "none"
         if run.quant.bits == 4:  # also drops copies a previous trial on this base kept
             cache_dequantized(self.model, self.mem.dequant_layers, torch_dtype(run.quant.compute_dtype, self.device))
         set_seed(run.trainer.seed)
@@ -150,6 +193,7 @@ class TrialRecipe:
         from transformers.trainer_callback import PrinterCallback
 
         from ranksweep.speed import packing_collator
+        from ranksweep.trial import checkpoints
         from ranksweep.trial.evaluate import argmax_logits, token_accuracy
         from ranksweep.trial.trainer import RanksweepTrainer, Watch, training_arguments
 
@@ -165,7 +209,12 @@ class TrialRecipe:
         log.info("trial %s: %s on %s, %d-bit, %d trainable params (%.3f%%), %d train / %d eval examples",
                  self.name, run.model.name, self.device, run.quant.bits, self.trainable,
                  100 * self.trainable / max(self.total, 1), len(self.train_ds), len(self.eval_ds))
-        args = training_arguments(run, self.device, self.out)
+        self.checkpoint_dir = checkpoints.checkpoint_dir(run, self.out)
+        self.resume_from = None
+        if self.checkpoint_dir is not None and run.trainer.max_steps:
+            self.resume_from = checkpoints.claim(self.checkpoint_dir, run)
+        args = training_arguments(run, self.device, self.out, kernels=self.kernels,
+                                  checkpoint_dir=self.checkpoint_dir)
         self.watch = Watch(self.tracker, reporter)
         padded = data_mod.CausalCollator(self.tok)
         self.trainer = RanksweepTrainer(
@@ -176,6 +225,7 @@ class TrialRecipe:
             preprocess_logits_for_metrics=argmax_logits,
         )
         self.trainer.remove_callback(PrinterCallback)  # our callback logs one line per interval instead
+        self.watch.trainer = self.trainer  # its on_save writes the trainer's counters into the checkpoint
 
     def train_and_evaluate(self) -> None:
         """Train (unless ``max_steps=0``), evaluate at the last step, then exact match on generations."""
@@ -184,7 +234,12 @@ class TrialRecipe:
         self.setup_s = time.perf_counter() - self.t_start  # start, data, load (or reuse), tokenise, adapter, Trainer
         if run.trainer.max_steps > 0:
             t_train = time.perf_counter()
-            trainer.train()
+            if self.resume_from is None:
+                trainer.train()
+            else:
+                trainer.supervised_tokens = _saved_supervised_tokens(self.resume_from)
+                if not _restore_finished(trainer, self.resume_from, watch):
+                    trainer.train(resume_from_checkpoint=str(self.resume_from))
             self.train_s = time.perf_counter() - t_train
             self.tokens = int(trainer.state.num_input_tokens_seen or 0)
         self.train_s -= watch.eval_s  # tokens/s counts training time only
@@ -239,7 +294,12 @@ class TrialRecipe:
             "train_tokens": self.tokens,
             "supervised_tokens": int(self.trainer.supervised_tokens),
             "lr": run.trainer.lr,
-            "tokens_per_s": self.tokens / self.train_s if self.train_s > 0 else 0.0,
+            "max_steps": int(run.trainer.max_steps),
+            "epochs": run.trainer.epochs,
+            "resumed_from_step": self.watch.start_step,
+            "first_logged_step": self.watch.first_logged_step,
+            # tokens of this run (a resumed one counts from its checkpoint) over its training time
+            "tokens_per_s": (self.tokens - self.watch.start_tokens) / self.train_s if self.train_s > 0 else 0.0,
             "train_s": self.train_s,
             "load_s": self.load_s,
             "device": self.device,
@@ -284,6 +344,35 @@ class TrialRecipe:
             # Nothing was merged into the shared base: unloading leaves it as it was loaded.
             self.model.unload()
             self.base[0].__dict__.pop("peft_config", None)
+
+
+def _restore_finished(trainer: Any, checkpoint: Path, watch: Any) -> bool:
+    """A checkpoint at max_steps (the run finished before its worker died): load its adapter and state
+    instead of training (the Trainer would train one step past it). False when training remains."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if state.global_step < trainer.args.max_steps:
+        return False
+    set_peft_model_state_dict(trainer.model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
+    trainer.state = state
+    watch.start_step = int(state.global_step)
+    watch.start_tokens = int(state.num_input_tokens_seen or 0)
+    log.info("the checkpoint at step %d is the last step: evaluating it", state.global_step)
+    return True
+
+
+def _saved_supervised_tokens(checkpoint: Path) -> int:
+    import json
+
+    from ranksweep.trial.trainer import CHECKPOINT_STATE
+
+    try:
+        return int(json.loads((Path(checkpoint) / CHECKPOINT_STATE).read_text())["supervised_tokens"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def run_trial(cfg: RunConfig | DictConfig | dict, out_dir: str | os.PathLike, reporter: Optional[Reporter] = None,

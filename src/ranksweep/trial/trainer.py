@@ -5,8 +5,10 @@ Imported once a trial's data is known to be good (transformers' Trainer takes se
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,10 +20,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ranksweep.config import OPTIMS, RunConfig
 from ranksweep.errors import TrialFailed, TrialPruned
 from ranksweep.models import torch_dtype
-from ranksweep.speed import chunked_loss_forward, logits_eval_rows
+from ranksweep.speed import chunked_loss_forward, liger_kernel_config, logits_eval_rows
 from ranksweep.tracking import Tracker
 
-__all__ = ["RanksweepTrainer", "Watch", "training_arguments"]
+__all__ = ["CHECKPOINT_STATE", "RanksweepTrainer", "Watch", "training_arguments"]
+
+# What ranksweep keeps in each checkpoint beside the Trainer's own files (trainer_state.json...).
+CHECKPOINT_STATE = "ranksweep_state.json"
 
 log = logging.getLogger("ranksweep")
 
@@ -37,6 +42,23 @@ class Watch(TrainerCallback):
         self.last_eval: Optional[tuple[int, dict]] = None
         self.last_tokens = 0
         self.last_t = self.t0
+        self.start_step = 0  # > 0 when the run resumed from a checkpoint
+        self.start_tokens = 0
+        self.first_logged_step: Optional[int] = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        # Called once the Trainer has loaded a checkpoint's state: where this run starts.
+        self.start_step = int(state.global_step)
+        self.start_tokens = self.last_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        if self.start_step:
+            log.info("resumed from the checkpoint at step %d/%d", self.start_step, state.max_steps)
+
+    def on_save(self, args, state, control, model=None, **kw):
+        """Beside the Trainer's files: the supervised-token count (the Trainer keeps no such counter)."""
+        trainer = getattr(self, "trainer", None)
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if trainer is not None and folder.is_dir():
+            (folder / CHECKPOINT_STATE).write_text(json.dumps({"supervised_tokens": trainer.supervised_tokens}))
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -53,6 +75,8 @@ class Watch(TrainerCallback):
             if "grad_norm" in logs:
                 row["train/grad_norm"] = float(logs["grad_norm"])
             self.tracker.log(row, step=state.global_step)
+            if self.first_logged_step is None:
+                self.first_logged_step = int(state.global_step)
             log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s", state.global_step, state.max_steps,
                      loss, row["train/lr"], tps)
 
@@ -119,6 +143,7 @@ class RanksweepTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and "labels" in inputs:
             self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+        inputs.pop("skip_logits", None)  # the Trainer's hint to Liger's loss; the chunked loss has no logits
         if self.chunked and self.label_smoother is None and self.compute_loss_func is None:
             items = num_items_in_batch if self.model_accepts_loss_kwargs else None
             got = chunked_loss_forward(model, inputs, items, self.ce_chunk, training=model.training,
@@ -138,34 +163,47 @@ class RanksweepTrainer(Trainer):
         return got if return_outputs else got[0]
 
 
-def training_arguments(run: RunConfig, device: str, out: Path) -> TrainingArguments:
-    """The Trainer's arguments for ``run``: no checkpoints, no reporting of its own, seeded."""
+def training_arguments(run: RunConfig, device: str, out: Path, kernels: str = "none",
+                       checkpoint_dir: Optional[os.PathLike | str] = None) -> TrainingArguments:
+    """The Trainer's arguments for ``run`` (its ``max_steps`` already computed), seeded, no reporting of
+    its own. ``kernels="liger"``: transformers patches Liger's kernels in (see ``speed.liger_kernel_config``).
+    With ``trainer.save_every``: a checkpoint every that many steps into ``checkpoint_dir`` (the last one
+    kept: adapter, optimizer, scheduler, RNG states and the Trainer's state, which holds the data position)."""
+    t = run.trainer
+    steps = int(t.max_steps or 0)
+    saving = bool(t.save_every) and steps > 0
+    if saving and checkpoint_dir is None:
+        raise ValueError("trainer.save_every needs a checkpoint_dir")
     args = TrainingArguments(
-        output_dir=str(out / "trainer"),
-        max_steps=run.trainer.max_steps,
-        per_device_train_batch_size=run.trainer.micro_batch,
-        per_device_eval_batch_size=run.trainer.eval_batch,
-        gradient_accumulation_steps=run.trainer.grad_accum,
-        learning_rate=run.trainer.lr,
-        lr_scheduler_type=run.trainer.schedule,
-        warmup_steps=run.trainer.warmup_ratio,
-        weight_decay=run.trainer.weight_decay,
-        eval_strategy="steps" if run.trainer.max_steps > 0 else "no",
-        eval_steps=run.trainer.eval_every,
-        logging_steps=run.trainer.log_every,
-        save_strategy="no",
+        output_dir=str(checkpoint_dir if saving else out / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=t.micro_batch,
+        per_device_eval_batch_size=t.eval_batch,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.schedule,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        eval_strategy="steps" if steps > 0 else "no",
+        eval_steps=t.eval_every,
+        logging_steps=t.log_every,
+        save_strategy="steps" if saving else "no",
+        save_steps=t.save_every if saving else 500,
+        save_total_limit=1 if saving else None,  # the older one is deleted once the new one is complete
         report_to="none",
-        seed=run.trainer.seed,
-        data_seed=run.trainer.seed,
+        seed=t.seed,
+        data_seed=t.seed,
         use_cpu=device == "cpu",
         bf16=torch_dtype(run.quant.compute_dtype, device) == torch.bfloat16 and device == "cuda",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_pin_memory=device == "cuda",
-        optim=OPTIMS[run.trainer.optim][0],
+        optim=OPTIMS[t.optim][0],
         gradient_checkpointing=False,  # enabled before peft wraps the model (see adapter.py)
+        use_liger_kernel=kernels == "liger",
+        liger_kernel_config=liger_kernel_config() if kernels == "liger" else None,
     )
-    if run.trainer.packing:
+    if t.packing:
         args.include_num_input_tokens_seen = "all"  # packed rows have no padding to leave out
     return args

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from helpers.run import free_port
+
 USER = "ranksweep"
 PASSWORD = "rs-test-pw"
 
@@ -24,12 +26,6 @@ def bin_dir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PgServer:
     def __init__(self) -> None:
         self.bin = bin_dir()
@@ -37,7 +33,7 @@ class PgServer:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
         self.root = Path(tempfile.mkdtemp(prefix="rs-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_root = os.geteuid() == 0
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,0 +1,227 @@
+"""What a row holds: the data formats of the fine-tuning ecosystem, told apart and checked.
+
+``data.format`` (``auto`` tells it from the columns, in this order):
+
+- ``messages``: a list of ``{"role", "content"}`` (TRL's conversational format, OpenAI's chat format),
+  roles ``system``, ``user``, ``assistant``; the column is ``messages`` (or ``data.messages_column``);
+- ``sharegpt``: a list of ``{"from", "value"}`` with ``from`` one of ``system``, ``human``, ``gpt``
+  (``user`` and ``assistant`` are taken too); the column is ``conversations`` (or ``data.messages_column``);
+- ``pairs``: ``data.prompt_column`` and ``data.response_column`` (ranksweep's prompt/response);
+- ``prompt_completion``: TRL's ``prompt`` and ``completion``, both text (concatenated as they are,
+  no template) or both message lists (the completion's assistant turns are trained);
+- ``text``: ``data.text_column`` (default ``text``), the loss on every token.
+
+An example is a dict: ``{"prompt", "response"}``, ``{"text"}``, ``{"prompt", "completion"}``, or a
+conversation ``{"messages": [{"role", "content"}, ...], "train_from": i, "where": ...}`` whose assistant
+turns from message ``i`` on are trained (``where`` names the row in errors raised while rendering it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ranksweep.config import DataConfig
+from ranksweep.errors import DataError
+
+__all__ = ["FORMATS", "ROLES", "Table", "detect_format", "table_examples"]
+
+FORMATS = ("pairs", "text", "messages", "sharegpt", "prompt_completion")
+ROLES = ("system", "user", "assistant")
+# ShareGPT's speakers (and the aliases axolotl and LLaMA-Factory accept) -> roles.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+@dataclass
+class Table:
+    """A source's rows, column by column: what every reader returns.
+
+    ``key`` is the config key of the source (``data.path``, ``data.eval_path``, ``data.eval_split``),
+    ``name`` the file or dataset, ``label(i)`` row ``i`` as errors name it (``line 7``, ``row 3``).
+    ``values(column, key)`` gives one column's values; a missing column is a DataError naming ``key``.
+    """
+
+    key: str
+    name: str
+    columns: list[str]
+    first: Mapping[str, Any]
+    n: int
+    label: Callable[[int], str]
+    values: Callable[[str, str], Sequence[Any]]
+
+    def where(self, i: int) -> str:
+        return f"{self.name} {self.label(i)}"
+
+
+def missing_column(key: str, column: str, where: str, columns: Sequence[Any]) -> DataError:
+    listed = ", ".join(map(str, columns)) or "(none)"
+    return DataError(f"{key}: column {column!r} not in {where}; columns are: {listed}")
+
+
+def _conversation_kind(table: Table, column: str) -> str:
+    """messages or sharegpt, from the keys of the first message of the first row."""
+    try:
+        first = _as_list(table.first.get(column))
+    except DataError:
+        return "messages"  # the row's own check reports it
+    message = first[0] if isinstance(first, list) and first else None
+    if isinstance(message, Mapping) and "role" not in message and ("from" in message or "value" in message):
+        return "sharegpt"
+    return "messages"
+
+
+def detect_format(table: Table, cfg: DataConfig) -> str:
+    """``cfg.format``, or for ``auto`` the format the columns say (see the module docstring)."""
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.text_column:
+        return "text"
+    columns = set(table.columns)
+    for column in ([cfg.messages_column] if cfg.messages_column else ["messages", "conversations"]):
+        if column in columns or cfg.messages_column:
+            return _conversation_kind(table, column)
+    if cfg.prompt_column in columns and cfg.response_column in columns:
+        return "pairs"
+    if "prompt" in columns and "completion" in columns:
+        return "prompt_completion"
+    if "text" in columns and cfg.prompt_column not in columns:
+        return "text"
+    return "pairs"  # the missing column is reported as data.prompt_column / data.response_column
+
+
+def table_examples(table: Table, cfg: DataConfig, fmt: str) -> list[dict[str, Any]]:
+    """The table's rows as examples of format ``fmt`` (checked row by row)."""
+    if fmt == "pairs":
+        return _text_columns(table, [("data.prompt_column", cfg.prompt_column, "prompt"),
+                                     ("data.response_column", cfg.response_column, "response")])
+    if fmt == "text":
+        return _text_columns(table, [("data.text_column", cfg.text_column or "text", "text")])
+    if fmt in ("messages", "sharegpt"):
+        column = cfg.messages_column or ("messages" if fmt == "messages" else "conversations")
+        values = table.values(column, "data.messages_column" if cfg.messages_column else "data.format")
+        out = []
+        for i, value in enumerate(values):
+            where = table.where(i)
+            messages = parse_messages(value, column, f"{table.key}: {where}", sharegpt=fmt == "sharegpt")
+            _check_conversation(messages, column, f"{table.key}: {where}", need_assistant=True)
+            out.append({"messages": messages, "train_from": 0, "where": f"{table.key}: {where}"})
+        return out
+    if fmt == "prompt_completion":
+        return _prompt_completion(table)
+    raise DataError(f"data.format must be one of auto, {', '.join(FORMATS)}; got {fmt!r}")
+
+
+def _text_columns(table: Table, used: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    columns = {field: table.values(column, key) for key, column, field in used}
+    out: list[dict[str, Any]] = [{} for _ in range(table.n)]
+    for key, column, field in used:
+        for i, value in enumerate(columns[field]):
+            out[i][field] = to_text(value, key, column, table.where(i))
+    return out
+
+
+def _prompt_completion(table: Table) -> list[dict[str, Any]]:
+    prompts, completions = table.values("prompt", "data.format"), table.values("completion", "data.format")
+    out: list[dict[str, Any]] = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        where = f"{table.key}: {table.where(i)}"
+        if not any(isinstance(v, (list, tuple)) or (hasattr(v, "tolist") and not isinstance(v, str))
+                   for v in (prompt, completion)):
+            # Standard (TRL): the two texts are concatenated as they are, no template.
+            out.append({"prompt": to_text(prompt, "data.format", "prompt", table.where(i)),
+                        "completion": to_text(completion, "data.format", "completion", table.where(i))})
+            continue
+        head = parse_messages(prompt, "prompt", where, sharegpt=False)
+        tail = parse_messages(completion, "completion", where, sharegpt=False)
+        if not any(m["role"] == "assistant" for m in tail):
+            raise DataError(f"{where}: completion has no assistant turn to train on")
+        _check_conversation(head + tail, "prompt", where, need_assistant=True)
+        out.append({"messages": head + tail, "train_from": len(head), "where": where})
+    return out
+
+
+def _as_list(value: Any) -> Any:
+    """A message list as Python: numpy arrays (parquet) become lists, JSON text (csv) is parsed."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg})") from None
+    return value
+
+
+def parse_messages(value: Any, field: str, where: str, sharegpt: bool) -> list[dict[str, str]]:
+    """``[{"role", "content"}]`` from a message list; a bad message is a DataError naming ``field[i]``."""
+    try:
+        value = _as_list(value)
+    except DataError as exc:
+        raise DataError(f"{where}: {field}: {exc}") from None
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else _kind(value)
+        raise DataError(f"{where}: {field} must be a non-empty list of messages; got {got}")
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+    allowed = "system, human, gpt (or user, assistant)" if sharegpt else ", ".join(ROLES)
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise DataError(f"{where}: {field}[{i}] must be an object with {role_key!r} and {content_key!r}; "
+                            f"got {_kind(message)}")
+        if role_key not in message:
+            keys = ", ".join(map(str, message)) or "(none)"
+            raise DataError(f"{where}: {field}[{i}] has no {role_key!r}; its keys are: {keys}")
+        raw = message[role_key]
+        role = SHAREGPT_ROLES.get(raw) if sharegpt and isinstance(raw, str) else raw
+        if role not in ROLES:
+            raise DataError(f"{where}: {field}[{i}].{role_key} must be one of {allowed}; got {raw!r}")
+        content = message.get(content_key)
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {field}[{i}].{content_key} must be text; got {_kind(content)}")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _check_conversation(messages: list[dict[str, str]], field: str, where: str, need_assistant: bool) -> None:
+    for i, m in enumerate(messages):
+        if m["role"] == "system" and i > 0:
+            raise DataError(f"{where}: {field}[{i}]: a system turn must come first")
+    body = [m for m in messages if m["role"] != "system"]
+    if body and body[0]["role"] != "user":
+        raise DataError(f"{where}: {field}: the first turn after the system turn must be the user's, "
+                        f"got {body[0]['role']!r}")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: {field} has no assistant turn to train on")
+
+
+def _kind(value: Any) -> str:
+    if value is None or _is_nan(value):
+        return "null"
+    return f"a {type(value).__name__}"
+
+
+def to_text(value: Any, key: str, column: str, where: str) -> str:
+    """A cell as text: str, or a number converted with ``str``; anything else is a DataError."""
+    if isinstance(value, str):
+        return value.rstrip()
+    if isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, numbers.Integral):
+        return str(int(value))
+    elif isinstance(value, numbers.Real) and math.isfinite(float(value)):
+        return str(value)
+    kind = "missing (null)" if value is None or _is_nan(value) else f"a {type(value).__name__}, not text"
+    raise DataError(f"{key}: column {column!r} in {where} is {kind}")
+
+
+def _is_nan(value: Any) -> bool:
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing markers
+        return True
+    try:
+        return isinstance(value, numbers.Real) and math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False

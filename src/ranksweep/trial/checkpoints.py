@@ -1,0 +1,109 @@
+"""A trial that survives its worker: where its checkpoints go, and which one it resumes from.
+
+The Trainer writes the checkpoints (``trainer.save_every``): ``checkpoint-<step>/`` with the adapter,
+optimizer, scheduler, RNG states and ``trainer_state.json`` (the step, hence the data position), plus
+ranksweep's counters. ``ranksweep_run.json`` beside them records the configuration that wrote them:
+a trial resumes only from checkpoints of its own configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from ranksweep.config import RunConfig
+from ranksweep.errors import ConfigError
+from ranksweep.files import atomic_write_json
+
+__all__ = ["RUN_FILE", "checkpoint_dir", "claim", "clear", "last_checkpoint"]
+
+log = logging.getLogger("ranksweep")
+
+RUN_FILE = "ranksweep_run.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Keys that do not change what a trial trains: a resumed run may differ in them.
+_FREE = {"model": {"name", "params_b"}, "data": {"metric", "metric_examples", "max_new_tokens", "name"},
+         "trainer": {"save_every", "eval_every", "log_every", "eval_batch", "memory_limit_gb", "reuse_base",
+                     "device"}}
+
+
+def checkpoint_dir(run: RunConfig, out: Path) -> Optional[Path]:
+    """``trial.checkpoint_dir``, else ``<out>/checkpoints`` when ``trainer.save_every`` is set, else None."""
+    if run.trial.checkpoint_dir:
+        return Path(os.path.expanduser(str(run.trial.checkpoint_dir)))
+    return out / "checkpoints" if run.trainer.save_every else None
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def last_checkpoint(folder: Optional[Path]) -> Optional[Path]:
+    """The last complete checkpoint in ``folder`` (the Trainer writes ``trainer_state.json`` last);
+    checkpoints a killed worker left half-written are removed."""
+    if folder is None:
+        return None
+    complete = None
+    for _, path in _checkpoints(folder):
+        if (path / "trainer_state.json").is_file():
+            complete = path
+    for _, path in _checkpoints(folder):
+        if not (path / "trainer_state.json").is_file():
+            log.warning("removing the incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return complete
+
+
+def _fingerprint(run: RunConfig) -> dict[str, Any]:
+    out = {}
+    for group in ("model", "quant", "lora", "data", "trainer"):
+        values = dataclasses.asdict(getattr(run, group))
+        out[group] = {k: v for k, v in values.items() if k not in _FREE.get(group, set())}
+    return json.loads(json.dumps(out, default=str))
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [f"{g}.{k}" for g in sorted(set(a) | set(b)) for k in sorted(set(a.get(g, {})) | set(b.get(g, {})))
+            if a.get(g, {}).get(k) != b.get(g, {}).get(k)]
+
+
+def claim(folder: Path, run: RunConfig) -> Optional[Path]:
+    """Make ``folder`` this run's checkpoint folder; return the checkpoint to resume from (None: step 0).
+
+    Raises:
+        ConfigError: naming ``trial.checkpoint_dir`` when it holds checkpoints of another configuration.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mine = _fingerprint(run)
+    resume = last_checkpoint(folder)
+    record = folder / RUN_FILE
+    if resume is not None:
+        try:
+            theirs = json.loads(record.read_text())
+        except (OSError, ValueError):
+            theirs = None
+        if theirs != mine:
+            diff = ", ".join(_differences(theirs or {}, mine)[:4]) if theirs else f"no {RUN_FILE}"
+            raise ConfigError(f"trial.checkpoint_dir: {folder} holds checkpoints of another configuration "
+                              f"({diff}); use another folder, or delete it to start over")
+        return resume
+    atomic_write_json(record, mine)
+    return None
+
+
+def clear(folder: Optional[Path]) -> None:
+    """Remove the checkpoints in ``folder`` (the OOM retry starts over with another batch shape)."""
+    if folder is None:
+        return
+    for _, path in _checkpoints(folder):
+        shutil.rmtree(path, ignore_errors=True)
+    (folder / RUN_FILE).unlink(missing_ok=True)
