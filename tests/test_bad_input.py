@@ -15,14 +15,13 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from helpers import subprocess_env, write_toy_jsonl
+from helpers.run import BIN as RANKSWEEP
 
-RANKSWEEP = str(Path(sys.executable).parent / "ranksweep")
 RUN = ("model=tiny_llama", "trainer=tiny", "logger=none", "data.max_examples=60", "data.eval_size=10",
        "data.metric_examples=2", "trainer.max_steps=2")
 SWEEP = ("--config-dir", "conf", "-m", "model=tiny_llama", "logger=none", "data.max_examples=60", "data.eval_size=10",

@@ -27,3 +27,17 @@ def test_trial_speed_bench_runs_on_cpu(tmp_path, rs_cache):
     assert ranksweep["estimated_gb"] > 0 and ranksweep["overhead_share"] < 1
     table = md.read_text()
     assert "| tiny-full | baseline |" in table and "1.00x" in table and "estimate vs measured" in table
+
+
+def test_rank_method_bench_runs(tmp_path, rs_cache):
+    """bench/rank_method.py end to end on a shrunk grid (its figures are in bench/RESULTS.md, not asserted)."""
+    md, js = tmp_path / "rank.md", tmp_path / "rank.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "rank_method.py"), "--ranks", "1", "2", "--lrs", "5e-3",
+                           "1e-2", "--steps", "30", "--eval-every", "10", "--budget", "2", "--md", str(md), "--json",
+                           str(js)], capture_output=True, text=True, timeout=900,
+                          env=subprocess_env(RANKSWEEP_CACHE=str(rs_cache)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(js.read_text())
+    assert len(res["grid"]["rows"]) == 4 and res["grid"]["steps"] == 4 * 30
+    assert 0 < res["sweep"]["steps"] and res["sweep"]["rank"] in (1, 2)
+    assert "share of the grid's steps" in md.read_text()

@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import CONF, subprocess_env, write_toy_jsonl
+from helpers.run import BIN as RANKSWEEP
 
-RANKSWEEP = str(Path(sys.executable).parent / "ranksweep")
 BASE = ("model=tiny_llama", "trainer=tiny", "logger=none", "data.max_examples=60", "data.eval_size=10",
         "data.metric_examples=2")
 

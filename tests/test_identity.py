@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 from helpers import compose, subprocess_env
+from helpers.run import BIN as RANKSWEEP
 
 from ranksweep.config import to_run_config
 from ranksweep.errors import ConfigError
 from ranksweep.sweep import identity
 
-RANKSWEEP = str(Path(sys.executable).parent / "ranksweep")
 SWEEP = ("-m", "model=tiny_llama", "logger=none", "data.max_examples=60", "data.eval_size=10",
          "data.metric_examples=2", "hydra.sweeper.max_rank=8")
 MINE = "defaults:\n  - tiny\n  - _self_\n\nmax_steps: 2\neval_every: 2\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from helpers.curves import TABLE18_LOSS, TABLE18_RANKS
 
 from ranksweep.sweep.ladder import (
     Decision,
@@ -16,10 +17,6 @@ from ranksweep.sweep.ladder import (
     rank_ladder,
     recommend,
 )
-
-# The LoRA paper (Hu et al. 2021), Table 18: GPT-2 Medium on E2E, validation loss per rank.
-TABLE18_RANKS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-TABLE18_LOSS = [1.23, 1.21, 1.18, 1.17] + [1.16] * 6 + [1.17]
 
 # A clean curve where each doubling buys half of the previous one: gains over base 1, 1.5, 1.75, ...
 HALVING_RANKS = [8, 16, 32, 64, 128, 256]

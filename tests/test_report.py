@@ -13,7 +13,6 @@ optuna-dashboard is queried on a loopback port, the W&B runs are read back with
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -39,9 +38,10 @@ from helpers.report_dom import (
     study_section,
     text_of,
 )
+from helpers.run import BIN as RANKSWEEP_BIN
+from helpers.run import env as _env
 
 BIN = Path(sys.executable).parent
-RANKSWEEP = str(BIN / "ranksweep")
 TINY = [
     "model=tiny_llama", "trainer=tiny", "trainer.max_steps=4", "trainer.eval_every=2",
     "data.max_examples=64", "data.eval_size=8", "data.metric_examples=0",
@@ -62,15 +62,8 @@ SEARCHED = {
 }
 
 
-def _env(cache: Path) -> dict:
-    env = dict(os.environ)
-    env.update(RANKSWEEP_CACHE=str(cache), WANDB_SILENT="true", WANDB_MODE="offline")
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
 def rs(cwd: Path, *args: str, cache: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([RANKSWEEP, *args], cwd=cwd, env=_env(cache or cwd / "cache"), capture_output=True,
+    return subprocess.run([RANKSWEEP_BIN, *args], cwd=cwd, env=_env(cache or cwd / "cache"), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -512,7 +505,7 @@ def _get(url: str):
 @slow
 def test_dashboard_serves_the_studies(swept):
     port = _free_port()
-    cmd = [RANKSWEEP, "dashboard", "--storage", storage_url(swept), "--port", str(port)]
+    cmd = [RANKSWEEP_BIN, "dashboard", "--storage", storage_url(swept), "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=swept, env=_env(swept / "cache"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

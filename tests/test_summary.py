@@ -8,13 +8,11 @@ import struct
 import sys
 
 import pytest
+from helpers.curves import TABLE18_LOSS, TABLE18_RANKS
 
 from ranksweep.plot import base_off_axis, rank_curve_png
 from ranksweep.sweep.results import Ladder, Rung
 from ranksweep.sweep.summary import SUMMARY_FILENAME, format_table, ladder_summary, write_summary
-
-TABLE18_RANKS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-TABLE18_LOSS = [1.23, 1.21, 1.18, 1.17] + [1.16] * 6 + [1.17]
 
 
 def _rung(rank, values, state="COMPLETE", fail_reason=None, params_per_rank=98_304):

@@ -267,6 +267,22 @@ def test_short_run_each_precision(compose_cfg, toy_jsonl, tmp_path, family, quan
     assert trained and all(torch.count_nonzero(v) > 0 for k, v in trained.items() if ".lora_B." in k)
 
 
+def test_alpha_rules_train_differently(compose_cfg, toy_jsonl, tmp_path):
+    """Same rank, seed and data: rslora's scale alpha/sqrt(r) (5.66 at r=8) and two_r's 2 train two
+    different adapters, with the scale peft was given recorded in the adapter's config."""
+    losses, scales = {}, {}
+    for rule in ("two_r", "rslora", "fixed"):
+        cfg = compose_cfg("data=jsonl", f"data.path={toy_jsonl}", "data.max_examples=48", "data.eval_size=8",
+                          "data.metric_examples=0", "trainer.max_steps=4", "trainer.micro_batch=4", "lora.r=8",
+                          f"lora.alpha_rule={rule}")
+        losses[rule] = run_trial(cfg, tmp_path / rule).objective
+        conf = json.loads((tmp_path / rule / "adapter" / "adapter_config.json").read_text())
+        scales[rule] = conf["lora_alpha"] / (conf["r"] ** 0.5 if conf["use_rslora"] else conf["r"])
+    assert scales == pytest.approx({"two_r": 2.0, "rslora": 16 / 8 ** 0.5, "fixed": 2.0})
+    assert losses["two_r"] != pytest.approx(losses["rslora"], rel=1e-4)
+    assert losses["two_r"] == pytest.approx(losses["fixed"], rel=1e-5)  # alpha 16 at r=8: the same scale of 2
+
+
 @pytest.mark.slow
 def test_smollm2_qlora_smoke(compose_cfg, toy_jsonl, tmp_path):
     """The real embedded SmolLM2-135M-Instruct (converted from its GGUF once), 4-bit, two steps."""

@@ -38,6 +38,14 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _study_parser(name: str, description: str) -> _Parser:
+    """``ranksweep NAME STUDY [--storage URL]``: the parser every one-study subcommand starts from."""
+    p = _Parser(prog=f"ranksweep {name}", description=description)
+    p.add_argument("study", metavar="STUDY")
+    _storage_arg(p)
+    return p
+
+
 def report(argv: Sequence[str]) -> int:
     p = _Parser(
         prog="ranksweep report",
@@ -60,13 +68,8 @@ def _wandb_cli() -> str:
 
 
 def sync(argv: Sequence[str]) -> int:
-    p = _Parser(
-        prog="ranksweep sync",
-        description="Upload a study's offline W&B runs (one per trial, plus the sweep summary run) "
-        "with `wandb sync`.",
-    )
-    p.add_argument("study", metavar="STUDY")
-    _storage_arg(p)
+    p = _study_parser("sync", "Upload a study's offline W&B runs (one per trial, plus the sweep summary run) "
+                      "with `wandb sync`.")
     p.add_argument("--dry-run", action="store_true", help="print the run dirs, upload nothing")
     args, extra = p.parse_known_args(list(argv))
     bad = [a for a in extra if not a.startswith("-")]
@@ -153,13 +156,9 @@ def estimate(argv: Sequence[str]) -> int:
 
 def export(argv: Sequence[str]) -> int:
     """``ranksweep export STUDY``: the recommended adapter with its model card (``best/``), merged, pushed."""
-    p = _Parser(
-        prog="ranksweep export",
-        description="Write a study's recommended adapter (PEFT format) with its config, metrics, rank curve and "
-        "a model card (README.md); optionally merged into its base in 16-bit, or pushed to the Hugging Face Hub.",
-    )
-    p.add_argument("study", metavar="STUDY")
-    _storage_arg(p)
+    p = _study_parser("export", "Write a study's recommended adapter (PEFT format) with its config, metrics, rank "
+                      "curve and a model card (README.md); optionally merged into its base in 16-bit, or pushed to "
+                      "the Hugging Face Hub.")
     p.add_argument("--ladder", metavar="KEY", help="one ladder (e.g. 'lora.targets=attention'); default: every "
                    "ladder, the best one at the top of --out")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the sweep's best/ folder)")

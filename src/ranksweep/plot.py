@@ -172,7 +172,9 @@ def rank_curve_png(path_png: str | os.PathLike[str], ladders: Sequence[Ladder]) 
 
 def rank_title(ladders: Sequence[Ladder]) -> str:
     def rec(lad: Ladder) -> str:
-        return f"r={lad.recommendation.rank}" if lad.recommendation else "no completed rank"
+        if lad.recommendation is None:
+            return "no completed rank"
+        return f"r={lad.recommendation.rank}" + (", bound by the training budget" if lad.budget else "")
 
     if not ladders:
         return "Recommended rank: no ladders"

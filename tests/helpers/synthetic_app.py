@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> float:
     for step in range(every, steps + 1, every):
         v = final + (start - final) * math.exp(-4.0 * step / steps)
         reporter.report(step, v)
-        if reporter.should_prune():
+        if step < steps and reporter.should_prune():  # a finished trial is a result
             raise TrialPruned(step, v)
     difficulty = np.random.default_rng(1234).gamma(4.0, 0.25, size=N)
     noise = np.random.default_rng(seed * 100_003 + r).normal(0.0, 0.002, size=N)

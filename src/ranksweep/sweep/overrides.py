@@ -40,6 +40,18 @@ class SweepSpace:
         return out
 
     @property
+    def seed_base(self) -> int:
+        """``trainer.seed=K`` on the command line moves every job's seed by K (seeds K, K+1, ...)."""
+        for o in self.fixed:
+            key, _, value = o.partition("=")
+            if key.lstrip("+~") == "trainer.seed":
+                try:
+                    return int(value)
+                except ValueError:
+                    return 0  # not an integer: the job's config check names it
+        return 0
+
+    @property
     def keys(self) -> list[str]:
         """Every config key the command line sets (fixed or swept)."""
         return [o.split("=", 1)[0].lstrip("+~") for o in self.fixed] + [k.lstrip("+~") for k, _ in self.axes]
@@ -88,7 +100,7 @@ def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, 
     ov = list(space.fixed) + list(item.combo) + [f"{k}={_value(v)}" for k, v in (values or {}).items()]
     ov += [
         f"lora.r={item.rank if item.rank > 0 else s.start_rank}",
-        f"trainer.seed={item.seed}",
+        f"trainer.seed={space.seed_base + item.seed}",
         f"objective={s.objective}",
         f"trial.storage={quote(s.storage_url)}",
         f"trial.study_name={quote(s.study_name)}",

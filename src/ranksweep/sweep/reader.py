@@ -109,7 +109,7 @@ def build_rung(rank: int, jobs: list[Job], spec: Spec) -> Rung:
     rung.fail_reason = "; ".join(str(t.fail_reason) for t in ts if t.state == "FAIL" and t.fail_reason) or None
     rung.output_dirs = [t.output_dir for t in shown]
     rung.wandb_runs = [t.wandb_run for t in shown]
-    rung.lrs = [lr for lr in (t.lr for t in ts if t.slot >= 0) if lr is not None]
+    rung.lrs = [lr for lr in (j.trial.lr for j in jobs if j.search and j.trial is not None) if lr is not None]
     if best is not None:
         rung.best_params = best.searched
         rung.best_lr = best.lr

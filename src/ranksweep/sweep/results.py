@@ -79,21 +79,11 @@ class Trial:
         """The values this trial's search proposed (its params besides the ladder's)."""
         return {k: self.params[k] for k in self.attrs.get("searched") or [] if k in self.params}
 
-    @property
-    def failure_kind(self) -> Optional[str]:
-        return self.attrs.get("failure_kind")
-
-    @property
-    def fail_reason(self) -> Optional[str]:
-        return self.attrs.get("fail_reason")
-
-    @property
-    def output_dir(self) -> Optional[str]:
-        return self.attrs.get("output_dir")
-
-    @property
-    def wandb_run(self) -> Optional[str]:
-        return self.attrs.get("wandb_run")
+    # User attributes the sweeper and the job set, read as fields.
+    failure_kind = property(lambda self: self.attrs.get("failure_kind"))
+    fail_reason = property(lambda self: self.attrs.get("fail_reason"))
+    output_dir = property(lambda self: self.attrs.get("output_dir"))
+    wandb_run = property(lambda self: self.attrs.get("wandb_run"))
 
     @property
     def lr(self) -> Optional[float]:

@@ -138,7 +138,14 @@ def decide_margin(steps: Sequence[Step], judge: Judge, patience: int, max_rank: 
 
 
 def recommend_margin(steps: Sequence[Step], judge: Judge) -> Optional[Recommendation]:
-    """The smallest rank whose upper confidence bound on (its value - the best) is within the margin."""
+    """The smallest rank whose upper confidence bound on (its value - the best) is within the margin.
+
+    When no smaller rank passes that test only because the intervals are wide -- the best is not
+    confidently better than a smaller rank by the margin either -- the data cannot tell those ranks
+    apart, and the smallest rank that no other rank beats confidently by more than the margin is
+    recommended instead, saying so (paying for a larger rank needs evidence). With narrow intervals
+    the two readings agree.
+    """
     have = [s for s in steps if s.value is not None and math.isfinite(s.value)]
     if not have:
         return None
@@ -152,9 +159,10 @@ def recommend_margin(steps: Sequence[Step], judge: Judge) -> Optional[Recommenda
     pct = round(judge.confidence * 100)
     for s in have:
         if s is best:
-            why = (f"r={s.rank} is the best rank ({fmt_value(s.value)}); no smaller rank is confidently within "
-                   f"the margin {judge.margin_text(m)} of it{knee_txt}")
-            return Recommendation(s.rank, knee, best.rank, m, why)
+            return _undetermined(have, best, judge, m, knee, knee_txt) or Recommendation(
+                s.rank, knee, best.rank, m,
+                f"r={s.rank} is the best rank ({fmt_value(s.value)}); no smaller rank is confidently within "
+                f"the margin {judge.margin_text(m)} of it{knee_txt}")
         worse = judge.improvement(s, best)  # how much better the best is than s
         if worse.hi <= m:
             why = (f"r={s.rank} is at most {max(worse.hi, 0.0):.3g} worse than the best r={best.rank} "
@@ -162,3 +170,21 @@ def recommend_margin(steps: Sequence[Step], judge: Judge) -> Optional[Recommenda
                    f"{knee_txt}")
             return Recommendation(s.rank, knee, best.rank, m, why)
     raise AssertionError("unreachable: the best rank is within its own margin")
+
+
+def _undetermined(have: Sequence[Step], best: Step, judge: Judge, m: float, knee: Optional[int],
+                  knee_txt: str) -> Optional[Recommendation]:
+    """The smallest rank that no rank beats confidently by more than the margin, when it is smaller than the
+    best (the best's lead is within the noise); else None."""
+    for s in have:
+        if s is best:
+            return None
+        beaten = [o for o in have if o is not s and judge.improvement(s, o).lo > judge.margin_abs(o.value)]  # type: ignore[arg-type]
+        if not beaten:
+            lead = judge.improvement(s, best).text(round(judge.confidence * 100))
+            return Recommendation(
+                s.rank, knee, best.rank, m,
+                f"r={s.rank}: no rank is confidently better than it by more than the margin {judge.margin_text(m)}; "
+                f"the best, r={best.rank} ({fmt_value(best.value)}), leads by {lead}, within the noise: these "
+                f"ranks cannot be told apart at this budget and noise, so the smaller one{knee_txt}")
+    return None

@@ -115,6 +115,9 @@ def format_table(ladders: Sequence[Ladder]) -> str:
         out.append(f"  recommended r={rec.rank}: {rec.why}" if rec else "  no recommendation: no rank completed")
         if lad.budget:
             out.append(f"  budget: {lad.budget}")
+        if any(r.gain is not None for r in lad.curve) and all(len(r.values) == 1 for r in lad.complete):
+            out.append("  noise: one seed per rank, so the intervals cover the eval examples, not the training "
+                       "noise of another seed (hydra.sweeper.seeds_per_rank=2 adds it)")
         edges = [r.rank for r in lad.complete if r.lr_at_edge]
         if edges:
             out.append("  learning rate: the best value sits at the edge of the search range for "

@@ -48,6 +48,41 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log lines say wh
 SPACE_ATTR = "ranksweep_space"
 
 
+def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str, dict]) -> optuna.Study:
+    """Create or load the study, refusing one that holds another sweep (other direction, search space,
+    trial config) or a damaged storage; record the stop-rule settings for readers of the study."""
+    name = s.study_name
+    check_readable(storage, name, s.storage_url)  # a damaged storage is never written to
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=s.direction,
+                                    load_if_exists=True)
+    except Exception as exc:
+        raise ConfigError(f"hydra.sweeper.storage: cannot create study {name!r}: "
+                          f"{' '.join(str(exc).split())[:200]}") from exc
+    if study.direction.name.lower() != s.direction:
+        raise ConfigError(f"hydra.sweeper.study_name: study {name!r} exists with direction "
+                          f"{study.direction.name.lower()}; use a new study_name")
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise ConfigError(f"hydra.sweeper.study_name: study {name!r} already holds trials "
+                              "that ranksweep did not create; use a new study_name")
+        study.set_user_attr(SPACE_ATTR, space)
+    elif stored != space:
+        diff = [k for k in sorted(set(stored) | set(space)) if stored.get(k) != space.get(k)]
+        raise ConfigError(
+            f"hydra.sweeper.study_name: study {name!r} was created with a different search space (differs in: "
+            f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
+            "rerun with the same overrides to resume, or pick a new study_name")
+    identity.bind_study(study, identities, name)  # the same trial config as the study's first run
+    # The stop-rule settings, for readers of the study (report); they may change between runs.
+    study.set_user_attr("ranksweep_settings", {
+        "ranks": s.ranks, "max_rank": s.max_rank, "min_gain": s.min_gain, "patience": s.patience,
+        "tolerance": s.tolerance, "direction": s.direction, "stop_rule": s.stop_rule, "margin": s.margin,
+        "margin_type": s.margin_type, "confidence": s.confidence, "bootstrap": s.bootstrap})
+    return study
+
+
 class RankSweep:
     """The sweep logic behind ``hydra/sweeper=ranksweep``: setup, then the claim-launch-record loop."""
 
@@ -64,37 +99,7 @@ class RankSweep:
     # -- the study -------------------------------------------------------------------------
     def _open_study(self, space: dict, identities: dict[str, dict]) -> optuna.Study:
         self.storage = open_storage(self.s.storage_url, heartbeat=(self.s.heartbeat_interval, self.s.grace_period))
-        name = self.s.study_name
-        check_readable(self.storage, name, self.s.storage_url)  # a damaged storage is never written to
-        try:
-            study = optuna.create_study(study_name=name, storage=self.storage, direction=self.s.direction,
-                                        load_if_exists=True)
-        except Exception as exc:
-            raise ConfigError(f"hydra.sweeper.storage: cannot create study {name!r}: "
-                              f"{' '.join(str(exc).split())[:200]}") from exc
-        if study.direction.name.lower() != self.s.direction:
-            raise ConfigError(f"hydra.sweeper.study_name: study {name!r} exists with direction "
-                              f"{study.direction.name.lower()}; use a new study_name")
-        stored = study.user_attrs.get(SPACE_ATTR)
-        if stored is None:
-            if study.get_trials(deepcopy=False):
-                raise ConfigError(f"hydra.sweeper.study_name: study {name!r} already holds trials "
-                                  "that ranksweep did not create; use a new study_name")
-            study.set_user_attr(SPACE_ATTR, space)
-        elif stored != space:
-            diff = [k for k in sorted(set(stored) | set(space)) if stored.get(k) != space.get(k)]
-            raise ConfigError(
-                f"hydra.sweeper.study_name: study {name!r} was created with a different search space (differs in: "
-                f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
-                "rerun with the same overrides to resume, or pick a new study_name")
-        identity.bind_study(study, identities, name)  # the same trial config as the study's first run
-        # The stop-rule settings, for readers of the study (report); they may change between runs.
-        s = self.s
-        study.set_user_attr("ranksweep_settings", {
-            "ranks": s.ranks, "max_rank": s.max_rank, "min_gain": s.min_gain, "patience": s.patience,
-            "tolerance": s.tolerance, "direction": s.direction, "stop_rule": s.stop_rule, "margin": s.margin,
-            "margin_type": s.margin_type, "confidence": s.confidence, "bootstrap": s.bootstrap})
-        return study
+        return open_study(self.storage, self.s, space, identities)
 
     # -- jobs ------------------------------------------------------------------------------
     def _run_config(self, item: Item, values: Optional[dict] = None) -> Any:

@@ -97,7 +97,8 @@ class Watch(TrainerCallback):
         if self.reporter is not None and state.global_step > 0:
             # Intermediate values are eval losses (lower is better), whatever the objective.
             self.reporter.report(state.global_step, loss)
-            if self.reporter.should_prune():
+            # At the last step the work is done: a finished trial is a result, never pruned.
+            if state.global_step < state.max_steps and self.reporter.should_prune():
                 raise TrialPruned(state.global_step, loss)
 
 
