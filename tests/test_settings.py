@@ -58,3 +58,30 @@ def test_from_params_drops_hydra_keys_and_refuses_unknown_ones():
     assert s.study_name == "a" and s.params == {"lora.targets": "qv,mlp"}
     with pytest.raises(ConfigError, match="hydra.sweeper.min_gian"):
         SweepSettings.from_params({"min_gian": 0.1})
+
+
+def test_every_setting_carries_its_check_beside_its_default():
+    """A setting added without a check is caught here; the cross-key ones are checked in validate()."""
+    from dataclasses import fields
+
+    free = {"storage", "search", "params"}  # any URL / any sweep strings (checked where they are parsed)
+    cross = {"max_rank", "grace_period"}  # relative to another field
+    unchecked = {f.name for f in fields(SweepSettings) if "check" not in f.metadata}
+    assert unchecked == free | cross
+    for name in cross:
+        with pytest.raises(ConfigError, match=f"^hydra.sweeper.{name} must be"):
+            SweepSettings(**{name: -1}).validate()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("margin", float("inf"), "hydra.sweeper.margin must be a finite number >= 0, got inf"),
+    ("confidence", 1.0, "hydra.sweeper.confidence must be in [0.5, 1), got 1.0"),
+    ("bootstrap", 10, "hydra.sweeper.bootstrap must be an integer >= 100, got 10"),
+    ("poll_s", 0, "hydra.sweeper.poll_s must be a positive number, got 0"),
+    ("sampler", "cmaes", "hydra.sweeper.sampler must be tpe or random, got 'cmaes'"),
+    ("stop_rule", True, "hydra.sweeper.stop_rule must be margin or share, got True"),
+])
+def test_more_bad_settings(field, value, message):
+    with pytest.raises(ConfigError) as exc:
+        SweepSettings(**{field: value}).validate()
+    assert str(exc.value) == message

@@ -10,8 +10,9 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ranksweep.config import FAMILIES, _require
+from ranksweep.config import FAMILIES
 from ranksweep.errors import ConfigError
+from ranksweep.validation import require
 
 # Float fields their group's validate() does not bound: dotted key -> (minimum, maximum, minimum allowed).
 FLOAT_BOUNDS: dict[str, tuple[float, Optional[float], bool]] = {
@@ -39,9 +40,9 @@ def check_numbers(run: Any) -> None:
     """Every float field of every group finite (``nan``, ``inf`` are refused), every ``*seed`` in [0, 2**32)."""
     for key, value in _fields(run):
         if isinstance(value, float):
-            _require(math.isfinite(value), f"{key} must be a finite number, got {value!r}")
+            require(math.isfinite(value), f"{key} must be a finite number, got {value!r}")
         if key.rsplit(".", 1)[-1].endswith("seed") and isinstance(value, int) and not isinstance(value, bool):
-            _require(0 <= value <= SEED_MAX, f"{key} must be an integer in [0, {SEED_MAX}], got {value!r}")
+            require(0 <= value <= SEED_MAX, f"{key} must be an integer in [0, {SEED_MAX}], got {value!r}")
 
 
 def check_bounds(run: Any) -> None:
@@ -54,7 +55,7 @@ def check_bounds(run: Any) -> None:
             continue
         ok = (value >= low if closed else value > low) and (high is None or value <= high)
         shown = f"{'[' if closed else '('}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
-        _require(ok, f"{key} must be in {shown}, got {value!r}")
+        require(ok, f"{key} must be in {shown}, got {value!r}")
 
 
 def raw_text(data: Any) -> bool:
@@ -66,10 +67,10 @@ def check_cross_keys(run: Any) -> None:
     """What one key says about another: the objective, the task metric and the data agree."""
     data = run.data
     if run.objective == "exact_match":
-        _require(not raw_text(data), "objective=exact_match needs prompt/response data; raw text "
+        require(not raw_text(data), "objective=exact_match needs prompt/response data; raw text "
                  f"(data.text_column={data.text_column}) has no response to match: use objective=eval_loss")
-        _require(data.metric == "exact_match", "objective=exact_match needs data.metric=exact_match")
-        _require(data.metric_examples > 0,
+        require(data.metric == "exact_match", "objective=exact_match needs data.metric=exact_match")
+        require(data.metric_examples > 0,
                  f"objective=exact_match needs data.metric_examples > 0 (the eval examples it generates), "
                  f"got {data.metric_examples}")
 
@@ -81,7 +82,7 @@ def check_model_id(model_id: Any) -> None:
     text = str(model_id)
     if text.startswith("tiny:"):
         family = text.split(":", 1)[1]
-        _require(family in ("", *FAMILIES), f"model.id: tiny:<family> takes one of {', '.join(FAMILIES)}; "
+        require(family in ("", *FAMILIES), f"model.id: tiny:<family> takes one of {', '.join(FAMILIES)}; "
                  f"got {text!r}")
         return
     if text.startswith("embedded:") or "://" in text:
@@ -90,15 +91,25 @@ def check_model_id(model_id: Any) -> None:
     if text.startswith((".", "/", "~")) and not folder.exists():
         raise ConfigError(f"model.id: folder not found: {text}")
     if folder.is_file():
-        raise ConfigError(f"model.id: {text} is a file; point model.id at a model folder or a hub id")
+        require(folder.suffix.lower() == ".gguf",
+                f"model.id: {text} is a file; point model.id at a model folder, a .gguf file or a hub id")
+        try:
+            with folder.open("rb") as fh:
+                magic = fh.read(4)
+        except OSError as exc:
+            raise ConfigError(f"model.id: cannot read {text}: {exc.strerror or exc}") from None
+        require(magic == b"GGUF", f"model.id: {text} is not a GGUF file (it does not start with GGUF)")
+        return
     problem = _model_folder_problem(folder) if folder.is_dir() else None
-    _require(problem is None, f"model.id: {text} is {problem}; point model.id at a folder written by "
+    require(problem is None, f"model.id: {text} is {problem}; point model.id at a folder written by "
              "save_pretrained (model and tokenizer), or a hub id")
 
 
 def _model_folder_problem(folder: Path) -> Optional[str]:
     import json
 
+    if not (folder / "config.json").is_file() and any(folder.glob("*.gguf")):
+        return None  # a GGUF download: converted once (ranksweep.models.gguf_file)
     if not (folder / "config.json").is_file():
         return ("a LoRA adapter (adapter_config.json), not a base model" if (folder / "adapter_config.json").is_file()
                 else "a folder with no model in it (no config.json)")

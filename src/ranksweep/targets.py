@@ -4,9 +4,15 @@ Roles: ``attention``, ``mlp``, ``all_linear``, ``qv``. A target string is a
 role, or module names joined by ``+`` (``q_proj+v_proj``). Every resolved
 name must exist in the model as a linear layer, else the error lists what
 the model has.
+
+A model whose module names ``model.family``'s table does not hold (GPT-2, OPT, GPT-NeoX, Phi-2,
+Falcon, ...) gets its roles from its own module tree (:func:`tree_roles`): peft only knows
+``all-linear``, and a per-architecture table cannot cover every model a user brings.
 """
 
 from __future__ import annotations
+
+import logging
 
 from torch import nn
 
@@ -30,6 +36,18 @@ for _roles in FAMILY_MODULES.values():
     _roles["all_linear"] = _roles["attention"] + _roles["mlp"]
 
 ROLES = ("attention", "mlp", "all_linear", "qv")
+# Fused query/key/value projections across architectures (Phi-3, GPT-NeoX/Falcon, GPT-2, MPT/DBRX, ...).
+FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "qkv", "in_proj", "att_proj")
+log = logging.getLogger(__name__)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D")
+
+
+def matches(full_name: str, target: str) -> bool:
+    """peft's rule for a ``target_modules`` list entry: the whole name or a dotted suffix of it."""
+    return full_name == target or full_name.endswith("." + target)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -42,9 +60,35 @@ def linear_module_names(model: nn.Module) -> list[str]:
     for full, module in model.named_modules():
         if module is out:
             continue
-        if isinstance(module, nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+        if _is_linear(module):
             names.add(full.rsplit(".", 1)[-1])
     return sorted(names)
+
+
+def tree_roles(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Roles read from the module tree, for any decoder: in each numbered block, ``attention`` is the
+    linear layers under a module whose name holds ``attn``/``attention``, ``mlp`` the block's other
+    linear layers; ``qv`` is q_proj + v_proj, else the fused qkv projection. A name that stands in
+    both roles (GPT-2's ``c_proj``) is qualified by its parent (``attn.c_proj``, ``mlp.c_proj``)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found: dict[str, dict[str, set[str]]] = {"attention": {}, "mlp": {}}  # role -> short name -> parent names
+    for full, module in model.named_modules():
+        parts = full.split(".")
+        if module is out or not _is_linear(module) or not any(p.isdigit() for p in parts[:-1]):
+            continue
+        block = parts[max(i for i, p in enumerate(parts[:-1]) if p.isdigit()) + 1:-1]
+        role = "attention" if any(w in p.lower() for p in block for w in ("attn", "attention")) else "mlp"
+        found[role].setdefault(parts[-1], set()).add(parts[-2] if len(parts) > 1 else "")
+    roles: dict[str, tuple[str, ...]] = {}
+    for role, names in found.items():
+        other = found["mlp" if role == "attention" else "attention"]
+        roles[role] = tuple(n if n not in other else f"{parent}.{n}"
+                            for n, parents in names.items() for parent in (sorted(parents) if n in other else [""]))
+    attn = set(found["attention"])
+    qv = ("q_proj", "v_proj") if {"q_proj", "v_proj"} <= attn else tuple(n for n in FUSED_QKV if n in attn)[:1]
+    roles["qv"] = qv
+    roles["all_linear"] = roles["attention"] + roles["mlp"]
+    return roles
 
 
 def role_modules(family: str, targets: str) -> tuple[str, ...]:
@@ -62,8 +106,19 @@ def resolve_targets(model: nn.Module, family: str, targets: str) -> list[str]:
     """Resolve ``lora.targets`` against a loaded model; error if a module is missing."""
     wanted = role_modules(family, targets)
     have = linear_module_names(model)
-    missing = [m for m in wanted if m not in have]
-    if missing and "+" not in str(targets) and str(targets).strip() not in FAMILY_MODULES[family]:
+    full_names = [n for n, m in model.named_modules() if _is_linear(m)]
+    missing = [m for m in wanted if not any(matches(n, m) for n in full_names)]
+    role = str(targets).strip()
+    if missing and role in ROLES:  # not this family's names: the model's own tree says what the role is
+        found = tree_roles(model)[role]
+        if not found:
+            raise ConfigError(f"lora.targets: role {role!r} has no module in this model; its linear modules "
+                              f"are: {', '.join(have)}; name them with a+b")
+        kind = getattr(getattr(model, "config", None), "model_type", "?")
+        log.info("lora.targets=%s: %s's module names are not model.family=%s's; from the model's tree: %s",
+                 role, kind, family, "+".join(found))
+        return list(found)
+    if missing and "+" not in role:
         raise ConfigError(
             f"lora.targets: {targets!r} is neither a role ({', '.join(ROLES)}) nor a linear module "
             f"of this {family} model; its linear modules are: {', '.join(have)}"
@@ -80,6 +135,14 @@ def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
     """Sum over targeted linear layers of r * (in + out): LoRA_A is r x in, LoRA_B is out x r."""
     total = 0
     for full, module in model.named_modules():
-        if full.rsplit(".", 1)[-1] in modules and hasattr(module, "in_features"):
-            total += r * (module.in_features + module.out_features)
+        if any(matches(full, m) for m in modules) and _is_linear(module):
+            total += r * sum(_features(module))
     return total
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of a linear layer; GPT-2's Conv1D keeps them in its weight's shape (in x out)."""
+    if hasattr(module, "in_features"):
+        return int(module.in_features), int(module.out_features)
+    rows, cols = module.weight.shape
+    return int(rows), int(cols)

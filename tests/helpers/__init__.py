@@ -87,3 +87,29 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         env.pop(key, None)
     env.update(extra)
     return env
+
+
+def other_architecture(kind: str, folder) -> str:
+    """A random-init tiny model of an architecture no ``model.family`` describes, saved as a user's folder."""
+    import torch
+    import transformers as T
+    from transformers import AutoModelForCausalLM
+
+    from ranksweep.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    v, h = len(tok), 64
+    config = {
+        "gpt2": lambda: T.GPT2Config(vocab_size=v, n_embd=h, n_layer=2, n_head=4),
+        "opt": lambda: T.OPTConfig(vocab_size=v, hidden_size=h, ffn_dim=128, num_hidden_layers=2,
+                                   num_attention_heads=4, word_embed_proj_dim=h),
+        "gpt_neox": lambda: T.GPTNeoXConfig(vocab_size=v, hidden_size=h, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4),
+        "phi": lambda: T.PhiConfig(vocab_size=v, hidden_size=h, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4),
+        "falcon": lambda: T.FalconConfig(vocab_size=v, hidden_size=h, num_hidden_layers=2, num_attention_heads=4),
+    }[kind]()
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

@@ -72,8 +72,9 @@ def format_pair(example: dict[str, str], tokenizer: Any, variant: str, cfg: Data
     if "text" in example:
         return "", example["text"] + eos
     prompt, response = example["prompt"], example["response"]
+    system = example.get("system") or cfg.system_prompt  # a row's own (alpaca's system column) first
     if chat:
-        messages = _with_system([{"role": "user", "content": cfg.instruction + prompt}], cfg.system_prompt)
+        messages = _with_system([{"role": "user", "content": cfg.instruction + prompt}], system)
         prompt_text = _render(tokenizer, messages, True, "data.format")
         full = _render(tokenizer, messages + [{"role": "assistant", "content": response}], False, "data.format")
         if isinstance(full, str) and isinstance(prompt_text, str) and full.startswith(prompt_text):
@@ -86,8 +87,8 @@ def format_pair(example: dict[str, str], tokenizer: Any, variant: str, cfg: Data
             f"data.template: cannot format {cfg.template!r} ({type(exc).__name__}: {exc}); "
             "use {instruction} and {prompt}, and double literal braces"
         ) from None
-    if cfg.system_prompt:
-        prompt_text = cfg.system_prompt + PLAIN_SEPARATOR + prompt_text
+    if system:
+        prompt_text = system + PLAIN_SEPARATOR + prompt_text
     return prompt_text, response + eos
 
 

@@ -158,19 +158,26 @@ def _read_file(path: Path, reader: str, key: str) -> Table:
 
 
 def _read_jsonl(path: Path, key: str) -> Table:
+    """JSON lines, or one JSON array of objects (LLaMA-Factory's and many hub exports' ``.json``)."""
     rows: list[tuple[int, dict[str, Any]]] = []
+    unit = "line"
     try:
         with path.open("r", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
+            head = fh.read(4096).lstrip()
+            fh.seek(0)
+            if head.startswith("["):
+                unit = "item"
                 try:
-                    obj = json.loads(line)
+                    items = json.load(fh)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{key}: {path.name} line {lineno}: invalid JSON ({exc.msg})") from None
+                    raise DataError(f"{key}: {path.name} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+                lines: Any = ((i, item) for i, item in enumerate(items, start=1))
+            else:
+                lines = ((n, _json_line(line, key, path, n)) for n, line in enumerate(fh, start=1) if line.strip())
+            for lineno, obj in lines:
                 if not isinstance(obj, dict):
                     raise DataError(
-                        f"{key}: {path.name} line {lineno}: expected a JSON object, got {type(obj).__name__}"
+                        f"{key}: {path.name} {unit} {lineno}: expected a JSON object, got {type(obj).__name__}"
                     )
                 rows.append((lineno, obj))
     except UnicodeDecodeError as exc:
@@ -180,14 +187,23 @@ def _read_jsonl(path: Path, key: str) -> Table:
     if not rows:
         raise DataError(f"{key}: no rows in {path.name}")
 
-    def values(column: str, column_key: str) -> list[Any]:
+    def values(column: str, column_key: str, optional: bool = False) -> list[Any]:
+        if optional:
+            return [obj.get(column) for _, obj in rows]
         for lineno, obj in rows:
             if column not in obj:
-                raise missing_column(column_key, column, f"{path.name} line {lineno}", list(obj))
+                raise missing_column(column_key, column, f"{path.name} {unit} {lineno}", list(obj))
         return [obj[column] for _, obj in rows]
 
     return Table(key=key, name=path.name, columns=list(rows[0][1]), first=rows[0][1], n=len(rows),
-                 label=lambda i: f"line {rows[i][0]}", values=values)
+                 label=lambda i: f"{unit} {rows[i][0]}", values=values)
+
+
+def _json_line(line: str, key: str, path: Path, lineno: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{key}: {path.name} line {lineno}: invalid JSON ({exc.msg})") from None
 
 
 def _read_csv(path: Path, key: str) -> Table:
@@ -224,8 +240,10 @@ def _frame_table(frame: Any, key: str, name: str) -> Table:
 
 def _columns_table(key: str, name: str, columns: list[str], n: int, get: Callable[[str], list],
                    first: dict[str, Any]) -> Table:
-    def values(column: str, column_key: str) -> list[Any]:
+    def values(column: str, column_key: str, optional: bool = False) -> list[Any]:
         if column not in columns:
+            if optional:
+                return [None] * n
             raise missing_column(column_key, column, name, columns)
         return get(column)
 
@@ -234,8 +252,8 @@ def _columns_table(key: str, name: str, columns: list[str], n: int, get: Callabl
 
 
 def _empty_table(key: str, name: str, columns: list[str]) -> Table:
-    def values(column: str, column_key: str) -> list[Any]:
-        if column not in columns:
+    def values(column: str, column_key: str, optional: bool = False) -> list[Any]:
+        if column not in columns and not optional:
             raise missing_column(column_key, column, name, columns)
         raise DataError(f"{key}: no rows in {name}")
 

@@ -9,6 +9,9 @@
 - ``pairs``: ``data.prompt_column`` and ``data.response_column`` (ranksweep's prompt/response);
 - ``prompt_completion``: TRL's ``prompt`` and ``completion``, both text (concatenated as they are,
   no template) or both message lists (the completion's assistant turns are trained);
+- ``alpaca``: ``instruction``, an optional ``input`` and ``output`` (axolotl's and LLaMA-Factory's
+  alpaca), trained as a prompt/response pair whose prompt is the instruction, a blank line and the
+  input when there is one; a ``system`` column, when present, is the pair's system prompt;
 - ``text``: ``data.text_column`` (default ``text``), the loss on every token.
 
 An example is a dict: ``{"prompt", "response"}``, ``{"text"}``, ``{"prompt", "completion"}``, or a
@@ -25,12 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ranksweep.config import DataConfig
+from ranksweep.config import DATA_FORMATS, DataConfig
 from ranksweep.errors import DataError
 
 __all__ = ["FORMATS", "ROLES", "Table", "detect_format", "table_examples"]
 
-FORMATS = ("pairs", "text", "messages", "sharegpt", "prompt_completion")
+FORMATS = DATA_FORMATS
 ROLES = ("system", "user", "assistant")
 # ShareGPT's speakers (and the aliases axolotl and LLaMA-Factory accept) -> roles.
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -42,7 +45,8 @@ class Table:
 
     ``key`` is the config key of the source (``data.path``, ``data.eval_path``, ``data.eval_split``),
     ``name`` the file or dataset, ``label(i)`` row ``i`` as errors name it (``line 7``, ``row 3``).
-    ``values(column, key)`` gives one column's values; a missing column is a DataError naming ``key``.
+    ``values(column, key)`` gives one column's values; a missing column is a DataError naming ``key``;
+    with ``optional=True`` a missing column (or a row without it) gives None instead.
     """
 
     key: str
@@ -51,7 +55,7 @@ class Table:
     first: Mapping[str, Any]
     n: int
     label: Callable[[int], str]
-    values: Callable[[str, str], Sequence[Any]]
+    values: Callable[..., Sequence[Any]]
 
     def where(self, i: int) -> str:
         return f"{self.name} {self.label(i)}"
@@ -88,6 +92,8 @@ def detect_format(table: Table, cfg: DataConfig) -> str:
         return "pairs"
     if "prompt" in columns and "completion" in columns:
         return "prompt_completion"
+    if "instruction" in columns and "output" in columns and cfg.prompt_column not in columns:
+        return "alpaca"
     if "text" in columns and cfg.prompt_column not in columns:
         return "text"
     return "pairs"  # the missing column is reported as data.prompt_column / data.response_column
@@ -112,6 +118,8 @@ def table_examples(table: Table, cfg: DataConfig, fmt: str) -> list[dict[str, An
         return out
     if fmt == "prompt_completion":
         return _prompt_completion(table)
+    if fmt == "alpaca":
+        return _alpaca(table)
     raise DataError(f"data.format must be one of auto, {', '.join(FORMATS)}; got {fmt!r}")
 
 
@@ -141,6 +149,21 @@ def _prompt_completion(table: Table) -> list[dict[str, Any]]:
             raise DataError(f"{where}: completion has no assistant turn to train on")
         _check_conversation(head + tail, "prompt", where, need_assistant=True)
         out.append({"messages": head + tail, "train_from": len(head), "where": where})
+    return out
+
+
+def _alpaca(table: Table) -> list[dict[str, Any]]:
+    """instruction (+ "\n\n" + input when not empty) -> output; a ``system`` column is the pair's system prompt.
+    ``input`` and ``system`` are optional, for the whole file or row by row."""
+    rows = _text_columns(table, [("data.format", "instruction", "instruction"), ("data.format", "output", "response")])
+    extra = {c: table.values(c, "data.format", optional=True) for c in ("input", "system")}
+    out = []
+    for i, row in enumerate(rows):
+        got = {c: "" if v[i] is None or _is_nan(v[i]) else to_text(v[i], "data.format", c, table.where(i))
+               for c, v in extra.items()}
+        prompt = row["instruction"] + (f"\n\n{got['input']}" if got["input"].strip() else "")
+        system = {"system": got["system"]} if got["system"] else {}
+        out.append({"prompt": prompt, "response": row["response"], **system})
     return out
 
 

@@ -81,6 +81,12 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
                        num_key_value_heads=8, head_dim=128, vocab_size=32768, tie_word_embeddings=False),
 }
 KNOWN_SHAPES["llama3_1_8b_instruct"] = KNOWN_SHAPES["llama3_1_8b"]
+# The hub ids those shapes are: a shape is looked up by model.id, never by model.name (which stays the
+# model group's label when only model.id is overridden).
+KNOWN_IDS = {"meta-llama/Llama-3.1-8B": "llama3_1_8b", "meta-llama/Llama-3.1-8B-Instruct": "llama3_1_8b",
+             "meta-llama/Llama-3.2-1B": "llama3_2_1b", "Qwen/Qwen2.5-7B-Instruct": "qwen2_5_7b_instruct",
+             "microsoft/Phi-3.5-mini-instruct": "phi3_5_mini", "google/gemma-2-2b": "gemma2_2b",
+             "mistralai/Mistral-7B-v0.3": "mistral_7b"}
 
 # Peaks measured on one GPU with a plain HF + peft + bitsandbytes loop: NF4 + double quant, LoRA r=16 on
 # all linear layers, bf16 autocast, SDPA, random init. (model, seq_len, micro_batch, grad_ckpt, peak GB).
@@ -126,8 +132,10 @@ def model_dims(config: Any) -> dict[str, int]:
     nh = int(config.num_attention_heads)
     nkv = int(getattr(config, "num_key_value_heads", None) or nh)
     hd = int(getattr(config, "head_dim", None) or h // nh)
-    return dict(h=h, i=int(config.intermediate_size), L=int(config.num_hidden_layers), q=nh * hd, kv=nkv * hd,
-                hd=hd, V=int(config.vocab_size))
+    # The MLP width under the names other architectures give it (GPT-2 n_inner, OPT ffn_dim), else 4h.
+    i = next((int(v) for k in ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
+              if (v := getattr(config, k, None))), 4 * h)
+    return dict(h=h, i=i, L=int(config.num_hidden_layers), q=nh * hd, kv=nkv * hd, hd=hd, V=int(config.vocab_size))
 
 
 def linear_shapes(config: Any, family: str) -> dict[str, tuple[int, int]]:
@@ -351,12 +359,13 @@ def _is_local(model_id: str) -> bool:
 
 
 def model_config_for(run: Any) -> Any:
-    """The architecture of ``run.model``, without downloading: local/tiny/embedded via AutoConfig, else the table."""
+    """The architecture of ``run.model``: local/tiny/embedded/GGUF via AutoConfig; a hub id from the built-in
+    table, else from the Hugging Face cache (or the hub, when online: only its config.json)."""
     model = run.model
     model_id = str(model.id)
-    if _is_local(model_id) or model_id.startswith((".", "/", "~")):
-        from transformers import AutoConfig
+    from transformers import AutoConfig
 
+    if _is_local(model_id) or model_id.startswith((".", "/", "~")):
         from ranksweep.models import resolve_model_path
 
         path = resolve_model_path(model, os.path.expanduser(run.cache_dir))
@@ -365,12 +374,39 @@ def model_config_for(run: Any) -> Any:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model.id: cannot read the config of {model_id!r}: {str(exc).splitlines()[0]}") from exc
         return text_config(cfg)
-    if model.name in KNOWN_SHAPES:
-        return known_config(model.name)
+    if model_id in KNOWN_IDS:
+        return known_config(KNOWN_IDS[model_id])
+    why = "not in the Hugging Face cache, and the hub is not reachable"
+    for cached_only in (True, False):
+        if not cached_only and not _hub_reachable():
+            break
+        try:
+            cfg = AutoConfig.from_pretrained(model_id, revision=model.revision, local_files_only=cached_only,
+                                             trust_remote_code=model.trust_remote_code)
+            return text_config(cfg)
+        except (OSError, ValueError) as exc:
+            if not cached_only:
+                why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     raise ConfigError(
-        f"model: no built-in shape for {model.name!r} ({model_id}) and it is not a local folder; "
-        f"known: {', '.join(sorted(KNOWN_SHAPES))}, or set model.id to a folder with a config.json"
+        f"model: no built-in shape for {model_id!r} and its config.json: {why}; "
+        f"built in: {', '.join(KNOWN_IDS)}; or set model.id to a local folder"
     )
+
+
+def _hub_reachable() -> bool:
+    """Whether asking the hub can work: not HF_HUB_OFFLINE, and its host resolves (an offline machine fails
+    this at once, instead of huggingface_hub's 20 s of retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
 
 
 def text_config(cfg: Any) -> Any:

@@ -36,7 +36,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 Direction = Literal["minimize", "maximize"]
 DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
@@ -262,25 +262,10 @@ def decide(
                 shares,
             )
         # 2. the seed-noise rule
-        s_p = _pooled_std(values)
-        if s_p is not None:
-            parts_l = []
-            within = True
-            for k in last:
-                diff = sign * (means[k] - means[k - 1])
-                se = s_p * math.sqrt(1 / len(values[k]) + 1 / len(values[k - 1]))
-                if diff > rule.noise_z * se:
-                    within = False
-                    break
-                parts_l.append(f"r={ranks[k]}: {diff:+.4g} <= {rule.noise_z:g}*SE {se:.4g}")
-            if within:
-                noun = "doubling" if p == 1 else "doublings"
-                return Decision(
-                    True,
-                    f"improvement within seed noise for {p} {noun} ({', '.join(parts_l)})",
-                    None,
-                    shares,
-                )
+        within = _within_seed_noise(rule, ranks, values, means, sign)
+        if within is not None:
+            noun = "doubling" if p == 1 else "doublings"
+            return Decision(True, f"improvement within seed noise for {p} {noun} ({within})", None, shares)
 
     # 3. the budget
     nxt = ranks[-1] * factor
@@ -291,6 +276,23 @@ def decide(
             reason = f"reached max_rank={max_rank} (next rank r={nxt} would exceed it)"
         return Decision(True, reason, None, shares)
     return Decision(False, "continue", nxt, shares)
+
+
+def _within_seed_noise(rule: StopRule, ranks: list[int], values: list[list[float]], means: list[float],
+                       sign: float) -> Optional[str]:
+    """The stop reason's details when each of the last ``rule.patience`` doublings improved the mean by at
+    most ``rule.noise_z`` standard errors (pooled over ranks with several seeds); else None."""
+    s_p = _pooled_std(values)
+    if s_p is None:
+        return None
+    parts = []
+    for k in range(len(ranks) - rule.patience, len(ranks)):
+        diff = sign * (means[k] - means[k - 1])
+        se = s_p * math.sqrt(1 / len(values[k]) + 1 / len(values[k - 1]))
+        if diff > rule.noise_z * se:
+            return None
+        parts.append(f"r={ranks[k]}: {diff:+.4g} <= {rule.noise_z:g}*SE {se:.4g}")
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- knee and recommendation
