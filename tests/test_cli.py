@@ -189,3 +189,16 @@ def test_cli_and_commands_share_compose_not_each_other():
         assert not imported & others, f"{name}.py imports {imported & others}"
         if name != "compose":
             assert "compose" in imported, f"{name}.py does not use ranksweep.compose"
+
+
+def test_model_name_follows_an_overridden_model_id(tmp_path):
+    """model.id=X alone: the run is labelled X's last part, not the model group's name (log, config.yaml)."""
+    run = ranksweep(tmp_path, *BASE, "model.id=tiny:qwen2", "trainer.max_steps=1", "hydra.run.dir=run")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["name"] == "qwen2"
+    named = ranksweep(tmp_path, *BASE, "model.id=tiny:qwen2", "model.name=mine", "trainer.max_steps=1",
+                      "hydra.run.dir=named")
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert yaml.safe_load((tmp_path / "named" / "config.yaml").read_text())["model"]["name"] == "mine"
+    est = ranksweep(tmp_path, "estimate", "model=llama3_1_8b", "model.id=meta-llama/Llama-3.2-1B")
+    assert est.returncode == 0 and est.stdout.startswith("model Llama-3.2-1B (meta-llama/Llama-3.2-1B)")

@@ -309,3 +309,45 @@ def test_ranksweep_conf_replaces_the_tree(tmp_path, monkeypatch):
     monkeypatch.setenv("RANKSWEEP_CONF", str(mine))
     assert config_path() == str(mine.resolve())
     assert to_run_config(compose()).lora.r == 4
+
+
+@pytest.mark.parametrize("override, targets", [
+    ("lora.targets=[q_proj,v_proj]", "q_proj+v_proj"),  # Hydra's list syntax, as axolotl lists them
+    ("lora.targets=[attention]", "attention"),
+    ("lora.targets=q_proj+v_proj", "q_proj+v_proj"),
+])
+def test_targets_as_a_list_or_joined(override, targets):
+    assert to_run_config(compose(override)).lora.targets == targets
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lora.targets=[]", "lora.targets must not be empty"),
+    ("lora.targets=5", "lora.targets must be a role or module names, got 5"),
+    ("lora.targets=[q_proj,[v]]", "lora.targets: a list takes module names or one role"),
+    ("lora.targets=[q_proj+k_proj,v_proj]", "lora.targets: a list takes module names or one role"),
+])
+def test_bad_targets_list(override, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[")):
+        to_run_config(compose(override))
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("trainer.learning_rate=1e-4", "trainer.learning_rate: unknown config key (did you mean trainer.lr?)"),
+    ("trainer.gradient_accumulation_steps=4", "(did you mean trainer.grad_accum?)"),
+    ("lora.lora_alpha=32", "(did you mean lora.alpha?)"),
+    ("lora.target_modules=[q_proj]", "(did you mean lora.targets?)"),
+    ("trainer.warmup_ration=0.1", "(did you mean trainer.warmup_ratio?)"),
+    ("trainer.eval_size=3", "(did you mean data.eval_size?)"),
+    ("+lr=1", "unknown config key(s): lr (did you mean trainer.lr?)"),
+])
+def test_unknown_keys_suggest_ours(override, hint):
+    """Other tools' names (TrainingArguments, peft, axolotl) and typos point at ranksweep's key."""
+    with pytest.raises(ConfigError) as err:
+        to_run_config(compose(override))
+    assert hint in str(err.value)
+
+
+def test_an_unknown_key_with_nothing_close_has_no_guess():
+    with pytest.raises(ConfigError) as err:
+        to_run_config(compose("trainer.foo=1"))
+    assert str(err.value) == "trainer.foo: unknown config key"

@@ -43,6 +43,7 @@ def _job(cfg) -> float | None:
     single = hc.mode == RunMode.RUN
     _STARTED.append(True)
     try:
+        compose.name_follows_id(cfg, hc.overrides.task)
         # Validate (once per job) before the heavy imports (torch, transformers): bad values fail in a second.
         run = reveal(to_run_config(cfg))  # the real storage URL, in memory only
         resolved = mask_secrets(OmegaConf.to_container(cfg, resolve=True))  # what config.yaml and W&B record

@@ -131,12 +131,14 @@ def estimate(argv: Sequence[str]) -> int:
     bad = [a for a in args if a.startswith("-")]
     if bad:
         raise RanksweepError(f"ranksweep estimate: unrecognized arguments: {' '.join(bad)}")
-    from ranksweep.compose import compose
+    from ranksweep.compose import compose, name_follows_id
     from ranksweep.config import to_run_config
 
     # Building a tiny model or converting the embedded one must not draw progress bars on stderr.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    run = to_run_config(compose(args))  # a bad override: ConfigError, one line
+    cfg = compose(args)
+    name_follows_id(cfg, args)
+    run = to_run_config(cfg)  # a bad override: ConfigError, one line
     from ranksweep.memory import estimate_run, plan_memory, run_device
 
     device = run_device(run)

@@ -152,3 +152,17 @@ def _mask_yaml(path: Path) -> None:
     masked = mask_secrets(data)
     if masked != data:
         atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(masked)))
+
+
+def name_follows_id(cfg, overrides) -> None:
+    """``model.id=X`` without ``model.name=``: the model group's name would label another model (in the
+    log, config.yaml, W&B and artifact names), so the name becomes X's last part (``Llama-3.2-1B``)."""
+    from omegaconf import open_dict, read_write
+
+    keys = {str(o).split("=", 1)[0].lstrip("+~") for o in overrides}
+    if "model.id" not in keys or "model.name" in keys or "model" not in cfg:
+        return
+    last = re.split(r"[/\\:]", str(cfg.model.id).rstrip("/\\"))[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"\.gguf$", "", last, flags=re.I)).strip("._") or "model"
+    with read_write(cfg), open_dict(cfg):
+        cfg.model.name = name

@@ -24,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ranksweep.errors import ConfigError
-from ranksweep.validation import choice, describe_omegaconf_error, positive_int, require, unknown_keys
+from ranksweep.validation import choice, describe_omegaconf_error, did_you_mean, positive_int, require, unknown_keys
 
 FAMILIES = ("llama", "qwen2", "phi3", "gemma2", "gemma3", "mistral")
 VARIANTS = ("base", "instruct")
@@ -120,8 +120,8 @@ class LoraConfig:
     dropout: float = 0.05
     bias: str = "none"
     # A role (attention, mlp, all_linear, qv) resolved per family, or module
-    # names joined by '+', e.g. q_proj+v_proj.
-    targets: str = "all_linear"
+    # names joined by '+', e.g. q_proj+v_proj, or listed as axolotl does: [q_proj,v_proj].
+    targets: Any = "all_linear"
 
     def validate(self) -> None:
         positive_int("lora.r", self.r)
@@ -136,7 +136,12 @@ class LoraConfig:
         require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
                  f"lora.dropout must be in [0, 1), got {self.dropout!r}")
         choice("lora.bias", self.bias, BIASES)
-        require(bool(str(self.targets).strip()), "lora.targets must not be empty")
+        if isinstance(self.targets, (list, tuple)):  # [q_proj,v_proj] (Hydra's list syntax, a YAML list)
+            require(all(isinstance(t, str) and t.strip() and "+" not in t for t in self.targets),
+                    f"lora.targets: a list takes module names or one role, got {list(self.targets)!r}")
+            self.targets = "+".join(t.strip() for t in self.targets)
+        require(isinstance(self.targets, str), f"lora.targets must be a role or module names, got {self.targets!r}")
+        require(bool(self.targets.strip()), "lora.targets must not be empty")
 
     @property
     def lora_alpha(self) -> float:
@@ -457,7 +462,7 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)  # type: ignore[union-attr]
     unknown = unknown_keys(raw, RunConfig)
-    require(not unknown, f"unknown config key(s): {', '.join(unknown)}")
+    require(not unknown, f"unknown config key(s): {', '.join(unknown)}{did_you_mean(unknown[0])}")
     try:
         merged = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k in keys})
         run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]

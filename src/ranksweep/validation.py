@@ -104,7 +104,57 @@ def describe_omegaconf_error(exc: Exception) -> str:
     msg = str(getattr(exc, "msg", None) or exc).splitlines()[0]
     for pattern, repl in _OMEGACONF_MESSAGES:
         msg = re.sub(pattern, repl, msg)
+    if key and msg == "unknown config key":
+        msg += did_you_mean(str(key))
     return f"{key}: {msg}" if key else msg
+
+
+# The names other tools give ranksweep's keys (transformers' TrainingArguments, peft, axolotl, TRL).
+ALIASES = {
+    "learning_rate": "trainer.lr", "per_device_train_batch_size": "trainer.micro_batch",
+    "micro_batch_size": "trainer.micro_batch", "batch_size": "trainer.micro_batch",
+    "gradient_accumulation_steps": "trainer.grad_accum", "num_train_epochs": "trainer.epochs",
+    "num_epochs": "trainer.epochs", "lr_scheduler_type": "trainer.schedule", "lr_scheduler": "trainer.schedule",
+    "max_seq_length": "trainer.max_seq_len", "sequence_len": "trainer.max_seq_len", "cutoff_len": "trainer.max_seq_len",
+    "max_length": "trainer.max_seq_len", "warmup_steps": "trainer.warmup_ratio", "save_steps": "trainer.save_every",
+    "eval_steps": "trainer.eval_every", "logging_steps": "trainer.log_every", "optimizer": "trainer.optim",
+    "lora_r": "lora.r", "rank": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "target_modules": "lora.targets", "lora_target_modules": "lora.targets", "use_rslora": "lora.alpha_rule=rslora",
+    "load_in_4bit": "quant=nf4", "load_in_8bit": "quant=int8", "bnb_4bit_quant_type": "quant.quant_type",
+    "bnb_4bit_compute_dtype": "quant.compute_dtype", "bnb_4bit_use_double_quant": "quant.double_quant",
+    "model_name_or_path": "model.id", "base_model": "model.id", "torch_dtype": "model.dtype",
+    "dataset_text_field": "data.text_column", "val_set_size": "data.eval_size",
+}
+
+
+def did_you_mean(key: str) -> str:
+    """`` (did you mean trainer.lr?)`` for a key another tool's name or a typo of one of ours, else ''."""
+    import difflib
+
+    from ranksweep.config import RunConfig
+
+    last = key.rsplit(".", 1)[-1]
+    if last in ALIASES:
+        return f" (did you mean {ALIASES[last]}?)"
+    known = [k for k, _ in _leaf_keys(RunConfig)]
+    group = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    for pool, cutoff in (([k for k in known if k.startswith(group) and "." not in k[len(group):]], 0.75),
+                         (known, 0.85)):
+        near = difflib.get_close_matches(last, [k.rsplit(".", 1)[-1] for k in pool], n=1, cutoff=cutoff)
+        if near:
+            return f" (did you mean {next(k for k in pool if k.rsplit('.', 1)[-1] == near[0])}?)"
+    return ""
+
+
+def _leaf_keys(schema: type, prefix: str = "") -> list[tuple[str, Any]]:
+    hints = typing.get_type_hints(schema)
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _leaf_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", hints[f.name]))
+    return out
 
 
 # OmegaConf's messages, reworded for someone who typed an override.
