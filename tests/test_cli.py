@@ -202,3 +202,24 @@ def test_model_name_follows_an_overridden_model_id(tmp_path):
     assert yaml.safe_load((tmp_path / "named" / "config.yaml").read_text())["model"]["name"] == "mine"
     est = ranksweep(tmp_path, "estimate", "model=llama3_1_8b", "model.id=meta-llama/Llama-3.2-1B")
     assert est.returncode == 0 and est.stdout.startswith("model Llama-3.2-1B (meta-llama/Llama-3.2-1B)")
+
+
+def test_ctrl_c_is_one_line_and_keeps_the_log(tmp_path):
+    """SIGINT mid-training (Ctrl-C): one line on stderr, exit 130, no traceback; the run's log is kept."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([RANKSWEEP, *BASE, "trainer.max_steps=400", "trainer.log_every=1", "hydra.run.dir=run"],
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    for line in proc.stdout:  # the console log: wait for training to be under way
+        if "step 2/400" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [x for x in err.strip().splitlines() if x.startswith("ranksweep: ")]
+    assert lines == ["ranksweep: error: interrupted; what was already written is kept"], err[-2000:]
+    assert "Traceback" not in err
+    assert "step 1/400" in (tmp_path / "run" / "cli.log").read_text()  # (step 2 may race the signal)

@@ -126,7 +126,16 @@ SUBCOMMANDS = ("report", "export", "sync", "dashboard", "estimate")
 
 
 def run() -> None:  # pragma: no cover - console script
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C: one line too; exit 130 as a shell reports SIGINT
+        if _TRACEBACKS:
+            raise
+        multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        code = _error("interrupted; what was already written is kept" + (
+            " (rerun the same command to resume the sweep: finished trials are not trained again)" if multirun
+            else ""), 130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

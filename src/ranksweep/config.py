@@ -462,7 +462,8 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)  # type: ignore[union-attr]
     unknown = unknown_keys(raw, RunConfig)
-    require(not unknown, f"unknown config key(s): {', '.join(unknown)}{did_you_mean(unknown[0])}")
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}{did_you_mean(unknown[0])}")
     try:
         merged = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k in keys})
         run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
