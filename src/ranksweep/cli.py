@@ -19,6 +19,7 @@ import sys
 
 from ranksweep import compose
 from ranksweep.errors import ConfigError, describe_failure
+from ranksweep.hub import offline_if_unreachable
 from ranksweep.urls import conceal, mask_secrets, reveal
 
 _TRACEBACKS = "HYDRA_FULL_ERROR" in os.environ
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ranksweep`` console script."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    offline_if_unreachable()  # before transformers / datasets are imported: they read it once
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         # Imported here: `ranksweep report ...` must not pay for Hydra, torch or transformers.
         from ranksweep import commands

@@ -365,6 +365,8 @@ def model_config_for(run: Any) -> Any:
     model_id = str(model.id)
     from transformers import AutoConfig
 
+    from ranksweep.hub import hub_reachable
+
     if _is_local(model_id) or model_id.startswith((".", "/", "~")):
         from ranksweep.models import resolve_model_path
 
@@ -378,7 +380,7 @@ def model_config_for(run: Any) -> Any:
         return known_config(KNOWN_IDS[model_id])
     why = "not in the Hugging Face cache, and the hub is not reachable"
     for cached_only in (True, False):
-        if not cached_only and not _hub_reachable():
+        if not cached_only and not hub_reachable():
             break
         try:
             cfg = AutoConfig.from_pretrained(model_id, revision=model.revision, local_files_only=cached_only,
@@ -391,22 +393,6 @@ def model_config_for(run: Any) -> Any:
         f"model: no built-in shape for {model_id!r} and its config.json: {why}; "
         f"built in: {', '.join(KNOWN_IDS)}; or set model.id to a local folder"
     )
-
-
-def _hub_reachable() -> bool:
-    """Whether asking the hub can work: not HF_HUB_OFFLINE, and its host resolves (an offline machine fails
-    this at once, instead of huggingface_hub's 20 s of retries)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
 
 
 def text_config(cfg: Any) -> Any:
