@@ -143,38 +143,44 @@ def test_optuna_cli_reads_the_study(full):
     assert best.returncode == 0, best.stderr
 
 
+def _kill_mid_trial(args: list[str], cwd: Path, cache: Path) -> tuple[int, dict]:
+    """Start the sweep and SIGKILL it while a rank trains (an eval reported, the last one not yet); returns
+    the rank and the trials as they were. A kill that raced the trial's end (nothing was running when it
+    landed) is tried again on the resumed sweep, up to three times."""
+    for _ in range(3):
+        proc = subprocess.Popen(args, cwd=cwd, env=_env(cache), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        killed_rank, deadline = None, time.time() + 400
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+                try:
+                    trials = load_study(cwd, "resumed").get_trials()
+                except Exception:  # the storage is not created yet
+                    continue
+                done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "rung"]
+                running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("rank", 0) > 0
+                           and t.intermediate_values and max(t.intermediate_values) < 12]  # TINY: 12 steps
+                if done and running:
+                    killed_rank = running[0].user_attrs["rank"]
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert killed_rank is not None, "the sweep never reached a second rank"
+        before = {t.number: (t.state, t.value) for t in load_study(cwd, "resumed").get_trials()}
+        if any(state == TrialState.RUNNING for state, _ in before.values()):
+            return killed_rank, before
+    raise AssertionError("three kills in a row landed after the trial had finished")
+
+
 def test_resume_after_sigkill_repeats_no_rank(tmp_path, cache, full):
     cwd = tmp_path
     args = [BIN, "-m", *TINY, "hydra.sweeper.study_name=resumed", "hydra.sweeper.heartbeat_interval=1",
             "hydra.sweeper.grace_period=3"]
-    proc = subprocess.Popen(args, cwd=cwd, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    db = cwd / "outputs" / "ranksweep.db"
-    killed_rank = None
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(1)
-            if not db.exists():
-                continue
-            try:
-                trials = load_study(cwd, "resumed").get_trials()
-            except Exception:
-                continue
-            done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "rung"]
-            running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("rank", 0) > 0]
-            # Early in training (its first eval reported, most steps to go), so that it cannot finish
-            # between this read and the kill.
-            if done and running and running[0].intermediate_values and max(running[0].intermediate_values) <= 4:
-                killed_rank = running[0].user_attrs["rank"]
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert killed_rank is not None, "the sweep never reached a second rank"
-    before = {t.number: (t.state, t.value) for t in load_study(cwd, "resumed").get_trials()}
+    killed_rank, before = _kill_mid_trial(args, cwd, cache)
 
     time.sleep(4)  # past the grace period: the killed trial's heartbeat is stale
     again = subprocess.run(args, cwd=cwd, env=_env(cache), capture_output=True, text=True, timeout=600)
