@@ -209,13 +209,18 @@ def test_ctrl_c_is_one_line_and_keeps_the_log(tmp_path):
     import signal
     import time
 
+    # As from a terminal: SIGINT at its default (a test run in the background inherits it ignored).
     proc = subprocess.Popen([RANKSWEEP, *BASE, "trainer.max_steps=400", "trainer.log_every=1", "hydra.run.dir=run"],
                             cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+                            text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
+    seen = False
     for line in proc.stdout:  # the console log: wait for training to be under way
-        if "step 2/400" in line or time.time() > deadline:
+        seen = "step 2/400" in line
+        if seen or time.time() > deadline:
             break
+    assert seen, "training never logged step 2"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
