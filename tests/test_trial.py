@@ -427,14 +427,17 @@ def test_killed_trial_resumes_from_its_last_checkpoint(tmp_path, toy_jsonl):
     cmd = (*common, "trainer.save_every=4", f"trial.checkpoint_dir={ckpt}")
     first = _cli(tmp_path, *cmd, "hydra.run.dir=first")
     deadline = time.monotonic() + 240
-    while not any((c / "trainer_state.json").is_file() for c in ckpt.glob("checkpoint-*")):
+    def complete(c):  # the Trainer's state and ranksweep's (written after it)
+        return (c / "trainer_state.json").is_file() and (c / "ranksweep_state.json").is_file()
+
+    while not any(complete(c) for c in ckpt.glob("checkpoint-*")):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert first.returncode == -signal.SIGKILL
     assert not (tmp_path / "first" / "metrics.json").exists(), "killed before it finished"
-    saved = max(int(c.name.split("-")[1]) for c in ckpt.glob("checkpoint-*"))
+    saved = max(int(c.name.split("-")[1]) for c in ckpt.glob("checkpoint-*") if complete(c))
     second = _cli(tmp_path, *cmd, "hydra.run.dir=second")
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out[-3000:]
@@ -450,6 +453,24 @@ def test_killed_trial_resumes_from_its_last_checkpoint(tmp_path, toy_jsonl):
     assert m["eval_loss"] == pytest.approx(m_ref["eval_loss"], abs=1e-3)
     assert m["train_tokens"] == m_ref["train_tokens"] and m["supervised_tokens"] == m_ref["supervised_tokens"]
     assert m["eval_examples"]["fingerprint"] == m_ref["eval_examples"]["fingerprint"]
+
+
+def test_a_half_written_checkpoint_is_not_resumed_from(compose_cfg, toy_jsonl, tmp_path):
+    """A worker killed after the Trainer wrote checkpoint-4 but before ranksweep's state landed in it: the
+    run resumes from checkpoint-2 with its counters, not from checkpoint-4 with the counters at zero."""
+    from ranksweep.trial.checkpoints import CHECKPOINT_STATE, last_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    over = ("data=jsonl", f"data.path={toy_jsonl}", "data.max_examples=40", "data.eval_size=8",
+            "data.metric_examples=0", "trainer.max_steps=4", "trainer.save_every=2", f"trial.checkpoint_dir={ckpt}")
+    done = run_trial(compose_cfg(*over), tmp_path / "a")
+    assert sorted(c.name for c in ckpt.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # two kept
+    (ckpt / "checkpoint-4" / CHECKPOINT_STATE).unlink()  # as if killed between the Trainer's save and ours
+    assert last_checkpoint(ckpt) == ckpt / "checkpoint-2" and not (ckpt / "checkpoint-4").exists()
+    again = run_trial(compose_cfg(*over), tmp_path / "b")
+    assert again.metrics["resumed_from_step"] == 2
+    assert again.metrics["supervised_tokens"] == done.metrics["supervised_tokens"]
+    assert again.metrics["eval_loss"] == pytest.approx(done.metrics["eval_loss"], abs=1e-3)
 
 
 def test_checkpoints_of_another_configuration_are_refused(compose_cfg, toy_jsonl, tmp_path):

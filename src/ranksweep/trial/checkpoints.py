@@ -21,11 +21,16 @@ from ranksweep.config import RunConfig
 from ranksweep.errors import ConfigError
 from ranksweep.files import atomic_write_json
 
-__all__ = ["RUN_FILE", "checkpoint_dir", "claim", "clear", "last_checkpoint"]
+__all__ = ["CHECKPOINT_STATE", "RUN_FILE", "checkpoint_dir", "claim", "clear", "last_checkpoint", "save_state",
+           "saved_state"]
 
 log = logging.getLogger("ranksweep")
 
 RUN_FILE = "ranksweep_run.json"
+# What ranksweep keeps in each checkpoint beside the Trainer's own files, written after them (on_save):
+# a checkpoint is complete only once this file is there.
+CHECKPOINT_STATE = "ranksweep_state.json"
+_COMPLETE = ("trainer_state.json", CHECKPOINT_STATE)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Keys that do not change what a trial trains: a resumed run may differ in them.
 _FREE = {"model": {"name", "params_b"}, "data": {"metric", "metric_examples", "max_new_tokens", "name"},
@@ -48,19 +53,29 @@ def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def last_checkpoint(folder: Optional[Path]) -> Optional[Path]:
-    """The last complete checkpoint in ``folder`` (the Trainer writes ``trainer_state.json`` last);
-    checkpoints a killed worker left half-written are removed."""
+    """The last complete checkpoint in ``folder``: the Trainer's ``trainer_state.json`` (which it writes
+    last) and ranksweep's state (written after it). Checkpoints a killed worker left half-written are removed:
+    resuming from one would restart ranksweep's counters from zero."""
     if folder is None:
         return None
     complete = None
     for _, path in _checkpoints(folder):
-        if (path / "trainer_state.json").is_file():
+        if all((path / name).is_file() for name in _COMPLETE):
             complete = path
-    for _, path in _checkpoints(folder):
-        if not (path / "trainer_state.json").is_file():
+        else:
             log.warning("removing the incomplete checkpoint %s", path)
             shutil.rmtree(path, ignore_errors=True)
     return complete
+
+
+def save_state(checkpoint: Path, supervised_tokens: int) -> None:
+    """ranksweep's counters into a checkpoint the Trainer has just written (atomically, last)."""
+    atomic_write_json(checkpoint / CHECKPOINT_STATE, {"supervised_tokens": int(supervised_tokens)})
+
+
+def saved_state(checkpoint: Path) -> dict[str, Any]:
+    """The counters of a complete checkpoint (see :func:`last_checkpoint`)."""
+    return json.loads((Path(checkpoint) / CHECKPOINT_STATE).read_text(encoding="utf-8"))
 
 
 def _fingerprint(run: RunConfig) -> dict[str, Any]:

@@ -237,7 +237,9 @@ class TrialRecipe:
             if self.resume_from is None:
                 trainer.train()
             else:
-                trainer.supervised_tokens = _saved_supervised_tokens(self.resume_from)
+                from ranksweep.trial.checkpoints import saved_state
+
+                trainer.supervised_tokens = int(saved_state(self.resume_from)["supervised_tokens"])
                 if not _restore_finished(trainer, self.resume_from, watch):
                     trainer.train(resume_from_checkpoint=str(self.resume_from))
             self.train_s = time.perf_counter() - t_train
@@ -362,17 +364,6 @@ def _restore_finished(trainer: Any, checkpoint: Path, watch: Any) -> bool:
     watch.start_tokens = int(state.num_input_tokens_seen or 0)
     log.info("the checkpoint at step %d is the last step: evaluating it", state.global_step)
     return True
-
-
-def _saved_supervised_tokens(checkpoint: Path) -> int:
-    import json
-
-    from ranksweep.trial.trainer import CHECKPOINT_STATE
-
-    try:
-        return int(json.loads((Path(checkpoint) / CHECKPOINT_STATE).read_text())["supervised_tokens"])
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 def run_trial(cfg: RunConfig | DictConfig | dict, out_dir: str | os.PathLike, reporter: Optional[Reporter] = None,

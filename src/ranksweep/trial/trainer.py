@@ -5,7 +5,6 @@ Imported once a trial's data is known to be good (transformers' Trainer takes se
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,11 +21,9 @@ from ranksweep.errors import TrialFailed, TrialPruned
 from ranksweep.models import torch_dtype
 from ranksweep.speed import chunked_loss_forward, liger_kernel_config, logits_eval_rows
 from ranksweep.tracking import Tracker
+from ranksweep.trial.checkpoints import save_state
 
-__all__ = ["CHECKPOINT_STATE", "RanksweepTrainer", "Watch", "training_arguments"]
-
-# What ranksweep keeps in each checkpoint beside the Trainer's own files (trainer_state.json...).
-CHECKPOINT_STATE = "ranksweep_state.json"
+__all__ = ["RanksweepTrainer", "Watch", "training_arguments"]
 
 log = logging.getLogger("ranksweep")
 
@@ -58,7 +55,7 @@ class Watch(TrainerCallback):
         trainer = getattr(self, "trainer", None)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if trainer is not None and folder.is_dir():
-            (folder / CHECKPOINT_STATE).write_text(json.dumps({"supervised_tokens": trainer.supervised_tokens}))
+            save_state(folder, trainer.supervised_tokens)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -190,7 +187,8 @@ def training_arguments(run: RunConfig, device: str, out: Path, kernels: str = "n
         logging_steps=t.log_every,
         save_strategy="steps" if saving else "no",
         save_steps=t.save_every if saving else 500,
-        save_total_limit=1 if saving else None,  # the older one is deleted once the new one is complete
+        # Two: the Trainer deletes the older one before ranksweep's state lands in the new one (on_save).
+        save_total_limit=2 if saving else None,
         report_to="none",
         seed=t.seed,
         data_seed=t.seed,
