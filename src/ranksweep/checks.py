@@ -90,26 +90,39 @@ def check_model_id(model_id: Any) -> None:
     folder = Path(text).expanduser()
     if text.startswith((".", "/", "~")) and not folder.exists():
         raise ConfigError(f"model.id: folder not found: {text}")
-    if folder.is_file():
-        require(folder.suffix.lower() == ".gguf",
-                f"model.id: {text} is a file; point model.id at a model folder, a .gguf file or a hub id")
+    gguf = gguf_file(text)
+    if gguf is not None:
         try:
-            with folder.open("rb") as fh:
+            with gguf.open("rb") as fh:
                 magic = fh.read(4)
         except OSError as exc:
-            raise ConfigError(f"model.id: cannot read {text}: {exc.strerror or exc}") from None
-        require(magic == b"GGUF", f"model.id: {text} is not a GGUF file (it does not start with GGUF)")
+            raise ConfigError(f"model.id: cannot read {gguf}: {exc.strerror or exc}") from None
+        require(magic == b"GGUF", f"model.id: {gguf} is not a GGUF file (it does not start with GGUF)")
         return
+    require(not folder.is_file(),
+            f"model.id: {text} is a file; point model.id at a model folder, a .gguf file or a hub id")
     problem = _model_folder_problem(folder) if folder.is_dir() else None
     require(problem is None, f"model.id: {text} is {problem}; point model.id at a folder written by "
              "save_pretrained (model and tokenizer), or a hub id")
 
 
+def gguf_file(model_id: str) -> Path | None:
+    """The GGUF file ``model.id`` names: a ``.gguf`` file, or a folder with one GGUF and no config.json."""
+    path = Path(model_id).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise ConfigError(f"model.id: {model_id} holds {len(found)} GGUF files "
+                              f"({', '.join(p.name for p in found[:4])}); point model.id at one of them")
+        return found[0] if found else None
+    return None
+
+
 def _model_folder_problem(folder: Path) -> Optional[str]:
     import json
 
-    if not (folder / "config.json").is_file() and any(folder.glob("*.gguf")):
-        return None  # a GGUF download: converted once (ranksweep.models.gguf_file)
     if not (folder / "config.json").is_file():
         return ("a LoRA adapter (adapter_config.json), not a base model" if (folder / "adapter_config.json").is_file()
                 else "a folder with no model in it (no config.json)")

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ranksweep.checks import gguf_file
 from ranksweep.config import ModelConfig, QuantConfig
 from ranksweep.errors import ConfigError
 from ranksweep.files import atomic_dir
@@ -125,20 +126,6 @@ def _convert_gguf(path: Path, folder: Path) -> None:
         raise ConfigError(f"model.id: cannot load {path.name} as a GGUF model: {first}") from None
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-
-
-def gguf_file(model_id: str) -> Path | None:
-    """The GGUF file ``model.id`` names: a ``.gguf`` file, or a folder with one GGUF and no config.json."""
-    path = Path(model_id).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return path
-    if path.is_dir() and not (path / "config.json").is_file():
-        found = sorted(path.glob("*.gguf"))
-        if len(found) > 1:
-            raise ConfigError(f"model.id: {model_id} holds {len(found)} GGUF files "
-                              f"({', '.join(p.name for p in found[:4])}); point model.id at one of them")
-        return found[0] if found else None
-    return None
 
 
 def resolve_model_path(cfg: ModelConfig, cache_dir: str | os.PathLike) -> str:

@@ -378,17 +378,13 @@ def model_config_for(run: Any) -> Any:
         return text_config(cfg)
     if model_id in KNOWN_IDS:
         return known_config(KNOWN_IDS[model_id])
-    why = "not in the Hugging Face cache, and the hub is not reachable"
-    for cached_only in (True, False):
-        if not cached_only and not hub_reachable():
-            break
-        try:
-            cfg = AutoConfig.from_pretrained(model_id, revision=model.revision, local_files_only=cached_only,
-                                             trust_remote_code=model.trust_remote_code)
-            return text_config(cfg)
-        except (OSError, ValueError) as exc:
-            if not cached_only:
-                why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    online = hub_reachable()  # offline: the cache only, at once (not 20 s of retries)
+    try:
+        return text_config(AutoConfig.from_pretrained(model_id, revision=model.revision, local_files_only=not online,
+                                                      trust_remote_code=model.trust_remote_code))
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        why = first if online else "not in the Hugging Face cache, and the hub is not reachable"
     raise ConfigError(
         f"model: no built-in shape for {model_id!r} and its config.json: {why}; "
         f"built in: {', '.join(KNOWN_IDS)}; or set model.id to a local folder"
