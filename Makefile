@@ -56,7 +56,7 @@ sweep: $(STAMP) ## the rank ladder on the embedded default; prints the recommend
 	$(VENV)/bin/ranksweep -m +sweep=rank_doubling $(ARGS)
 
 test: $(STAMP) system-deps ## the full CPU test suite (what CI runs)
-	$(PY) -m pytest -m "not gpu" $(ARGS)
+	$(PY) -m pytest -m "not gpu" --durations=25 $(ARGS)
 
 test-fast: $(STAMP) ## the quick subset, for iteration
 	$(PY) -m pytest -m "not gpu and not slow" -x -q $(ARGS)

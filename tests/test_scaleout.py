@@ -122,6 +122,46 @@ def test_killed_worker_trial_is_retried(pg, tmp_path, cache, single, kind):
     assert curve(tmp_path / "outputs" / "sweeps" / "killed" / "sweep_summary.json") == single
 
 
+# The real command, dying right after its first claim (as if killed there): the trial exists and names its
+# job, and nothing was launched.
+DIE_AFTER_CLAIM = """
+import os, sys
+from ranksweep.sweep.claim import Claimer
+create = Claimer._create
+def _create(self, *args, **kwargs):
+    create(self, *args, **kwargs)
+    os._exit(9)
+Claimer._create = _create
+from ranksweep.cli import run
+sys.argv[0] = sys.argv.pop(1)
+run()
+"""
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "journal"])
+def test_worker_killed_between_claim_and_launch(pg, tmp_path, cache, single, kind):
+    """Its trial goes stale like a running one; the next worker runs the job instead of waiting on it."""
+    from ranksweep.storage import open_storage
+
+    url = pg.create_db("claimed") if kind == "postgresql" else f"journal://{tmp_path / 'study.log'}"
+    args = ["-m", *TINY, f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=claimed"]
+    died = subprocess.run([run.PYTHON, "-c", DIE_AFTER_CLAIM, run.BIN, *args], cwd=tmp_path, env=run.env(cache),
+                          capture_output=True, text=True, timeout=300)
+    assert died.returncode == 9, died.stderr[-3000:]
+    storage = open_storage(url, heartbeat=False)
+    (orphan,) = optuna.load_study(study_name="claimed", storage=storage).get_trials()
+    assert orphan.state == TrialState.RUNNING and orphan.user_attrs["ladder"] == "default"
+    ((rc, _, err),) = finish([start(tmp_path, cache, *args[1 + len(TINY):])], timeout=600)
+    assert rc == 0, err[-3000:]
+    ts = jobs(optuna.load_study(study_name="claimed", storage=storage))[
+        (orphan.user_attrs["ladder"], orphan.user_attrs["rank"], orphan.user_attrs["seed"])]
+    assert ts[0].number == orphan.number and ts[0].state == TrialState.FAIL
+    if kind == "journal":  # ours; Optuna's fail_stale_trials (RDB) records no reason
+        assert "no heartbeat" in ts[0].user_attrs["fail_reason"]
+    assert [t.state for t in ts[1:]] == [TrialState.COMPLETE]
+    assert curve(tmp_path / "outputs" / "sweeps" / "claimed" / "sweep_summary.json") == single
+
+
 def test_two_workers_on_a_journal_file(tmp_path, cache, single):
     url = f"journal://{tmp_path / 'shared' / 'study.log'}"
     results = finish([start(tmp_path, cache, f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=jr")

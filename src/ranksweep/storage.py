@@ -34,10 +34,12 @@ def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
         if journal is not None:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+            from ranksweep.journal_lock import JournalLock
+
             journal.parent.mkdir(parents=True, exist_ok=True)
             if journal.is_file() and journal.stat().st_size > 0:
                 check_journal(journal, key)
-            return JournalStorage(JournalFileBackend(str(journal)))
+            return JournalStorage(JournalFileBackend(str(journal), lock_obj=JournalLock(str(journal))))
         db = sqlite_path(url)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -111,34 +113,32 @@ def _sqlite_recovery(path: Path) -> str:
 
 
 def check_journal(path: Path, key: str) -> None:
-    """Refuse a journal file Optuna could not replay, or would append to after a torn line (read-only).
-
-    A last line without its newline may be another worker's append in progress: read again once."""
-    bad = _journal_damage(path)
-    if bad is not None and bad[1]:
-        time.sleep(1.0)
-        bad = _journal_damage(path)
-    if bad is not None:
-        number = bad[0]
+    """Refuse a journal file Optuna could not replay (read-only). A last line without its newline is not
+    damage: an append in progress, or one whose writer died (the next append drops it,
+    :mod:`ranksweep.journal_lock`); Optuna's reader skips it."""
+    number = _journal_damage(path)
+    if number is not None:
         raise StorageDamaged(
             f"{key}: journal file {path} is damaged at line {number} (not a complete JSON record); it was not "
             f"written to. Keep the records before it (`head -n {number - 1} {path} > {path}.fixed`) and point "
             "the storage at the new file, or restore a backup")
 
 
-def _journal_damage(path: Path) -> Optional[tuple[int, bool]]:
-    """(line number, whether it is the last line) of the first record that is not complete JSON, else None."""
+def _journal_damage(path: Path) -> Optional[int]:
+    """The line number of the first record that is not complete JSON (a torn last line aside), else None."""
     import json
 
     with open(path, "rb") as fh:
         lines = fh.readlines()
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()
     for number, line in enumerate(lines, start=1):
         try:
-            ok = line.endswith(b"\n") and isinstance(json.loads(line), dict)
+            ok = isinstance(json.loads(line), dict)
         except ValueError:
             ok = False
         if not ok:
-            return number, number == len(lines)
+            return number
     return None
 
 

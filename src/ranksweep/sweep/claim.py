@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from ranksweep.locks import study_lock
 from ranksweep.sweep import plan
-from ranksweep.sweep.heartbeat import fail_stale
+from ranksweep.sweep.heartbeat import fail_stale, first_beat
 from ranksweep.sweep.reader import Spec, index_trials, read_ladders
 from ranksweep.sweep.record import check_failures
 from ranksweep.sweep.results import Ladder, Trial
@@ -113,6 +113,7 @@ class Claimer:
     def _create(self, item: plan.Item, lad: Ladder, created: dict) -> Claim:
         trial = self.study.ask()
         tid = trial._trial_id
+        first_beat(self.storage, tid)  # this worker dying before the launch leaves a trial that goes stale
         values = dict(c.split("=", 1) for c in item.combo)
         for k, dist in self.axes.items():
             self.storage.set_trial_param(tid, k, dist.to_internal_repr(values[k]), dist)

@@ -3,6 +3,10 @@
 RDB storages (SQLite, PostgreSQL, MySQL) use Optuna's own heartbeat thread and
 ``fail_stale_trials``. Optuna's journal storage has no heartbeat, so there the worker beats a
 ``heartbeat_at`` user attribute and :func:`fail_stale` reads it.
+
+Both skip a RUNNING trial that never beat, so a trial beats once as it is created
+(:func:`first_beat`), before anything names its job: a worker killed between claiming a job and
+launching it leaves a trial that goes stale like any other, not one every later worker waits on.
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ def heartbeat(storage: Any, trial_id: int, interval: float) -> Beat:
 
         return get_heartbeat_thread(trial_id, storage)
     return AttrHeartbeat(storage, trial_id, interval)
+
+
+def first_beat(storage: Any, trial_id: int) -> None:
+    """The heartbeat a trial gets as it is created, before its launch starts the regular beat."""
+    if is_rdb(storage):
+        storage.record_heartbeat(trial_id)
+    else:
+        storage.set_trial_user_attr(trial_id, "heartbeat_at", time.time())
 
 
 def fail_stale(study: optuna.Study, storage: Any, grace: float) -> None:
