@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import compose
 
 from hydra_plugins.ranksweep_sweeper.config import RanksweepSweeperConf
 from ranksweep.errors import ConfigError
@@ -85,3 +86,18 @@ def test_more_bad_settings(field, value, message):
     with pytest.raises(ConfigError) as exc:
         SweepSettings(**{field: value}).validate()
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("key, hint", [
+    ("max_ranks", " (did you mean hydra.sweeper.max_rank?)"),  # a typo
+    ("grace", " (did you mean hydra.sweeper.grace_period?)"),  # the start of a name
+    ("n_trials", " (did you mean hydra.sweeper.search_budget?)"),  # hydra-optuna-sweeper's name
+    ("xyzzy", ""),  # nothing close: no guess
+])
+def test_unknown_sweeper_settings_suggest_ours(key, hint):
+    with pytest.raises(ConfigError) as added:  # +hydra.sweeper.KEY=... reaches the plugin
+        SweepSettings.from_params({key: 1})
+    assert str(added.value) == f"hydra.sweeper.{key}: not a ranksweep sweeper setting{hint}"
+    with pytest.raises(ConfigError) as typed:  # hydra.sweeper.KEY=... stops where Hydra composes
+        compose(f"hydra.sweeper.{key}=1", return_hydra_config=True)
+    assert str(typed.value) == f"hydra.sweeper.{key}: unknown config key{hint}"

@@ -127,13 +127,28 @@ ALIASES = {
 }
 
 
+# hydra-optuna-sweeper's names and other ways to say ours.
+SWEEPER_ALIASES = {"n_trials": "search_budget", "search_space": "search", "min_rank": "start_rank",
+                   "seeds": "seeds_per_rank", "n_seeds": "seeds_per_rank", "metric": "objective",
+                   "threshold": "margin", "early_stopping_patience": "patience"}
+SWEEPER = "hydra.sweeper."
+
+
 def did_you_mean(key: str) -> str:
     """`` (did you mean trainer.lr?)`` for a key another tool's name or a typo of one of ours, else ''."""
     import difflib
 
+    last = key.rsplit(".", 1)[-1]
+    if key.startswith(SWEEPER):
+        from ranksweep.sweep.settings import SweepSettings
+
+        names = [f.name for f in dataclasses.fields(SweepSettings)]
+        near = ([SWEEPER_ALIASES[last]] if SWEEPER_ALIASES.get(last) in names else
+                difflib.get_close_matches(last, names, n=1, cutoff=0.7)
+                or [n for n in names if len(last) >= 4 and n.startswith(last)][:1])
+        return f" (did you mean {SWEEPER}{near[0]}?)" if near else ""
     from ranksweep.config import RunConfig
 
-    last = key.rsplit(".", 1)[-1]
     if last in ALIASES:
         return f" (did you mean {ALIASES[last]}?)"
     known = [k for k, _ in _leaf_keys(RunConfig)]

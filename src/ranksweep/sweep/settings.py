@@ -13,7 +13,19 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 from ranksweep.errors import ConfigError
-from ranksweep.validation import checked, integer, is_int, not_empty, number, one_of, positive_int, require, run_checks
+from ranksweep.validation import (
+    SWEEPER,
+    checked,
+    did_you_mean,
+    integer,
+    is_int,
+    not_empty,
+    number,
+    one_of,
+    positive_int,
+    require,
+    run_checks,
+)
 
 DEFAULT_STORAGE_URL = "sqlite:///outputs/ranksweep.db"
 OBJECTIVES = {"eval_loss": "minimize", "perplexity": "minimize", "exact_match": "maximize"}
@@ -21,7 +33,7 @@ PRUNERS = ("parent", "none")
 STOP_RULES = ("margin", "share")
 SAMPLERS = ("tpe", "random")
 RUNG_PRUNERS = ("sha", "none")
-K = "hydra.sweeper."
+K = SWEEPER
 share = number(at_least=0, below=1)
 fraction = number(at_least=0, at_most=1)
 
@@ -91,7 +103,7 @@ class SweepSettings:
         names = {f.name for f in fields(cls)}
         unknown = sorted(k for k in params if k not in names and not k.startswith("_"))
         if unknown:
-            raise ConfigError(f"{K}{unknown[0]}: not a ranksweep sweeper setting")
+            raise ConfigError(f"{K}{unknown[0]}: not a ranksweep sweeper setting{did_you_mean(K + unknown[0])}")
         s = cls(**{k: v for k, v in params.items() if k in names})
         s.params = {str(k): str(v) for k, v in (s.params or {}).items()}
         s.search = {str(k): str(v) for k, v in (s.search or {}).items()}
