@@ -623,7 +623,24 @@ BAD_ROWS = [
     ({"messages": [{"role": "assistant", "content": "b"}]},
      "messages: the first turn after the system turn must be the user's, got 'assistant'"),
     ({"messages": ["hi"]}, "messages[0] must be an object with 'role' and 'content'; got a str"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                   {"role": "assistant", "content": "b"}]},
+     'messages[0].content[0]: only text parts ({"type": "text", "text": ...}) can be trained; '
+     "got a part of type 'image_url'"),
+    ({"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]},
+     'messages[0].content[0]: only text parts ({"type": "text", "text": ...}) can be trained; got a str'),
 ]
+
+
+def test_text_content_parts_are_the_same_as_text(tok, tmp_path):
+    """OpenAI's content parts: [{"type": "text", "text": ...}] rows train exactly as their joined text."""
+    parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"][:2]},
+                                            {"type": "text", "text": m["content"][2:]}]} for m in CHAT]
+    a = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "parts.jsonl", [{"messages": parts}])))
+    b = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "text.jsonl", [{"messages": CHAT}])))
+    assert [e["messages"] for e in a] == [e["messages"] for e in b] == [CHAT]
+    rows = [tokenize_examples(x, tok, "instruct", DataConfig(), 256).to_dict() for x in (a, b)]
+    assert rows[0] == rows[1]
 
 
 @pytest.mark.parametrize(("bad", "message"), BAD_ROWS)

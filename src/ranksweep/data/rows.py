@@ -4,6 +4,7 @@
 
 - ``messages``: a list of ``{"role", "content"}`` (TRL's conversational format, OpenAI's chat format),
   roles ``system``, ``user``, ``assistant``; the column is ``messages`` (or ``data.messages_column``);
+  a ``content`` may be a list of text parts (``[{"type": "text", "text": ...}]``), joined;
 - ``sharegpt``: a list of ``{"from", "value"}`` with ``from`` one of ``system``, ``human``, ``gpt``
   (``user`` and ``assistant`` are taken too); the column is ``conversations`` (or ``data.messages_column``);
 - ``pairs``: ``data.prompt_column`` and ``data.response_column`` (ranksweep's prompt/response);
@@ -203,10 +204,25 @@ def parse_messages(value: Any, field: str, where: str, sharegpt: bool) -> list[d
         if role not in ROLES:
             raise DataError(f"{where}: {field}[{i}].{role_key} must be one of {allowed}; got {raw!r}")
         content = message.get(content_key)
+        if isinstance(content, list):  # content parts (OpenAI's chat format, TRL's multimodal rows)
+            content = _text_parts(content, f"{where}: {field}[{i}].{content_key}")
         if not isinstance(content, str):
             raise DataError(f"{where}: {field}[{i}].{content_key} must be text; got {_kind(content)}")
         out.append({"role": role, "content": content})
     return out
+
+
+def _text_parts(parts: list, where: str) -> str:
+    """The text of ``[{"type": "text", "text": ...}, ...]``, joined; another kind of part is a DataError."""
+    texts = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            got = f"a part of type {kind!r}" if isinstance(kind, str) else _kind(part)
+            raise DataError(f"{where}[{j}]: only text parts ({{\"type\": \"text\", \"text\": ...}}) can be "
+                            f"trained; got {got}")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def _check_conversation(messages: list[dict[str, str]], field: str, where: str, need_assistant: bool) -> None:
