@@ -374,6 +374,64 @@ def test_pruning_schedule_waits_for_the_steps(tmp_path):
     assert reporter.inner.study.pruner.parent.after_step == 20
 
 
+def test_a_job_whose_trial_was_taken_over_stops(compose_cfg, tmp_path):
+    """Its sweeper died (or was cut off) and another worker marked the trial failed: the job, still
+    running on its node, stops at its first step instead of training on beside the job's new run."""
+    import optuna
+
+    from ranksweep.config import to_run_config
+    from ranksweep.errors import TrialFailed
+    from ranksweep.job import run_job
+    from ranksweep.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    trial = study.ask()
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker n1:42 stopped (no heartbeat)")
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # as fail_stale does
+    run = to_run_config(compose_cfg("trainer.max_steps=50", "trainer.eval_every=50", f"trial.storage={url}",
+                                    "trial.study_name=s", f"trial.trial_number={trial.number}"))
+    with pytest.raises(TrialFailed) as err:
+        run_job(run, str(tmp_path / "job"))
+    assert err.value.kind == "taken_over"
+    assert str(err.value) == (f"trial {trial.number} is FAIL in the study (worker n1:42 stopped (no heartbeat)): "
+                              "another worker runs its job now; this one stops")
+    (after,) = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert after.user_attrs == {"fail_reason": "worker n1:42 stopped (no heartbeat)"}  # nothing written over it
+    assert not list((tmp_path / "job").rglob("checkpoint-*")), "stopped before its first checkpoint"
+
+
+def test_a_job_taken_over_while_it_trains_stops_at_its_next_check(compose_cfg, tmp_path, monkeypatch):
+    import optuna
+    from transformers import TrainerCallback
+
+    from ranksweep.config import to_run_config
+    from ranksweep.errors import TrialFailed
+    from ranksweep.job import _reporter
+    from ranksweep.storage import open_storage
+    from ranksweep.trial import run_trial
+    from ranksweep.trial import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "TAKEN_OVER_CHECK_S", 0.0)  # look at every step (15 s in real runs)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_storage(url)
+    trial = optuna.create_study(study_name="s", storage=storage).ask()
+    steps: list[int] = []
+
+    class OtherWorker(TrainerCallback):  # marks the trial failed at step 2, as fail_stale would
+        def on_step_end(self, args, state, control, **kw):
+            steps.append(state.global_step)
+            if state.global_step == 2:
+                storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+    run = to_run_config(compose_cfg("trainer.max_steps=50", "trainer.eval_every=50", f"trial.storage={url}",
+                                    "trial.study_name=s", f"trial.trial_number={trial.number}"))
+    with pytest.raises(TrialFailed, match="is FAIL in the study: another worker runs its job now") as err:
+        run_trial(run, tmp_path / "job", reporter=_reporter(run), callbacks=[OtherWorker()])
+    # Seen by that step's check or the next one's (as the Trainer orders the callbacks), not 48 steps later.
+    assert err.value.kind == "taken_over" and steps in ([1, 2], [1, 2, 3]), steps
+
+
 # --------------------------------------------------------------------------- conversations, held-out eval
 
 

@@ -61,6 +61,9 @@ class _LazyReporter:
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         self.inner.set_attrs(attrs)
 
+    def taken_over(self) -> Optional[str]:
+        return self.inner.taken_over()
+
 
 def _reporter(run: RunConfig) -> Optional[Any]:
     handle = run.trial
@@ -176,7 +179,7 @@ def run_job(run: RunConfig, out_dir: str, resolved: Optional[dict] = None) -> fl
     except BaseException as exc:
         if not isinstance(exc, TrialPruned):
             _BASE.clear()  # a failed trial may leave the base in any state: load a fresh one next time
-        if reporter is not None:
+        if reporter is not None and getattr(exc, "kind", None) != "taken_over":  # a finished trial is not ours
             reporter.set_attrs({"duration_s": time.perf_counter() - t0, "output_dir": out_dir,
                                 "fail_reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"})
         raise

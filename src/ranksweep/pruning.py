@@ -10,13 +10,15 @@ that is behind the half-size adapter that late buys nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
+from ranksweep.errors import TrialFailed
 from ranksweep.storage import open_storage
 
 
@@ -135,11 +137,32 @@ class OptunaReporter:
         return cls(study, int(h.trial_number))
 
     def report(self, step: int, value: float) -> None:
-        self.trial.report(float(value), int(step))
+        with self._ours():
+            self.trial.report(float(value), int(step))
 
     def should_prune(self) -> bool:
         return bool(self.trial.should_prune())
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
-        for key, value in attrs.items():
-            self.trial.set_user_attr(key, value)
+        with self._ours():
+            for key, value in attrs.items():
+                self.trial.set_user_attr(key, value)
+
+    @contextmanager
+    def _ours(self) -> Iterator[None]:
+        """A write to a trial another worker finished: the job was taken over (a TrialFailed that says so)."""
+        try:
+            yield
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TrialFailed(self.taken_over() or f"trial {self.trial.number} has finished",
+                              kind="taken_over") from None
+
+    def taken_over(self) -> Optional[str]:
+        """Why this job's trial is no longer this job's (another worker marked it failed after missing its
+        heartbeat: its sweeper died or was cut off), or None while it is RUNNING."""
+        t = self.study._storage.get_trial(self.trial._trial_id)
+        if t.state == optuna.trial.TrialState.RUNNING:
+            return None
+        return (f"trial {t.number} is {t.state.name} in the study"
+                + (f" ({t.user_attrs['fail_reason']})" if t.user_attrs.get("fail_reason") else "")
+                + ": another worker runs its job now; this one stops")

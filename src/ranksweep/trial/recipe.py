@@ -42,7 +42,8 @@ warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed 
 
 
 class Reporter(Protocol):
-    """What a sweeper hands a trial: intermediate values in, a prune decision out."""
+    """What a sweeper hands a trial: intermediate values in, a prune decision out. A reporter may also
+    have ``taken_over() -> Optional[str]``: why its trial is no longer this job's (the trainer stops)."""
 
     def report(self, step: int, value: float) -> None: ...
 

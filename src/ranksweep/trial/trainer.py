@@ -26,6 +26,7 @@ from ranksweep.trial.checkpoints import save_state
 __all__ = ["RanksweepTrainer", "Watch", "training_arguments"]
 
 log = logging.getLogger("ranksweep")
+TAKEN_OVER_CHECK_S = 15.0  # one read of the trial's state: negligible next to a training step
 
 
 class Watch(TrainerCallback):
@@ -42,6 +43,7 @@ class Watch(TrainerCallback):
         self.start_step = 0  # > 0 when the run resumed from a checkpoint
         self.start_tokens = 0
         self.first_logged_step: Optional[int] = None
+        self.last_check = -math.inf  # the last look at whether the trial is still this job's
 
     def on_train_begin(self, args, state, control, **kw):
         # Called once the Trainer has loaded a checkpoint's state: where this run starts.
@@ -56,6 +58,19 @@ class Watch(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if trainer is not None and folder.is_dir():
             save_state(folder, trainer.supervised_tokens)
+
+    def on_step_end(self, args, state, control, **kw):
+        """Stop soon after another worker took this job's trial over (its sweeper was killed or cut off
+        and the trial was marked failed): the job runs there again, this copy would only compete with it
+        for the device and the checkpoint folder. Checked on the first step, then every TAKEN_OVER_CHECK_S."""
+        check = getattr(self.reporter, "taken_over", None)
+        now = time.monotonic()
+        if check is None or now - self.last_check < TAKEN_OVER_CHECK_S:
+            return
+        self.last_check = now
+        why = check()
+        if why:
+            raise TrialFailed(why, kind="taken_over")
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
