@@ -102,9 +102,11 @@ def test_a_trial_claimed_by_a_dead_worker_goes_stale(tmp_path, kind):
     claimed = study.ask()  # as a claim makes it: a first beat, then the attributes that name the job
     first_beat(storage, claimed._trial_id)
     claimed.set_user_attr("ladder", "default")
+    claimed.set_user_attr("worker", "n1:42")
     silent = study.ask()  # without a first beat (as before): never stale, so every worker would wait on it
     silent.set_user_attr("ladder", "default")
     time.sleep(3.5)  # past the grace period (SQLite's clock counts whole seconds); the worker never launched
     fail_stale(study, storage, 2)
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {claimed.number: TrialState.FAIL, silent.number: TrialState.RUNNING}
+    assert study.get_trials()[claimed.number].user_attrs["fail_reason"] == "worker n1:42 stopped (no heartbeat)"

@@ -156,8 +156,7 @@ def test_worker_killed_between_claim_and_launch(pg, tmp_path, cache, single, kin
     ts = jobs(optuna.load_study(study_name="claimed", storage=storage))[
         (orphan.user_attrs["ladder"], orphan.user_attrs["rank"], orphan.user_attrs["seed"])]
     assert ts[0].number == orphan.number and ts[0].state == TrialState.FAIL
-    if kind == "journal":  # ours; Optuna's fail_stale_trials (RDB) records no reason
-        assert "no heartbeat" in ts[0].user_attrs["fail_reason"]
+    assert ts[0].user_attrs["fail_reason"] == f"worker {orphan.user_attrs['worker']} stopped (no heartbeat)"
     assert [t.state for t in ts[1:]] == [TrialState.COMPLETE]
     assert curve(tmp_path / "outputs" / "sweeps" / "claimed" / "sweep_summary.json") == single
 

@@ -75,17 +75,28 @@ def first_beat(storage: Any, trial_id: int) -> None:
 
 
 def fail_stale(study: optuna.Study, storage: Any, grace: float) -> None:
-    """Mark the trials of workers that stopped beating FAIL (without ``failure_kind``: run again)."""
+    """Mark the trials of workers that stopped beating FAIL (without ``failure_kind``: run again), each
+    with a ``fail_reason`` naming the worker, on every storage."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if is_rdb(storage):
-        optuna.storages.fail_stale_trials(study)
-        return
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = t.user_attrs.get("heartbeat_at")
-        if last is not None and time.time() - float(last) > grace:
-            try:
-                storage.set_trial_user_attr(
-                    t._trial_id, "fail_reason", f"worker {t.user_attrs.get('worker')} stopped (no heartbeat)")
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # its worker finished it meanwhile: alive after all
-            log.warning("trial %d: its worker stopped beating; it will run again", t.number)
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        if not is_heartbeat_enabled(storage):
+            return
+        # The test optuna.storages.fail_stale_trials applies (the storage's grace period, the database's
+        # clock); that function sets FAIL without a reason, and a finished trial takes no attribute.
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+    else:
+        stale = {t._trial_id for t in running
+                 if t.user_attrs.get("heartbeat_at") is not None
+                 and time.time() - float(t.user_attrs["heartbeat_at"]) > grace}
+    for t in running:
+        if t._trial_id not in stale:
+            continue
+        try:
+            storage.set_trial_user_attr(
+                t._trial_id, "fail_reason", f"worker {t.user_attrs.get('worker')} stopped (no heartbeat)")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its worker finished it meanwhile (alive after all), or another worker failed it
+        log.warning("trial %d: its worker stopped beating; it will run again", t.number)
