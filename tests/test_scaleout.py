@@ -151,7 +151,7 @@ def test_worker_killed_between_claim_and_launch(pg, tmp_path, cache, single, kin
     storage = open_storage(url, heartbeat=False)
     (orphan,) = optuna.load_study(study_name="claimed", storage=storage).get_trials()
     assert orphan.state == TrialState.RUNNING and orphan.user_attrs["ladder"] == "default"
-    ((rc, _, err),) = finish([start(tmp_path, cache, *args[1 + len(TINY):])], timeout=600)
+    ((rc, _, err),) = finish([start(tmp_path, cache, *args[1 + len(TINY):])], timeout=300)
     assert rc == 0, err[-3000:]
     ts = jobs(optuna.load_study(study_name="claimed", storage=storage))[
         (orphan.user_attrs["ladder"], orphan.user_attrs["rank"], orphan.user_attrs["seed"])]

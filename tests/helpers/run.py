@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -49,9 +51,18 @@ def start(cwd: Path, cache: Path, *args: str) -> subprocess.Popen:
 
 
 def finish(procs: Sequence[subprocess.Popen], timeout: int = 900) -> list[tuple[int, str, str]]:
+    """Each process's (return code, stdout, stderr). One still running after ``timeout`` s fails the test
+    with its output, and every process here is killed (with its children), so no hung sweep outlives it."""
     out = []
     for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                if q.poll() is None:
+                    os.killpg(q.pid, signal.SIGKILL)
+            stdout, stderr = p.communicate()
+            raise AssertionError(f"still running after {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}") from None
         out.append((p.returncode, stdout, stderr))
     return out
 
