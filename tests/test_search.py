@@ -92,27 +92,31 @@ def test_a_rung_costs_well_under_its_budget_and_pruned_trials_stay_out(searched)
 
 
 def test_a_best_learning_rate_at_the_edge_is_flagged(tmp_path):
+    # The range given on the command line, as hydra-optuna-sweeper takes it: an interval is searched.
     proc = synthetic(tmp_path, "hydra.sweeper.study_name=e", "hydra.sweeper.max_rank=32",
-                     "hydra.sweeper.search_budget=4",
-                     '+hydra.sweeper.search={trainer.lr: "tag(log, interval(4e-4, 4e-3))"}')
+                     "hydra.sweeper.search_budget=4", "trainer.lr=tag(log, interval(4e-4, 4e-3))")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rungs = {r["rank"]: r for r in ladder(tmp_path, "e")["rungs"]}
     assert rungs[32]["lr_at_edge"] == "low", rungs[32]  # its best, 2.5e-4, lies below the range
     assert "edge" in proc.stdout
+    assert all(4e-4 <= lr <= 4e-3 for r in rungs.values() for lr in r["lrs"] or []) and len(rungs[32]["lrs"]) > 1
 
 
 @pytest.mark.parametrize("search, key", [
-    ('{trainer.lr: "0.1"}', "hydra.sweeper.search.trainer.lr"),
-    ('{trainer.lr: "tag(log, interval(0, 1))"}', "hydra.sweeper.search.trainer.lr"),
-    ('{trainer.learning_rate: "interval(1e-4, 1e-3)"}', "trainer.learning_rate"),
-    ('{lora.r: "choice(8, 16)"}', "hydra.sweeper.search.lora.r"),
+    ('+hydra.sweeper.search={trainer.lr: "0.1"}', "hydra.sweeper.search.trainer.lr"),
+    ('+hydra.sweeper.search={trainer.lr: "tag(log, interval(0, 1))"}', "hydra.sweeper.search.trainer.lr"),
+    ('+hydra.sweeper.search={trainer.learning_rate: "interval(1e-4, 1e-3)"}', "trainer.learning_rate"),
+    ('+hydra.sweeper.search={lora.r: "choice(8, 16)"}', "hydra.sweeper.search.lora.r"),
+    # One key at a time, as people type it (ranksweep gathers them for Hydra), quoted or not:
+    ("hydra.sweeper.search.trainer.lr=0.1", "hydra.sweeper.search.trainer.lr"),
+    ("hydra.sweeper.search.trainer.lr='interval(1e-2, 1e-4)'", "hydra.sweeper.search.trainer.lr"),
+    ("trainer.lr=tag(log, interval(0, 1e-3))", "hydra.sweeper.search.trainer.lr"),
 ])
 def test_bad_search_is_one_line(tmp_path, search, key):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([str(Path(sys.executable).parent / "ranksweep"), "-m", *BASE, "hydra.sweeper.study_name=b",
-                           f"+hydra.sweeper.search={search}"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                           search], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and key in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

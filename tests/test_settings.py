@@ -101,3 +101,29 @@ def test_unknown_sweeper_settings_suggest_ours(key, hint):
     with pytest.raises(ConfigError) as typed:  # hydra.sweeper.KEY=... stops where Hydra composes
         compose(f"hydra.sweeper.{key}=1", return_hydra_config=True)
     assert str(typed.value) == f"hydra.sweeper.{key}: unknown config key{hint}"
+
+
+def test_sweeper_dict_items_are_gathered_for_hydra():
+    from ranksweep.compose import sweeper_dict_items
+
+    line = ["-m", "hydra.sweeper.search.trainer.lr=tag(log, interval(1e-4, 1e-2))", "lora.r=8",
+            "hydra.sweeper.search.lora.dropout='choice(0.0, 0.05)'", "hydra.sweeper.params.lora.targets=qv,attention"]
+    assert sweeper_dict_items(line) == [
+        "-m", "+hydra.sweeper.search={trainer.lr: 'tag(log, interval(1e-4, 1e-2))', lora.dropout: 'choice(0.0, 0.05)'}",
+        "lora.r=8", "+hydra.sweeper.params={lora.targets: 'qv,attention'}"]
+    assert sweeper_dict_items(["a=1", "hydra.sweeper.max_rank=64"]) == ["a=1", "hydra.sweeper.max_rank=64"]
+    # Composed with a preset that searches trainer.lr: the items merge into its search, the last wins.
+    cfg = compose("+sweep=rank_doubling", *sweeper_dict_items(["hydra.sweeper.search.lora.dropout=choice(0.0,0.1)",
+                                                               "hydra.sweeper.search.trainer.lr=interval(1e-3,1e-2)"]),
+                  return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.search) == {"trainer.lr": "interval(1e-3,1e-2)", "lora.dropout": "choice(0.0,0.1)"}
+
+
+def test_a_range_on_the_command_line_is_searched_and_a_list_is_a_ladder():
+    from ranksweep.sweep.overrides import parse
+
+    space = parse(["trainer.lr=tag(log, interval(1e-4, 1e-2))", "lora.targets=qv,attention", "trainer.max_steps=5"],
+                  {"lora.dropout": "interval(0.0, 0.1)", "lora.targets": "all_linear,mlp"})
+    assert dict(space.search) == {"trainer.lr": "tag(log, interval(1e-4, 1e-2))", "lora.dropout": "interval(0.0, 0.1)"}
+    assert [k for k, _ in space.ladders] == ["lora.targets=qv", "lora.targets=attention"]  # the command line wins
+    assert space.fixed == ("trainer.max_steps=5",) and "trainer.lr" not in space.keys

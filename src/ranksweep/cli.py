@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     # Let exceptions reach us so that we print one line, not Hydra's traceback summary.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # Passwords in URLs never reach Hydra (its saved files, its logs, the jobs' overrides).
-    sys.argv[1:] = [conceal(a) for a in sys.argv[1:]]
+    sys.argv[1:] = [conceal(a) for a in compose.sweeper_dict_items(sys.argv[1:])]
     task = hydra.main(version_base=compose.VERSION_BASE, config_path=compose.config_path(),
                       config_name=compose.CONFIG_NAME)(_job)
     _RUN_ERRORS.clear()

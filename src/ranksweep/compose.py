@@ -64,6 +64,38 @@ def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False)
         raise ConfigError(describe_error(exc)) from exc
 
 
+# hydra.sweeper.search.trainer.lr=... or hydra.sweeper.params.lora.targets=... as typed on a command line.
+_SWEEPER_DICT_ITEM = re.compile(r"\+{0,2}hydra\.sweeper\.(search|params)\.([^=]+)=(.*)", re.S)
+
+
+def sweeper_dict_items(args: Sequence[str]) -> list[str]:
+    """The command line with ``hydra.sweeper.search.<key>=<text>`` (and ``.params.``) gathered into one
+    ``+hydra.sweeper.search={<key>: '<text>', ...}``, which Hydra merges into the config's.
+
+    Hydra cannot take them as typed: it reads the dotted key as a path (``search.trainer.lr``) where
+    ranksweep's keys are config keys with dots in them (``trainer.lr``), and it refuses a range under
+    ``hydra.*`` ("Sweeping over Hydra's configuration is not supported")."""
+    out: list[str] = []
+    found: dict[str, dict[str, str]] = {}
+    at: dict[str, int] = {}  # where each gathered override goes: the place of its first item
+    for arg in args:
+        m = _SWEEPER_DICT_ITEM.fullmatch(arg)
+        if m is None:
+            out.append(arg)
+            continue
+        name, key, text = m.groups()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]  # quoted for Hydra (hydra.sweeper.search.trainer.lr='interval(1e-4,1e-2)')
+        if name not in found:
+            found[name], at[name] = {}, len(out)
+            out.append("")
+        found[name][key.strip()] = text
+    for name, items in found.items():
+        value = ", ".join(f"{k}: '" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for k, v in items.items())
+        out[at[name]] = f"+hydra.sweeper.{name}={{{value}}}"  # +: merged, adding keys
+    return out
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a Hydra or OmegaConf error, naming the key when there is one.
 

@@ -20,10 +20,12 @@ def quote(value: object) -> str:
 
 @dataclass(frozen=True)
 class SweepSpace:
-    """The fixed overrides, and one ladder ``(key, combo)`` per combination of the axes."""
+    """The fixed overrides, one ladder ``(key, combo)`` per combination of the axes, and the keys given
+    a range to search at every rank (``trainer.lr='tag(log, interval(1e-4, 1e-2))'``)."""
 
     fixed: tuple[str, ...]
     axes: tuple[tuple[str, tuple[str, ...]], ...]  # (key, ("key=v1", "key=v2", ...))
+    search: tuple[tuple[str, str], ...] = ()  # (key, sweep string), as in hydra.sweeper.search
 
     @property
     def ladders(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -58,7 +60,11 @@ class SweepSpace:
 
 
 def parse(arguments: Sequence[str], preset: dict[str, str]) -> SweepSpace:
-    """Split the command line (plus ``hydra.sweeper.params``, which the command line overrides)."""
+    """Split the command line (plus ``hydra.sweeper.params``, which the command line overrides).
+
+    A list (``a,b``, ``choice(a,b)``, ``range(...)``) is an axis: one ladder per value. An interval is
+    searched within every rank, as hydra-optuna-sweeper searches one given on the command line; it
+    joins ``hydra.sweeper.search`` (and wins over the same key there)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -66,6 +72,7 @@ def parse(arguments: Sequence[str], preset: dict[str, str]) -> SweepSpace:
     extra = [f"{k}={v}" for k, v in preset.items() if k not in given]
     fixed: list[str] = []
     axes: list[tuple[str, tuple[str, ...]]] = []
+    search: dict[str, str] = {}
     for o in parser.parse_overrides(extra + list(arguments)):
         key = o.get_key_element()
         if key.lstrip("+~") in OWNED:
@@ -73,11 +80,12 @@ def parse(arguments: Sequence[str], preset: dict[str, str]) -> SweepSpace:
                               "factor and max_rank instead")
         if o.is_sweep_override():
             if o.is_interval_sweep():
-                raise ConfigError(f"{key}: interval sweeps are not supported; list the values")
+                search[key.lstrip("+~")] = o.input_line.split("=", 1)[1]
+                continue
             axes.append((key, tuple(f"{key}={v}" for v in o.sweep_string_iterator())))
         else:
             fixed.append(o.input_line)
-    return SweepSpace(tuple(fixed), tuple(axes))
+    return SweepSpace(tuple(fixed), tuple(axes), tuple(search.items()))
 
 
 def _value(v: object) -> str:

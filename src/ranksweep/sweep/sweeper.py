@@ -168,6 +168,7 @@ class RankSweep:
         self.s.storage = conceal(self.s.storage_url)
         identity.check_name("hydra.sweeper.study_name", self.s.study_name)  # it names the sweep folder
         self.space = space = parse(arguments, self.s.params)
+        self.s.search = {**self.s.search, **dict(space.search)}  # a range on the command line is searched
         searched = search_space(self.s.search, space.keys + ["lora.r", "trainer.seed"])
         probe = {k: getattr(d, "low", None) if hasattr(d, "low") else d.choices[0] for k, d in searched.items()}
         idents = {}
