@@ -159,12 +159,19 @@ def test_estimate_command_prints_the_plan_for_a_limit():
     dequantized; 12 GB: it does not fit, whatever is recomputed."""
     res = _estimate_cmd("model=llama3_1_8b", "trainer=gpu", "lora.r=16", "trainer.memory_limit_gb=80")
     assert res.returncode == 0, res.stderr
-    assert "limit 80.00 GB (trainer.memory_limit_gb memory): fits" in res.stdout
+    assert "limit 80.00 GB (trainer.memory_limit_gb): fits" in res.stdout
     assert "dequantized copies of 32 layers" in res.stdout and "grad_ckpt=" in res.stdout
     total = float(res.stdout.split("peak memory estimate: ")[1].split(" GB")[0])
     assert total <= 80
     small = _estimate_cmd("model=llama3_1_8b", "trainer=gpu", "lora.r=16", "trainer.memory_limit_gb=12")
     assert small.returncode == 0 and "DOES NOT FIT" in small.stdout and "dequantized copies of 0 layers" in small.stdout
+    plain = _estimate_cmd("model=llama3_1_8b", "trainer=gpu", "lora.r=16")
+    import torch
+
+    if torch.cuda.is_available():
+        assert "GB (cuda memory): " in plain.stdout
+    else:  # planning a GPU run here: no limit is known, and it says how to give one
+        assert "limit: none known (no cuda device here)" in plain.stdout and "trainer.memory_limit_gb=" in plain.stdout
 
 
 def test_estimate_command_tiny_model_reads_its_config():
