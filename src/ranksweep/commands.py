@@ -148,8 +148,8 @@ def estimate(argv: Sequence[str]) -> int:
     print(est.table())
     if mem.limit_gb is not None:
         verdict = "fits" if mem.fits else "DOES NOT FIT: a sweep skips this trial"
-        print(f"  limit {mem.limit_gb:.2f} GB ({'trainer.memory_limit_gb' if run.trainer.memory_limit_gb else device + ' memory'}"
-              f"): {verdict}")
+        source = "trainer.memory_limit_gb" if run.trainer.memory_limit_gb else f"{device} memory"
+        print(f"  limit {mem.limit_gb:.2f} GB ({source}): {verdict}")
     else:  # planning on another machine than the one that will train (a laptop for a GPU run)
         print(f"  limit: none known (no {device} device here), so nothing is recomputed or skipped; "
               "plan for a card with trainer.memory_limit_gb=GB (e.g. 80)")
