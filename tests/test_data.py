@@ -610,7 +610,7 @@ def test_template_rewriting_history_trains_the_last_turn(tok):
 
 BAD_ROWS = [
     ({"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]},
-     "messages[1].role must be one of system, user, assistant; got 'bot'"),
+     "messages[1].role must be one of system, user, assistant, tool; got 'bot'"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]},
      "messages[1].content must be text; got null"),
     ({"messages": [{"role": "user", "content": "a"}, {"content": "b"}]},
@@ -658,7 +658,7 @@ def test_bad_sharegpt_and_prompt_completion_rows(tmp_path):
     with pytest.raises(DataError) as err:
         load_examples(_jsonl_cfg(share))
     assert str(err.value) == ("data.path: s.jsonl line 1: conversations[1].from must be one of "
-                              "system, human, gpt (or user, assistant); got 'bot'")
+                              "system, human, gpt, function_call, observation (or user, assistant, tool); got 'bot'")
     pc = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": CHAT[:1], "completion": [{"role": "user", "content": "x"}]}])
     with pytest.raises(DataError, match=r"^data\.path: pc\.jsonl line 1: completion has no assistant turn"):
         load_examples(_jsonl_cfg(pc))
@@ -669,6 +669,105 @@ def test_bad_sharegpt_and_prompt_completion_rows(tmp_path):
     with pytest.raises(DataError) as err:
         load_examples(_jsonl_cfg(pairs, format="messages"))
     assert str(err.value) == "data.format: column 'messages' not in pairs.jsonl line 1; columns are: prompt, response"
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "a city's weather", "parameters": SCHEMA}}]
+TOOL_CHAT = [
+    {"role": "user", "content": "Rain in Oslo?"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"id": "c1", "type": "function",
+                     "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+    {"role": "assistant", "content": "Yes, rain."},
+]
+CALL = '{"name": "weather", "arguments": {"city": "Oslo"}}'
+# A template that renders tool use, in the way of Qwen 2.5's and Llama 3.1's (tools in the system turn,
+# calls as JSON in the assistant turn, results in a tool turn).
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %} {{ t['function']['name'] }}{% endfor %}"
+    "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}"
+    "{% for c in m['tool_calls'] or [] %}<call>{{ c['function']['name'] }} {{ c['function']['arguments'] | tojson }}"
+    "</call>{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _trained(tokenizer, row) -> list[str]:
+    """The trained spans of a tokenised row, as text."""
+    spans, cur = [], []
+    for t, lab in zip(row["input_ids"], row["labels"]):
+        if lab != IGNORE_INDEX:
+            cur.append(t)
+        elif cur:
+            spans, cur = spans + [tokenizer.decode(cur)], []
+    return spans + ([tokenizer.decode(cur)] if cur else [])
+
+
+def test_tool_calls_are_trained_and_tool_results_are_not(tok, tmp_path):
+    """OpenAI's tool use. ChatML prints only content, so the call goes in as a JSON line and the tools
+    as JSON lines in the system turn; token by token against ChatML's definition."""
+    p = _write_jsonl(tmp_path / "tools.jsonl", [{"messages": TOOL_CHAT, "tools": json.dumps(TOOLS)}])
+    (ex,) = load_examples(_jsonl_cfg(p))
+    assert ex["tools"] == TOOLS and ex["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
+    assert ex["messages"][1]["content"] == "" and ex["messages"][2]["tool_call_id"] == "c1"
+    row = tokenize_examples([ex], tok, "instruct", DataConfig(), 512)[0]
+    shown = [{"role": "system", "content": "Tools:\n" + json.dumps(TOOLS[0])}, TOOL_CHAT[0],
+             {"role": "assistant", "content": CALL}, {"role": "tool", "content": "rain"}, TOOL_CHAT[3]]
+    assert (row["input_ids"], row["labels"]) == _expected(tok, shown)
+    assert _trained(tok, row) == [CALL + "<|im_end|>\n", "Yes, rain.<|im_end|>\n"]
+
+
+def test_a_template_that_renders_tool_use_gets_it_as_is(tmp_path):
+    aware = _char_tokenizer(chat_template=TOOL_TEMPLATE)
+    p = _write_jsonl(tmp_path / "tools.jsonl", [{"messages": TOOL_CHAT, "tools": TOOLS}])
+    (ex,) = load_examples(_jsonl_cfg(p))
+    row = tokenize_examples([ex], aware, "instruct", DataConfig(), 512)[0]
+    assert aware.decode(row["input_ids"]) == aware.apply_chat_template(ex["messages"], tools=TOOLS, tokenize=False)
+    assert aware.decode(row["input_ids"]).startswith("<|im_start|>system\nTOOLS: weather<|im_end|>")
+    assert _trained(aware, row) == ['<call>weather {"city": "Oslo"}</call><|im_end|>\n', "Yes, rain.<|im_end|>\n"]
+
+
+def test_plain_template_and_sharegpt_tool_turns(tok, tok_plain, tmp_path):
+    """LLaMA-Factory's function_call / observation turns are the same conversation; the plain template
+    shows the tool turn under its own header, untrained."""
+    share = [{"from": "human", "value": "Rain in Oslo?"}, {"from": "function_call", "value": CALL},
+             {"from": "observation", "value": "rain"}, {"from": "gpt", "value": "Yes, rain."}]
+    a = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "s.jsonl", [{"conversations": share, "tools": TOOLS}])))
+    b = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "m.jsonl", [{"messages": TOOL_CHAT, "tools": TOOLS}])))
+    strip = [{k: v for k, v in m.items() if k not in ("tool_call_id",)} for m in b[0]["messages"]]
+    strip[1]["tool_calls"] = [{k: v for k, v in c.items() if k != "id"} for c in strip[1]["tool_calls"]]
+    assert a[0]["messages"] == strip and a[0]["tools"] == b[0]["tools"]
+    row = tokenize_examples(a, tok_plain, "instruct", DataConfig(), 512)[0]
+    eos = tok_plain.eos_token
+    assert tok_plain.decode(row["input_ids"]) == (
+        "### System:\nTools:\n" + json.dumps(TOOLS[0]) + "\n\n### User:\nRain in Oslo?\n\n### Assistant:\n"
+        + CALL + eos + "\n\n### Tool:\nrain\n\n### Assistant:\nYes, rain." + eos + "\n\n")
+    assert _trained(tok_plain, row) == [CALL + eos, "Yes, rain." + eos]
+
+
+TOOL_ROWS = [
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "r"},
+                   {"role": "assistant", "content": "b"}]},
+     "messages[1]: a tool turn must follow an assistant turn (its call)"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [{"type": "function"}]}]},
+     'messages[1].tool_calls[0] must be a call with a function name ({"type": "function", "function": '
+     '{"name": ..., "arguments": {...}}})'),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": "weather()"}]},
+     "messages[1].tool_calls must be a list of calls; got a str"),
+    ({"messages": CHAT, "tools": "[{"}, "tools: invalid JSON (Expecting property name enclosed in double quotes)"),
+    ({"messages": CHAT, "tools": [1]}, "tools must be a list of function schemas; got a list"),
+    ({"conversations": [{"from": "human", "value": "a"}, {"from": "function_call", "value": "weather("}]},
+     "conversations[1].value: a function_call's value must be the call's JSON (Expecting value)"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), TOOL_ROWS)
+def test_bad_tool_rows_are_one_line(tmp_path, bad, message):
+    column = "conversations" if "conversations" in bad else "messages"
+    good = {column: CHAT if column == "messages" else [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
+    p = _write_jsonl(tmp_path / "t.jsonl", [good] * 3 + [bad])
+    with pytest.raises(DataError) as err:
+        load_examples(_jsonl_cfg(p))
+    assert str(err.value) == f"data.path: t.jsonl line 4: {message}"
 
 
 def test_formats_from_csv_parquet_and_hub(tmp_path):
@@ -705,7 +804,7 @@ def test_eval_path_is_used_as_given(tmp_path):
     with pytest.raises(DataError) as err:
         load_splits(_jsonl_cfg(chat, eval_path=str(bad)))
     assert str(err.value) == ("data.eval_path: bad_eval.jsonl line 2: messages[0].role must be one of "
-                              "system, user, assistant; got 'x'")
+                              "system, user, assistant, tool; got 'x'")
     with pytest.raises(DataError, match=r"^data\.eval_path: file not found"):
         load_splits(_jsonl_cfg(chat, eval_path=str(tmp_path / "nope.jsonl")))
     with pytest.raises(DataError, match=r"^data\.format: column 'messages' not in ev\.csv"):

@@ -14,11 +14,19 @@ template below for conversations::
     {assistant}<eos>
 
 Only the assistant's turns are trained (their text and end-of-turn / EOS tokens); roles' headers,
-the system and user turns and the blank lines between turns are not.
+the system, user and tool turns and the blank lines between turns are not.
+
+Tool use (OpenAI's ``tool_calls`` on assistant turns, ``tool`` turns, a row's ``tools``) goes to a chat
+template that renders it, as TRL passes it (``apply_chat_template(messages, tools=...)``). A template
+that would drop it (tested once per template), and the plain template, get it as text instead: each
+call as a JSON line ``{"name": ..., "arguments": ...}`` after the assistant turn's content (trained),
+and the tools' schemas as JSON lines under ``Tools:`` in the system turn (not trained). A tool turn is
+``### Tool:`` in the plain template.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -30,7 +38,8 @@ __all__ = ["PLAIN_HEADERS", "conversation_segments", "format_pair", "has_chat_te
 log = logging.getLogger("ranksweep")
 
 #: The plain template's turn headers (base models, tokenizers without a chat template).
-PLAIN_HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
+PLAIN_HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n",
+                 "tool": "### Tool:\n"}
 PLAIN_SEPARATOR = "\n\n"
 
 # A (text, trained) piece of an example's training text.
@@ -113,7 +122,8 @@ def render_example(example: dict[str, Any], tokenizer: Any, variant: str, cfg: D
 
 
 def _last_assistant(example: dict[str, Any]) -> str:
-    return [m["content"] for m in example["messages"] if m["role"] == "assistant"][-1].strip()
+    last = [m for m in example["messages"] if m["role"] == "assistant"][-1]
+    return (last["content"] or "\n".join(_call_lines(last))).strip()
 
 
 def _with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
@@ -129,12 +139,66 @@ def conversation_segments(example: dict[str, Any], tokenizer: Any, chat: bool, c
     """
     messages = list(example["messages"])
     train_from = int(example.get("train_from", 0))
+    tools = example.get("tools") or None
+    calls_ok, tools_ok = _renders_tool_use(tokenizer) if chat else (False, False)
     with_system = _with_system(messages, cfg.system_prompt)
+    with_system = _tools_as_text(with_system, None if tools_ok else tools, calls=not calls_ok)
     train_from += len(with_system) - len(messages)
     trained = [i for i, m in enumerate(with_system) if m["role"] == "assistant" and i >= train_from]
     if not chat:
         return _plain_segments(with_system, set(trained), _eos(tokenizer))
-    return _chat_segments(with_system, trained, tokenizer, str(example.get("where", "data.path")))
+    return _chat_segments(with_system, trained, tokenizer, str(example.get("where", "data.path")),
+                          tools if tools_ok else None)
+
+
+def _call_lines(message: dict[str, Any]) -> list[str]:
+    return [json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False)
+            for c in message.get("tool_calls") or ()]
+
+
+def _tools_as_text(messages: list[dict[str, Any]], tools: list | None, calls: bool) -> list[dict[str, Any]]:
+    """Tool use as text (see the module docstring): the tools' schemas into the system turn (one is added
+    when there is none), and with ``calls`` each assistant turn's calls after its content."""
+    out = [dict(m) for m in messages]
+    if calls:
+        for m in out:
+            lines = _call_lines(m)
+            m.pop("tool_calls", None)
+            if lines:
+                m["content"] = "\n".join(([m["content"]] if m["content"] else []) + lines)
+    if tools:
+        text = "Tools:\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{text}" if out[0]["content"] else text
+        else:
+            out.insert(0, {"role": "system", "content": text})
+    return out
+
+
+_PROBE = "ranksweep_probe_fn"
+_TOOL_USE: dict[int, tuple[bool, bool]] = {}  # chat template -> (renders tool calls, renders tools)
+
+
+def _renders_tool_use(tokenizer: Any) -> tuple[bool, bool]:
+    """Whether the chat template prints an assistant turn's tool calls, and a ``tools`` list: rendered once
+    with a probe name. Templates that do not (ChatML without tool support prints only ``content``)
+    would drop them silently."""
+    key = hash(str(getattr(tokenizer, "chat_template", "")))
+    if key not in _TOOL_USE:
+        user = {"role": "user", "content": "q"}
+        call = {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": _PROBE, "arguments": {"x": 1}}}]}
+        tool = {"type": "function", "function": {"name": _PROBE, "description": "d",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        got = []
+        for messages, tools in (([user, call], None), ([user], [tool])):
+            try:
+                text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+            except Exception:  # noqa: BLE001 - a template that refuses them does not render them
+                text = ""
+            got.append(_PROBE in str(text))
+        _TOOL_USE[key] = (got[0], got[1])
+    return _TOOL_USE[key]
 
 
 def _plain_segments(messages: list[dict[str, str]], trained: set[int], eos: str) -> list[Segment]:
@@ -152,7 +216,8 @@ def _plain_segments(messages: list[dict[str, str]], trained: set[int], eos: str)
 # blocks (return_assistant_tokens_mask), which few templates have, and its prompt/completion path
 # trains one completion per row; neither covers every assistant turn under any template. Hence:
 # render the conversation prefix by prefix and train the text each assistant turn adds.
-def _chat_segments(messages: list[dict[str, str]], trained: list[int], tokenizer: Any, where: str) -> list[Segment]:
+def _chat_segments(messages: list[dict[str, Any]], trained: list[int], tokenizer: Any, where: str,
+                   tools: list | None = None) -> list[Segment]:
     """Each trained assistant turn ``i``: the text from the previous boundary to the generation prompt
     before ``i`` (not trained), then what rendering message ``i`` adds (trained, end of turn included).
     A template that renders earlier turns differently once later ones follow (e.g. one that drops
@@ -160,8 +225,8 @@ def _chat_segments(messages: list[dict[str, str]], trained: list[int], tokenizer
     out: list[Segment] = []
     done = ""
     for i in trained:
-        prompt = _render(tokenizer, messages[:i], True, where)
-        full = _render(tokenizer, messages[: i + 1], False, where)
+        prompt = _render(tokenizer, messages[:i], True, where, tools)
+        full = _render(tokenizer, messages[: i + 1], False, where, tools)
         if not (prompt.startswith(done) and full.startswith(prompt)):
             break
         out += [(prompt[len(done):], False), (full[len(prompt):], True)]
@@ -169,8 +234,8 @@ def _chat_segments(messages: list[dict[str, str]], trained: list[int], tokenizer
     else:
         return out
     last = trained[-1]
-    prompt = _render(tokenizer, messages[:last], True, where)
-    full = _render(tokenizer, messages[: last + 1], False, where)
+    prompt = _render(tokenizer, messages[:last], True, where, tools)
+    full = _render(tokenizer, messages[: last + 1], False, where, tools)
     if not full.startswith(prompt):
         raise DataError(f"{where}: the chat template renders the conversation before the last assistant turn "
                         "differently once that turn is added, so its tokens cannot be told apart; "
@@ -183,9 +248,11 @@ def _chat_segments(messages: list[dict[str, str]], trained: list[int], tokenizer
     return [(prompt, False), (full[len(prompt):], True)]
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, where: str) -> str:
+def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool, where: str,
+            tools: list | None = None) -> str:
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
     except Exception as exc:  # noqa: BLE001 - jinja's TemplateError, or the template's raise_exception()
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{where}: the chat template refused this conversation ({first[:200]})") from None

@@ -3,10 +3,15 @@
 ``data.format`` (``auto`` tells it from the columns, in this order):
 
 - ``messages``: a list of ``{"role", "content"}`` (TRL's conversational format, OpenAI's chat format),
-  roles ``system``, ``user``, ``assistant``; the column is ``messages`` (or ``data.messages_column``);
-  a ``content`` may be a list of text parts (``[{"type": "text", "text": ...}]``), joined;
+  roles ``system``, ``user``, ``assistant``, ``tool``; the column is ``messages`` (or
+  ``data.messages_column``); a ``content`` may be a list of text parts (``[{"type": "text", "text": ...}]``),
+  joined; an assistant turn may carry ``tool_calls`` (OpenAI's ``[{"type": "function", "function":
+  {"name", "arguments"}}]``, or ``[{"name", "arguments"}]``) with no content; a ``tools`` column (a list
+  of function schemas, or its JSON text) is the row's tools, as TRL passes them to the chat template;
 - ``sharegpt``: a list of ``{"from", "value"}`` with ``from`` one of ``system``, ``human``, ``gpt``
-  (``user`` and ``assistant`` are taken too); the column is ``conversations`` (or ``data.messages_column``);
+  (``user`` and ``assistant`` are taken too), and LLaMA-Factory's ``function_call`` (an assistant turn
+  whose value is the call's JSON) and ``observation`` (a tool turn); the column is ``conversations``
+  (or ``data.messages_column``);
 - ``pairs``: ``data.prompt_column`` and ``data.response_column`` (ranksweep's prompt/response);
 - ``prompt_completion``: TRL's ``prompt`` and ``completion``, both text (concatenated as they are,
   no template) or both message lists (the completion's assistant turns are trained);
@@ -35,9 +40,10 @@ from ranksweep.errors import DataError
 __all__ = ["FORMATS", "ROLES", "Table", "detect_format", "table_examples"]
 
 FORMATS = DATA_FORMATS
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT's speakers (and the aliases axolotl and LLaMA-Factory accept) -> roles.
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
 
 
 @dataclass
@@ -111,11 +117,12 @@ def table_examples(table: Table, cfg: DataConfig, fmt: str) -> list[dict[str, An
         column = cfg.messages_column or ("messages" if fmt == "messages" else "conversations")
         values = table.values(column, "data.messages_column" if cfg.messages_column else "data.format")
         out = []
+        tools = table.values("tools", "data.format", optional=True)
         for i, value in enumerate(values):
-            where = table.where(i)
-            messages = parse_messages(value, column, f"{table.key}: {where}", sharegpt=fmt == "sharegpt")
-            _check_conversation(messages, column, f"{table.key}: {where}", need_assistant=True)
-            out.append({"messages": messages, "train_from": 0, "where": f"{table.key}: {where}"})
+            where = f"{table.key}: {table.where(i)}"
+            messages = parse_messages(value, column, where, sharegpt=fmt == "sharegpt")
+            _check_conversation(messages, column, where, need_assistant=True)
+            out.append({"messages": messages, "train_from": 0, "where": where, **parse_tools(tools[i], where)})
         return out
     if fmt == "prompt_completion":
         return _prompt_completion(table)
@@ -135,6 +142,7 @@ def _text_columns(table: Table, used: list[tuple[str, str, str]]) -> list[dict[s
 
 def _prompt_completion(table: Table) -> list[dict[str, Any]]:
     prompts, completions = table.values("prompt", "data.format"), table.values("completion", "data.format")
+    tools = table.values("tools", "data.format", optional=True)
     out: list[dict[str, Any]] = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         where = f"{table.key}: {table.where(i)}"
@@ -149,7 +157,7 @@ def _prompt_completion(table: Table) -> list[dict[str, Any]]:
         if not any(m["role"] == "assistant" for m in tail):
             raise DataError(f"{where}: completion has no assistant turn to train on")
         _check_conversation(head + tail, "prompt", where, need_assistant=True)
-        out.append({"messages": head + tail, "train_from": len(head), "where": where})
+        out.append({"messages": head + tail, "train_from": len(head), "where": where, **parse_tools(tools[i], where)})
     return out
 
 
@@ -190,7 +198,8 @@ def parse_messages(value: Any, field: str, where: str, sharegpt: bool) -> list[d
         got = "an empty list" if isinstance(value, list) else _kind(value)
         raise DataError(f"{where}: {field} must be a non-empty list of messages; got {got}")
     role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
-    allowed = "system, human, gpt (or user, assistant)" if sharegpt else ", ".join(ROLES)
+    allowed = ("system, human, gpt, function_call, observation (or user, assistant, tool)" if sharegpt
+               else ", ".join(ROLES))
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, Mapping):
@@ -203,13 +212,92 @@ def parse_messages(value: Any, field: str, where: str, sharegpt: bool) -> list[d
         role = SHAREGPT_ROLES.get(raw) if sharegpt and isinstance(raw, str) else raw
         if role not in ROLES:
             raise DataError(f"{where}: {field}[{i}].{role_key} must be one of {allowed}; got {raw!r}")
-        content = message.get(content_key)
+        content = _plain(message.get(content_key))
+        at = f"{where}: {field}[{i}]"
+        calls = _tool_calls(message.get("tool_calls"), f"{at}.tool_calls") if role == "assistant" else []
+        if sharegpt and raw == "function_call":  # LLaMA-Factory: the call's JSON as the value
+            calls, content = _tool_calls(_as_call_json(content, f"{at}.{content_key}"), f"{at}.{content_key}"), ""
         if isinstance(content, list):  # content parts (OpenAI's chat format, TRL's multimodal rows)
-            content = _text_parts(content, f"{where}: {field}[{i}].{content_key}")
+            content = _text_parts(content, f"{at}.{content_key}")
+        if content is None and calls:
+            content = ""  # OpenAI's assistant turn that only calls tools
         if not isinstance(content, str):
-            raise DataError(f"{where}: {field}[{i}].{content_key} must be text; got {_kind(content)}")
-        out.append({"role": role, "content": content})
+            raise DataError(f"{at}.{content_key} must be text; got {_kind(content)}")
+        msg: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            msg["tool_calls"] = calls
+        for key in ("name", "tool_call_id") if role == "tool" else ():
+            if isinstance(message.get(key), str):
+                msg[key] = message[key]
+        out.append(msg)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like Python from parquet / datasets cells (numpy arrays and scalars inside)."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _as_call_json(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: a function_call's value must be the call's JSON ({exc.msg})") from None
+    return value
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """OpenAI's ``[{"type": "function", "function": {"name", "arguments"}}]`` from that or from bare
+    ``{"name", "arguments"}`` calls; ``arguments`` given as JSON text become an object, as chat templates
+    expect."""
+    value = _plain(value)
+    if value is None or (isinstance(value, float) and _is_nan(value)):
+        return []
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        raise DataError(f"{where} must be a list of calls; got {_kind(value)}")
+    calls = []
+    for j, call in enumerate(value):
+        fn = call.get("function", call) if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise DataError(f"{where}[{j}] must be a call with a function name "
+                            '({"type": "function", "function": {"name": ..., "arguments": {...}}})')
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                pass  # kept as text: some templates print the arguments as given
+        out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+        if isinstance(call, Mapping) and isinstance(call.get("id"), str):
+            out["id"] = call["id"]
+        calls.append(out)
+    return calls
+
+
+def parse_tools(value: Any, where: str) -> dict[str, Any]:
+    """``{"tools": [...]}`` from a row's ``tools`` cell (a list of schemas, or its JSON text), or ``{}``."""
+    value = _plain(value)
+    if value is None or value == "" or value == [] or (isinstance(value, float) and _is_nan(value)):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: tools: invalid JSON ({exc.msg})") from None
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise DataError(f"{where}: tools must be a list of function schemas; got {_kind(value)}")
+    return {"tools": value}
 
 
 def _text_parts(parts: list, where: str) -> str:
@@ -225,10 +313,12 @@ def _text_parts(parts: list, where: str) -> str:
     return "".join(texts)
 
 
-def _check_conversation(messages: list[dict[str, str]], field: str, where: str, need_assistant: bool) -> None:
+def _check_conversation(messages: list[dict[str, Any]], field: str, where: str, need_assistant: bool) -> None:
     for i, m in enumerate(messages):
         if m["role"] == "system" and i > 0:
             raise DataError(f"{where}: {field}[{i}]: a system turn must come first")
+        if m["role"] == "tool" and (i == 0 or messages[i - 1]["role"] not in ("assistant", "tool")):
+            raise DataError(f"{where}: {field}[{i}]: a tool turn must follow an assistant turn (its call)")
     body = [m for m in messages if m["role"] != "system"]
     if body and body[0]["role"] != "user":
         raise DataError(f"{where}: {field}: the first turn after the system turn must be the user's, "
