@@ -127,3 +127,22 @@ def test_a_range_on_the_command_line_is_searched_and_a_list_is_a_ladder():
     assert dict(space.search) == {"trainer.lr": "tag(log, interval(1e-4, 1e-2))", "lora.dropout": "interval(0.0, 0.1)"}
     assert [k for k, _ in space.ladders] == ["lora.targets=qv", "lora.targets=attention"]  # the command line wins
     assert space.fixed == ("trainer.max_steps=5",) and "trainer.lr" not in space.keys
+
+
+def test_a_search_spelled_with_other_spaces_resumes_and_another_is_refused(tmp_path):
+    """The stored search space compares as Hydra reads it: spaces outside quotes do not count."""
+    import optuna
+
+    from ranksweep.sweep.sweeper import open_study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    s = SweepSettings.from_params({"study_name": "sp", "storage": url})
+    storage = optuna.storages.RDBStorage(url)
+
+    def space(text: str) -> dict:
+        return {"ladders": ["default"], "fixed": [], "search": {"trainer.lr": text}, "search_budget": 3}
+
+    open_study(storage, s, space("tag(log, interval(1e-4, 1e-2))"), {})
+    assert open_study(storage, s, space("tag(log,interval(1e-4,1e-2))"), {}).study_name == "sp"
+    with pytest.raises(ConfigError, match=r"different search space \(differs in: search; stored "):
+        open_study(storage, s, space("tag(log, interval(1e-4, 1e-3))"), {})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -68,8 +69,8 @@ def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str
             raise ConfigError(f"hydra.sweeper.study_name: study {name!r} already holds trials "
                               "that ranksweep did not create; use a new study_name")
         study.set_user_attr(SPACE_ATTR, space)
-    elif stored != space:
-        diff = [k for k in sorted(set(stored) | set(space)) if stored.get(k) != space.get(k)]
+    elif _spelled(stored) != _spelled(space):
+        diff = [k for k in sorted(set(stored) | set(space)) if _spelled(stored).get(k) != _spelled(space).get(k)]
         raise ConfigError(
             f"hydra.sweeper.study_name: study {name!r} was created with a different search space (differs in: "
             f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
@@ -81,6 +82,16 @@ def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str
         "tolerance": s.tolerance, "direction": s.direction, "stop_rule": s.stop_rule, "margin": s.margin,
         "margin_type": s.margin_type, "confidence": s.confidence, "bootstrap": s.bootstrap})
     return study
+
+
+def _spelled(space: dict) -> dict:
+    """A stored space with its search strings as Hydra reads them: spaces outside quotes do not count
+    (``tag(log,interval(1e-4,1e-2))`` is ``tag(log, interval(1e-4, 1e-2))``)."""
+    search = space.get("search")
+    if not isinstance(search, dict):
+        return space
+    return {**space, "search": {k: re.sub(r"\s+", "", v) if isinstance(v, str) and not re.search("['\"]", v) else v
+                                for k, v in search.items()}}
 
 
 class RankSweep:
