@@ -112,6 +112,33 @@ def test_jsonl_text_mode(tmp_path):
     assert load_examples(cfg) == [{"text": "  hello world"}, {"text": "x"}]
 
 
+def test_compressed_bom_and_other_separators_read_the_same(tmp_path):
+    """What exports and spreadsheets write: a UTF-8 BOM, gzip/bz2/xz, ';' or tab separated csv."""
+    import bz2
+    import gzip
+    import lzma
+
+    want = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "plain.jsonl", PAIRS)))
+    text = "\n".join(json.dumps(r) for r in PAIRS) + "\n"
+    (tmp_path / "bom.jsonl").write_text(text, encoding="utf-8-sig")
+    for name, opener in (("a.jsonl.gz", gzip.open), ("a.jsonl.bz2", bz2.open), ("a.jsonl.xz", lzma.open)):
+        with opener(tmp_path / name, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    for name in ("bom.jsonl", "a.jsonl.gz", "a.jsonl.bz2", "a.jsonl.xz"):
+        assert load_examples(_jsonl_cfg(tmp_path / name)) == want, name
+    for name, sep in (("semi.csv", ";"), ("tab.tsv", "\t"), ("pipe.csv.gz", "|")):
+        frame = pd.DataFrame(PAIRS)
+        frame.to_csv(tmp_path / name, sep=sep, index=False, encoding="utf-8-sig")
+        assert load_examples(DataConfig(source="csv", path=str(tmp_path / name))) == want, name
+    from ranksweep.data import load_splits
+
+    _, ev = load_splits(_jsonl_cfg(tmp_path / "plain.jsonl", eval_path=str(tmp_path / "a.jsonl.gz")))
+    assert ev == want, "an eval file's reader is told by its extension under the compression suffix"
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"^data\.path: cannot read .*bad\.jsonl\.gz: Not a gzipped file"):
+        load_examples(_jsonl_cfg(tmp_path / "bad.jsonl.gz"))
+
+
 def test_csv_keeps_strings(tmp_path):
     p = tmp_path / "train.csv"
     pd.DataFrame({"q": ["a", "b", "NA"], "a": ["1.50", "", "x "]}).to_csv(p, index=False)

@@ -17,8 +17,11 @@ line naming the config key (``data.path``, ``data.prompt_column``...) and the fi
 
 from __future__ import annotations
 
+import bz2
 import functools
+import gzip
 import json
+import lzma
 import numbers
 import os
 import random
@@ -39,8 +42,10 @@ _CMU_WORD = re.compile(r"[a-z']*[a-z][a-z']*")
 # Keys in the hub folder that mark a save_to_disk output.
 _SAVED_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 # data.eval_path's reader, by the file's extension.
-_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
-               ".pq": "parquet"}
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
+               ".parquet": "parquet", ".pq": "parquet"}
+# Compressed jsonl/csv files, by their last suffix (pandas infers the same for csv).
+_OPENERS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 # datasets.load_dataset reads jsonl/csv/parquet too, but its errors name neither the config key nor
@@ -92,7 +97,8 @@ def _load(cfg: DataConfig) -> tuple[list[dict[str, Any]], str]:
 
 def _eval_reader(cfg: DataConfig) -> str:
     path = Path(os.path.expanduser(str(cfg.eval_path)))
-    reader = _EXTENSIONS.get(path.suffix.lower())
+    name = path.stem if path.suffix.lower() in _OPENERS else path.name  # eval.jsonl.gz reads as jsonl
+    reader = _EXTENSIONS.get(Path(name).suffix.lower())
     if reader is None and cfg.source in ("jsonl", "csv", "parquet"):
         reader = cfg.source
     if reader is None:
@@ -157,12 +163,19 @@ def _read_file(path: Path, reader: str, key: str) -> Table:
     return {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[reader](path, key)
 
 
+def _open_text(path: Path) -> Any:
+    """A text file, decompressed by its suffix (``.gz``, ``.bz2``, ``.xz``); a UTF-8 byte-order mark, as
+    Windows editors and spreadsheet exports write, is skipped."""
+    opener = _OPENERS.get(path.suffix.lower())
+    return opener(path, "rt", encoding="utf-8-sig") if opener else path.open("r", encoding="utf-8-sig")
+
+
 def _read_jsonl(path: Path, key: str) -> Table:
     """JSON lines, or one JSON array of objects (LLaMA-Factory's and many hub exports' ``.json``)."""
     rows: list[tuple[int, dict[str, Any]]] = []
     unit = "line"
     try:
-        with path.open("r", encoding="utf-8") as fh:
+        with _open_text(path) as fh:
             head = fh.read(4096).lstrip()
             fh.seek(0)
             if head.startswith("["):
@@ -182,8 +195,8 @@ def _read_jsonl(path: Path, key: str) -> Table:
                 rows.append((lineno, obj))
     except UnicodeDecodeError as exc:
         raise DataError(f"{key}: {path.name} is not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise DataError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    except (OSError, EOFError, lzma.LZMAError) as exc:  # also a damaged or truncated compressed file
+        raise DataError(f"{key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if not rows:
         raise DataError(f"{key}: no rows in {path.name}")
 
@@ -211,12 +224,24 @@ def _read_csv(path: Path, key: str) -> Table:
 
     try:
         # dtype=str keeps cells exactly as written ("1.50" stays "1.50"); no NA guessing.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=_csv_separator(path))
     except pd.errors.EmptyDataError:
         raise DataError(f"{key}: no rows in {path.name}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError, lzma.LZMAError) as exc:
         raise DataError(f"{key}: cannot read csv {path.name}: {_first_line(exc)}") from None
     return _frame_table(frame, key, path.name)
+
+
+def _csv_separator(path: Path) -> str:
+    """``,`` unless the header line says ``;`` (spreadsheets in many locales), a tab (``.tsv``) or ``|``."""
+    import csv
+
+    try:
+        with _open_text(path) as fh:
+            header = fh.readline()
+        return csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
+    except (csv.Error, UnicodeDecodeError, OSError, EOFError, lzma.LZMAError):
+        return ","  # one column, or unreadable: pandas reports it
 
 
 def _read_parquet(path: Path, key: str) -> Table:
