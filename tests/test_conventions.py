@@ -102,6 +102,19 @@ def test_a_bad_wandb_mode_names_the_variable(no_wandb_env):
     assert _logger("logger.mode=offline").mode == "offline"  # an explicit mode does not read it
 
 
+def test_online_without_an_api_key_is_one_line_before_training(tmp_path):
+    """W&B online with no key (a new machine, a CI runner): one line that says how to run without it."""
+    home = tmp_path / "home"  # no ~/.netrc, no wandb settings
+    home.mkdir()
+    env = {k: v for k, v in _env(WANDB_MODE="online", HOME=str(home)).items() if k != "WANDB_API_KEY"}
+    proc = subprocess.run([BIN, *TINY, "trainer.max_steps=2"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    line = one_line_error(proc, 2)
+    assert "WANDB_MODE=online: W&B cannot start a run (UsageError: No API key configured" in line, line
+    assert "WANDB_MODE=offline" in line and "logger=none" in line
+    assert not list(tmp_path.glob("outputs/runs/*/metrics.json")), "it stopped before training"
+
+
 def test_the_sweep_summary_run_resolves_the_same_way(no_wandb_env):
     no_wandb_env.setenv("WANDB_PROJECT", "env-proj")
     raw = {"name": "wandb", "enabled": True, "project": None, "mode": None, "tags": []}  # the sweeper's logger node

@@ -21,12 +21,15 @@ uploads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 from ranksweep.config import LoggerConfig, RunConfig
+from ranksweep.errors import ConfigError, RanksweepError
 from ranksweep.urls import mask_secrets, masked_argv
 
 
@@ -113,6 +116,22 @@ def adapter_artifact(name: str, path: Any, metadata: dict[str, Any]) -> Any:
     return art
 
 
+@contextlib.contextmanager
+def _init_errors(cfg: LoggerConfig) -> Iterator[None]:
+    """W&B refusing to start (online without an API key, no route to its server) as one line that says
+    how to run without it; raised before training, so nothing is lost."""
+    import wandb
+
+    try:
+        yield
+    except wandb.errors.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = "logger.mode" if os.environ.get("WANDB_MODE") != cfg.mode else "WANDB_MODE"
+        hint = "log locally with WANDB_MODE=offline (or logger.mode=offline), or not at all with logger=none"
+        err = ConfigError if isinstance(exc, wandb.errors.UsageError) else RanksweepError
+        raise err(f"{where}={cfg.mode}: W&B cannot start a run ({type(exc).__name__}: {first}); {hint}") from None
+
+
 class Tracker:
     """A thin wrapper so that trials run the same with logger=none."""
 
@@ -131,7 +150,7 @@ class Tracker:
         config.update(mask_secrets({k: v for k, v in resolved.items() if k != "hydra"}))
         rank_tag = "base" if run.trainer.max_steps == 0 else f"r{run.lora.r}"
         tags = list(cfg.tags) + [rank_tag, run.lora.targets, run.quant.name, run.model.family]
-        with masked_argv():  # W&B keeps the command line (metadata "args"): a masked copy
+        with masked_argv(), _init_errors(cfg):  # W&B keeps the command line (metadata "args"): a masked copy
             self.run = wandb.init(
                 **init_args(cfg, out_dir),
                 name=cfg.run_name or run_label(run),
