@@ -7,6 +7,7 @@ of ``ranksweep.targets``, and compared with peft's trainable count.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -178,6 +179,59 @@ def test_roles_of_an_architecture_outside_the_families_come_from_its_tree(kind, 
         assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == count > 0, role
     with pytest.raises(ConfigError, match=r"^lora\.targets: 'atention' is neither a role"):
         resolve_targets(model, "llama", "atention")
+
+
+EXPERTS = {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
+MOE = {  # the mlp role: (linear layers, fused expert parameters)
+    "qwen3_moe": {"mlp": (set(), EXPERTS)},
+    "mixtral": {"mlp": (set(), EXPERTS)},
+    "qwen2_moe": {"mlp": ({"gate_proj", "up_proj", "down_proj"}, EXPERTS)},  # its shared expert is linear
+}
+
+
+@pytest.mark.parametrize("kind", list(MOE))
+def test_mixture_of_experts_roles_adapt_the_experts(kind, tmp_path):
+    """transformers 5 keeps routed experts as fused 3-D parameters, not linear layers: mlp and all_linear
+    adapt them through peft's target_parameters (with a shared expert's linear layers when there is one),
+    attention leaves them out, and peft trains exactly what expected_lora_params counts."""
+    from peft import LoraConfig, get_peft_model
+
+    from ranksweep.targets import split_targets
+
+    folder = other_architecture(kind, tmp_path / kind)
+    cfg = ModelConfig(name=kind, id=folder, family="llama", dtype="float32")
+    layers, params = MOE[kind]["mlp"]
+    attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
+    for role, want in {"mlp": (layers, params), "all_linear": (attention | layers, params),
+                       "attention": (attention, set())}.items():
+        model, _, _ = load_base(cfg, QUANTS["nf4"], "cpu", str(tmp_path))
+        names = resolve_targets(model, "llama", role)
+        got_layers, got_params = split_targets(model, names)
+        assert (set(got_layers), set(got_params)) == want, (role, names)
+        count = expected_lora_params(model, names, 4)
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                      target_modules=got_layers or None,
+                                                      target_parameters=got_params or None))
+        assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == count > 0, role
+
+
+def test_a_mixture_of_experts_folder_trains_its_experts(tmp_path, rs_cache):
+    """The CLI on a Qwen3-MoE folder: peft takes no dropout on expert parameters, so the default
+    lora.dropout is one line naming the key; with lora.dropout=0 it trains attention and experts."""
+    from helpers import run
+
+    folder = other_architecture("qwen3_moe", tmp_path / "moe")
+    args = (f"model.id={folder}", "trainer=tiny", "trainer.max_steps=2", "logger=none", "data.max_examples=40",
+            "data.eval_size=8", "data.metric_examples=0")
+    line = run.one_line_error(run.ranksweep(tmp_path, *args, cache=rs_cache))
+    assert line.startswith("ranksweep: error: lora.dropout: peft adapts a mixture-of-experts model's fused experts")
+    proc = run.ranksweep(tmp_path, *args, "lora.dropout=0", cache=rs_cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (metrics,) = [json.loads(p.read_text()) for p in tmp_path.glob("outputs/runs/*/metrics.json")]
+    assert "mlp.experts.gate_up_proj" in metrics["target_modules"] and math.isfinite(metrics["eval_loss"])
+    model, _, _ = load_base(ModelConfig(name="moe", id=folder, family="llama", dtype="float32"), QUANTS["nf4"], "cpu",
+                            str(tmp_path))
+    assert metrics["trainable_params"] == expected_lora_params(model, metrics["target_modules"], 8)
 
 
 def test_a_sweep_on_a_gpt2_folder_with_default_targets(tmp_path, rs_cache):

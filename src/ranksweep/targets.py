@@ -8,6 +8,11 @@ the model has.
 A model whose module names ``model.family``'s table does not hold (GPT-2, OPT, GPT-NeoX, Phi-2,
 Falcon, ...) gets its roles from its own module tree (:func:`tree_roles`): peft only knows
 ``all-linear``, and a per-architecture table cannot cover every model a user brings.
+
+Mixture-of-experts models (Qwen2/3-MoE, Mixtral, ... in transformers 5) keep their experts as fused
+3-D parameters (``mlp.experts.gate_up_proj``: experts x out x in), not linear layers: the ``mlp`` and
+``all_linear`` roles adapt them through peft's ``target_parameters`` (:func:`expert_parameters`), so
+that a role never leaves most of the MLP untouched; :func:`split_targets` tells the two kinds apart.
 """
 
 from __future__ import annotations
@@ -65,6 +70,25 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+def expert_parameters(model: nn.Module) -> tuple[str, ...]:
+    """The fused expert weights of a mixture-of-experts model as peft ``target_parameters`` suffixes
+    (``mlp.experts.gate_up_proj``, ``mlp.experts.down_proj``): 3-D parameters under a module named
+    ``experts`` inside a numbered block."""
+    found: set[str] = set()
+    for full, param in model.named_parameters():
+        parts = full.split(".")
+        if param.dim() == 3 and len(parts) >= 3 and "experts" in parts[:-1] and any(p.isdigit() for p in parts):
+            block = max(i for i, p in enumerate(parts) if p.isdigit())
+            found.add(".".join(parts[block + 1:]))
+    return tuple(sorted(found))
+
+
+def split_targets(model: nn.Module, names: list[str]) -> tuple[list[str], list[str]]:
+    """``(target_modules, target_parameters)``: which resolved names are expert parameters."""
+    params = set(expert_parameters(model))
+    return [n for n in names if n not in params], [n for n in names if n in params]
+
+
 def tree_roles(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """Roles read from the module tree, for any decoder: in each numbered block, ``attention`` is the
     linear layers under a module whose name holds ``attn``/``attention``, ``mlp`` the block's other
@@ -87,6 +111,7 @@ def tree_roles(model: nn.Module) -> dict[str, tuple[str, ...]]:
     attn = set(found["attention"])
     qv = ("q_proj", "v_proj") if {"q_proj", "v_proj"} <= attn else tuple(n for n in FUSED_QKV if n in attn)[:1]
     roles["qv"] = qv
+    roles["mlp"] += expert_parameters(model)
     roles["all_linear"] = roles["attention"] + roles["mlp"]
     return roles
 
@@ -109,6 +134,8 @@ def resolve_targets(model: nn.Module, family: str, targets: str) -> list[str]:
     full_names = [n for n, m in model.named_modules() if _is_linear(m)]
     missing = [m for m in wanted if not any(matches(n, m) for n in full_names)]
     role = str(targets).strip()
+    params = set(expert_parameters(model))
+    missing = [m for m in missing if m not in params]  # an expert parameter named with a+b
     if missing and role in ROLES:  # not this family's names: the model's own tree says what the role is
         found = tree_roles(model)[role]
         if not found:
@@ -128,7 +155,8 @@ def resolve_targets(model: nn.Module, family: str, targets: str) -> list[str]:
             f"lora.targets: module(s) {', '.join(missing)} not in this {family} model; "
             f"its linear modules are: {', '.join(have)}"
         )
-    return list(wanted)
+    experts = [p for p in expert_parameters(model) if p not in wanted] if role in ("mlp", "all_linear") else []
+    return list(wanted) + experts  # a MoE model's shared expert has the family's names; its experts do not
 
 
 def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
@@ -137,6 +165,10 @@ def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
     for full, module in model.named_modules():
         if any(matches(full, m) for m in modules) and _is_linear(module):
             total += r * sum(_features(module))
+    for full, param in model.named_parameters():  # peft's ParamWrapper: A is (r * experts) x in, B out x (r * experts)
+        if param.dim() == 3 and any(matches(full, m) for m in modules):
+            experts, out, inp = param.shape
+            total += r * int(experts) * (int(out) + int(inp))
     return total
 
 

@@ -108,6 +108,17 @@ def other_architecture(kind: str, folder) -> str:
         "phi": lambda: T.PhiConfig(vocab_size=v, hidden_size=h, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4),
         "falcon": lambda: T.FalconConfig(vocab_size=v, hidden_size=h, num_hidden_layers=2, num_attention_heads=4),
+        # Mixtures of experts: routed experts as fused 3-D parameters; Qwen2-MoE adds a shared expert.
+        "qwen3_moe": lambda: T.Qwen3MoeConfig(vocab_size=v, hidden_size=h, intermediate_size=128, head_dim=16,
+                                              moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+        "qwen2_moe": lambda: T.Qwen2MoeConfig(vocab_size=v, hidden_size=h, intermediate_size=128,
+                                              moe_intermediate_size=64, shared_expert_intermediate_size=64,
+                                              num_experts=4, num_experts_per_tok=2, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2),
+        "mixtral": lambda: T.MixtralConfig(vocab_size=v, hidden_size=h, intermediate_size=128, num_local_experts=4,
+                                           num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
+                                           num_key_value_heads=2),
     }[kind]()
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)

@@ -10,6 +10,7 @@ from typing import Any
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
 from ranksweep.config import RunConfig
+from ranksweep.errors import ConfigError
 from ranksweep.memory import MemoryPlan
 from ranksweep.models import disable_cpu_bf16_repack
 from ranksweep.speed import causal_lm_parts, checkpoint_layers
@@ -37,9 +38,17 @@ def prepare_for_training(model: Any, run: RunConfig, mem: MemoryPlan) -> Any:
 
 def add_lora(model: Any, run: RunConfig, modules: list[str]) -> Any:
     """A fresh LoRA adapter on ``modules`` (the peft-wrapped model)."""
+    from ranksweep.targets import split_targets
+
+    layers, params = split_targets(model, modules)  # a MoE model's fused experts are parameters
+    if params and run.lora.dropout:
+        raise ConfigError(f"lora.dropout: peft adapts a mixture-of-experts model's fused experts "
+                          f"({', '.join(params)}) without dropout; set lora.dropout=0, or lora.targets=attention "
+                          "to leave the experts out")
     lora_cfg = LoraConfig(
         r=run.lora.r, lora_alpha=run.lora.lora_alpha, lora_dropout=run.lora.dropout, bias=run.lora.bias,
-        target_modules=modules, use_rslora=run.lora.use_rslora, task_type="CAUSAL_LM",
+        target_modules=layers or None, target_parameters=params or None, use_rslora=run.lora.use_rslora,
+        task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora_cfg)
     disable_cpu_bf16_repack(model)
@@ -66,8 +75,8 @@ def adapter_summary(model: Any) -> dict[str, float]:
     modules, scale = {}, 1.0
     for name, m in model.named_modules():
         a, b = getattr(m, "lora_A", None), getattr(m, "lora_B", None)
-        if a is None or b is None or "default" not in a:
-            continue
+        if a is None or b is None or "default" not in a or type(m).__name__ == "ParamWrapper":
+            continue  # expert parameters stack every expert's A and B: no one update to measure
         modules[name] = (a["default"].weight.detach().float().cpu().numpy(),
                          b["default"].weight.detach().float().cpu().numpy())
         scale = float(m.scaling["default"])
