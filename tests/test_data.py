@@ -760,6 +760,9 @@ def test_plain_template_and_sharegpt_tool_turns(tok, tok_plain, tmp_path):
              {"from": "observation", "value": "rain"}, {"from": "gpt", "value": "Yes, rain."}]
     a = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "s.jsonl", [{"conversations": share, "tools": TOOLS}])))
     b = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "m.jsonl", [{"messages": TOOL_CHAT, "tools": TOOLS}])))
+    as_object = [*TOOL_CHAT[:2], {"role": "tool", "content": {"sky": "rain"}}, TOOL_CHAT[3]]
+    c = load_examples(_jsonl_cfg(_write_jsonl(tmp_path / "o.jsonl", [{"messages": as_object}])))
+    assert c[0]["messages"][2] == {"role": "tool", "content": '{"sky": "rain"}'}  # a result object, as its JSON
     strip = [{k: v for k, v in m.items() if k not in ("tool_call_id",)} for m in b[0]["messages"]]
     strip[1]["tool_calls"] = [{k: v for k, v in c.items() if k != "id"} for c in strip[1]["tool_calls"]]
     assert a[0]["messages"] == strip and a[0]["tools"] == b[0]["tools"]

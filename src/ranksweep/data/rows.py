@@ -221,6 +221,8 @@ def parse_messages(value: Any, field: str, where: str, sharegpt: bool) -> list[d
             content = _text_parts(content, f"{at}.{content_key}")
         if content is None and calls:
             content = ""  # OpenAI's assistant turn that only calls tools
+        if role == "tool" and isinstance(content, Mapping):
+            content = json.dumps(content, ensure_ascii=False)  # a tool's result kept as a JSON object
         if not isinstance(content, str):
             raise DataError(f"{at}.{content_key} must be text; got {_kind(content)}")
         msg: dict[str, Any] = {"role": role, "content": content}
