@@ -90,9 +90,12 @@ def sweeper_dict_items(args: Sequence[str]) -> list[str]:
             found[name], at[name] = {}, len(out)
             out.append("")
         found[name][key.strip()] = text
-    for name, items in found.items():
-        value = ", ".join(f"{k}: '" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for k, v in items.items())
-        out[at[name]] = f"+hydra.sweeper.{name}={{{value}}}"  # +: merged, adding keys
+    if found:
+        from ranksweep.sweep.overrides import quote
+
+        for name, items in found.items():
+            value = ", ".join(f"{k}: {quote(v)}" for k, v in items.items())
+            out[at[name]] = f"+hydra.sweeper.{name}={{{value}}}"  # +: merged, adding keys
     return out
 
 

@@ -84,12 +84,13 @@ def expert_parameters(model: nn.Module) -> tuple[str, ...]:
 
 
 def split_targets(model: nn.Module, names: list[str]) -> tuple[list[str], list[str]]:
-    """``(target_modules, target_parameters)``: which resolved names are expert parameters."""
-    params = set(expert_parameters(model))
-    return [n for n in names if n not in params], [n for n in names if n in params]
+    """``(target_modules, target_parameters)``: which resolved names are expert parameters (by their full
+    suffix: a bare ``down_proj`` is a linear layer, e.g. a shared expert's)."""
+    experts = set(expert_parameters(model))
+    return [n for n in names if n not in experts], [n for n in names if n in experts]
 
 
-def tree_roles(model: nn.Module) -> dict[str, tuple[str, ...]]:
+def tree_roles(model: nn.Module, experts: tuple[str, ...] | None = None) -> dict[str, tuple[str, ...]]:
     """Roles read from the module tree, for any decoder: in each numbered block, ``attention`` is the
     linear layers under a module whose name holds ``attn``/``attention``, ``mlp`` the block's other
     linear layers; ``qv`` is q_proj + v_proj, else the fused qkv projection. A name that stands in
@@ -111,7 +112,7 @@ def tree_roles(model: nn.Module) -> dict[str, tuple[str, ...]]:
     attn = set(found["attention"])
     qv = ("q_proj", "v_proj") if {"q_proj", "v_proj"} <= attn else tuple(n for n in FUSED_QKV if n in attn)[:1]
     roles["qv"] = qv
-    roles["mlp"] += expert_parameters(model)
+    roles["mlp"] += expert_parameters(model) if experts is None else experts
     roles["all_linear"] = roles["attention"] + roles["mlp"]
     return roles
 
@@ -134,10 +135,10 @@ def resolve_targets(model: nn.Module, family: str, targets: str) -> list[str]:
     full_names = [n for n, m in model.named_modules() if _is_linear(m)]
     missing = [m for m in wanted if not any(matches(n, m) for n in full_names)]
     role = str(targets).strip()
-    params = set(expert_parameters(model))
-    missing = [m for m in missing if m not in params]  # an expert parameter named with a+b
+    experts = expert_parameters(model)
+    missing = [m for m in missing if m not in experts]  # expert parameters named with a+b
     if missing and role in ROLES:  # not this family's names: the model's own tree says what the role is
-        found = tree_roles(model)[role]
+        found = tree_roles(model, experts)[role]
         if not found:
             raise ConfigError(f"lora.targets: role {role!r} has no module in this model; its linear modules "
                               f"are: {', '.join(have)}; name them with a+b")
@@ -155,8 +156,8 @@ def resolve_targets(model: nn.Module, family: str, targets: str) -> list[str]:
             f"lora.targets: module(s) {', '.join(missing)} not in this {family} model; "
             f"its linear modules are: {', '.join(have)}"
         )
-    experts = [p for p in expert_parameters(model) if p not in wanted] if role in ("mlp", "all_linear") else []
-    return list(wanted) + experts  # a MoE model's shared expert has the family's names; its experts do not
+    extra = [p for p in experts if p not in wanted] if role in ("mlp", "all_linear") else []
+    return list(wanted) + extra  # a MoE model's shared expert has the family's names; its experts do not
 
 
 def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
@@ -165,8 +166,9 @@ def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
     for full, module in model.named_modules():
         if any(matches(full, m) for m in modules) and _is_linear(module):
             total += r * sum(_features(module))
+    _, params = split_targets(model, modules)  # as add_lora passes them to peft
     for full, param in model.named_parameters():  # peft's ParamWrapper: A is (r * experts) x in, B out x (r * experts)
-        if param.dim() == 3 and any(matches(full, m) for m in modules):
+        if param.dim() == 3 and any(matches(full, m) for m in params):
             experts, out, inp = param.shape
             total += r * int(experts) * (int(out) + int(inp))
     return total

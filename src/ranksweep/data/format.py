@@ -47,6 +47,11 @@ Segment = tuple[str, bool]
 _WARNED: set[int] = set()  # chat templates already warned about (once per process)
 
 
+def _template_key(tokenizer: Any) -> int:
+    """A chat template's key in the once-per-template caches below."""
+    return hash(str(getattr(tokenizer, "chat_template", "")))
+
+
 def _eos(tokenizer: Any) -> str:
     return getattr(tokenizer, "eos_token", None) or ""
 
@@ -159,6 +164,8 @@ def _call_lines(message: dict[str, Any]) -> list[str]:
 def _tools_as_text(messages: list[dict[str, Any]], tools: list | None, calls: bool) -> list[dict[str, Any]]:
     """Tool use as text (see the module docstring): the tools' schemas into the system turn (one is added
     when there is none), and with ``calls`` each assistant turn's calls after its content."""
+    if not tools and not (calls and any("tool_calls" in m for m in messages)):
+        return messages  # no tool use: the conversation as it is
     out = [dict(m) for m in messages]
     if calls:
         for m in out:
@@ -183,7 +190,7 @@ def _renders_tool_use(tokenizer: Any) -> tuple[bool, bool]:
     """Whether the chat template prints an assistant turn's tool calls, and a ``tools`` list: rendered once
     with a probe name. Templates that do not (ChatML without tool support prints only ``content``)
     would drop them silently."""
-    key = hash(str(getattr(tokenizer, "chat_template", "")))
+    key = _template_key(tokenizer)
     if key not in _TOOL_USE:
         user = {"role": "user", "content": "q"}
         call = {"role": "assistant", "content": "", "tool_calls": [
@@ -240,7 +247,7 @@ def _chat_segments(messages: list[dict[str, Any]], trained: list[int], tokenizer
         raise DataError(f"{where}: the chat template renders the conversation before the last assistant turn "
                         "differently once that turn is added, so its tokens cannot be told apart; "
                         "use model.variant=base for the plain template")
-    key = hash(str(getattr(tokenizer, "chat_template", "")))
+    key = _template_key(tokenizer)
     if key not in _WARNED:
         _WARNED.add(key)
         log.warning("%s: the chat template rewrites earlier turns once later ones follow; conversations "

@@ -69,8 +69,8 @@ def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str
             raise ConfigError(f"hydra.sweeper.study_name: study {name!r} already holds trials "
                               "that ranksweep did not create; use a new study_name")
         study.set_user_attr(SPACE_ATTR, space)
-    elif _spelled(stored) != _spelled(space):
-        diff = [k for k in sorted(set(stored) | set(space)) if _spelled(stored).get(k) != _spelled(space).get(k)]
+    elif (was := _spelled(stored)) != (now := _spelled(space)):
+        diff = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
         raise ConfigError(
             f"hydra.sweeper.study_name: study {name!r} was created with a different search space (differs in: "
             f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
