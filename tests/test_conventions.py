@@ -115,6 +115,15 @@ def test_online_without_an_api_key_is_one_line_before_training(tmp_path):
     assert not list(tmp_path.glob("outputs/runs/*/metrics.json")), "it stopped before training"
 
 
+def test_the_sweep_summary_run_fails_the_same_way(no_wandb_env, tmp_path):
+    """The summary run (a resumed sweep whose trials are all done starts no other) gives the same line."""
+    no_wandb_env.delenv("WANDB_API_KEY", raising=False)
+    no_wandb_env.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    raw = {"name": "wandb", "enabled": True, "mode": "online", "tags": []}
+    with pytest.raises(ConfigError, match=r"^logger\.mode=online: W&B cannot start a run \(UsageError: No API key"):
+        tracking.log_sweep_summary(raw, [], SweepSettings(), tmp_path, tmp_path / "rank_curve.png")
+
+
 def test_the_sweep_summary_run_resolves_the_same_way(no_wandb_env):
     no_wandb_env.setenv("WANDB_PROJECT", "env-proj")
     raw = {"name": "wandb", "enabled": True, "project": None, "mode": None, "tags": []}  # the sweeper's logger node

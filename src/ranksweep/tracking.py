@@ -258,7 +258,7 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
              r.best_lr, r.lr_at_edge or "", len(r.lrs), r.still_falling, r.effective_rank, r.similarity,
              r.trainable_params or 0, r.supervised_tokens or 0, r.state]
             for lad in ladders for r in lad.curve if r.mean is not None]
-    with masked_argv():  # W&B keeps the command line: a masked copy
+    with masked_argv(), _init_errors(cfg):  # W&B keeps the command line: a masked copy
         run = wandb.init(**init_args(cfg, sweep_dir), group=s.study_name, name=f"{s.study_name}-summary",
                          job_type="sweep-summary", tags=["sweep-summary"], reinit="finish_previous",
                          config={"study_name": s.study_name, "objective": s.objective, "ranks": s.ranks,
