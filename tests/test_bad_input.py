@@ -142,7 +142,7 @@ CASES: dict[str, tuple[tuple[str, ...], int, tuple[str, ...], dict[str, str]]] =
     "run_dir_under_file": (("hydra.run.dir={w}/afile/run",), 2, ("hydra.run.dir: cannot create", "Not a directory"),
                            {}),
     "run_dir_in_proc": (("hydra.run.dir=/proc/ranksweep-run",), 2, ("hydra.run.dir: cannot create",), {}),
-    "output_dir_under_file": (("output_dir={w}/afile/out",), 1, ("filesystem error: Not a directory",), {}),
+    "output_dir_under_file": (("output_dir={w}/afile/out",), 2, ("output_dir: cannot create", "Not a directory"), {}),
     # -- failures of a single run (exit 1; these train a few steps)
     "nan_loss": (("trainer.lr=1e12", "trainer.max_steps=4", "trainer.eval_every=2"), 1, ("trial failed (nan)",), {}),
     "crash_in_trial": ((), 1, ("RuntimeError: injected fault", "HYDRA_FULL_ERROR=1"), {"RANKSWEEP_FAULT": "8"}),

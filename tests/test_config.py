@@ -1,14 +1,15 @@
-"""Every YAML in src/ranksweep/conf/ composes with Hydra and validates; the schema backs them;
-the sweeper plugin is discoverable; users add config groups through Hydra's search path."""
+"""Every YAML in conf/ and sweeps/ composes with Hydra and validates; the schema backs them;
+the sweeper plugin is discoverable; users add config groups through Hydra's search path; the
+presets of sweeps/ are the group `sweep`; pyproject.toml lists every package."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import pytest
-from helpers import CONF, compose
+from helpers import CONF, REPO, SWEEPS, compose
 from omegaconf import OmegaConf
 
 from ranksweep.config import GROUPS, SCHEMA_NAME, RunConfig, TrainerConfig, register_configs, to_run_config
@@ -26,15 +27,16 @@ NAMED_GROUPS = ("model", "quant", "data", "logger")
 
 
 def _yamls() -> list[tuple[str, str]]:
-    """(group, option) for every YAML under conf/ but config.yaml: ``("model", "tiny_llama")``,
-    ``("sweep", "rank_doubling")``, ``("hydra/launcher", "slurm_gpu")``."""
-    return sorted((str(p.parent.relative_to(CONF)), p.stem) for p in CONF.rglob("*.yaml") if p.parent != CONF)
+    """(group, option) for every YAML under conf/ but config.yaml, and every preset in sweeps/ (the group
+    ``sweep``): ``("model", "tiny_llama")``, ``("sweep", "rank_doubling")``, ``("hydra/launcher", "slurm_gpu")``."""
+    tree = [(str(p.parent.relative_to(CONF)), p.stem) for p in CONF.rglob("*.yaml") if p.parent != CONF]
+    return sorted(tree + [("sweep", p.stem) for p in SWEEPS.rglob("*.yaml")])
 
 
 ALL_YAMLS = _yamls()
 GROUP_YAMLS = [(g, o) for g, o in ALL_YAMLS if g in GROUPS]
-SWEEP_DIR = CONF / "sweep"
-SWEEPS = [o for g, o in ALL_YAMLS if g == "sweep"]
+SWEEP_DIR = SWEEPS
+SWEEP_NAMES = [o for g, o in ALL_YAMLS if g == "sweep"]
 LAUNCHERS = [o for g, o in ALL_YAMLS if g == "hydra/launcher"]
 
 
@@ -44,26 +46,68 @@ def test_every_yaml_is_tested():
     tested_elsewhere = ("sweep", "hydra/launcher", "hydra/help")
     other = [f"{g}/{o}.yaml" for g, o in ALL_YAMLS if g not in GROUPS and g not in tested_elsewhere]
     assert not other, f"YAMLs no test composes: {other}"
-    assert SWEEPS and LAUNCHERS and GROUP_YAMLS
+    assert SWEEP_NAMES and LAUNCHERS and GROUP_YAMLS
 
 
-def test_configs_ship_in_the_package():
-    """Hydra reads pkg://ranksweep.conf: the package's conf/ (here, the editable install's src/ tree)."""
-    from ranksweep.compose import CONF_PACKAGE, config_path
+def test_configs_are_read_from_the_top_level_folders():
+    """In a source checkout (the editable compat install: only src/ is importable, ranksweep.conf is not), Hydra
+    reads the repo's conf/ as an absolute folder and the presets of sweeps/ through ranksweep-sweeps://."""
+    from ranksweep.compose import conf_dir, config_path, sweeps_dir
 
-    assert CONF_PACKAGE == "ranksweep.conf" and config_path() == "pkg://ranksweep.conf"
-    assert Path(str(resources.files(CONF_PACKAGE))).resolve() == CONF.resolve()
+    assert importlib.util.find_spec("ranksweep.conf") is None
+    assert conf_dir() == CONF.resolve() and sweeps_dir() == SWEEPS.resolve()
+    assert config_path() == str(CONF.resolve())
     cfg = compose(return_hydra_config=True)
-    sources = {(s.schema, s.path) for s in cfg.hydra.runtime.config_sources}
-    assert ("pkg", "ranksweep.conf") in sources, sources
+    sources = [(s.schema, s.path, s.provider) for s in cfg.hydra.runtime.config_sources]
+    assert ("file", str(CONF.resolve()), "main") in sources, sources
+    assert ("ranksweep-sweeps", str(SWEEPS.resolve()), "ranksweep") in sources, sources
 
 
-def test_sweep_presets_live_in_the_package():
-    """The presets are a real folder conf/sweep/ (no symlink, no top-level conf/ or sweeps/ left)."""
-    assert SWEEP_DIR.is_dir() and not SWEEP_DIR.is_symlink()
-    assert {"rank_doubling", "targets_x_rank", "bits_x_rank"} <= set(SWEEPS)
-    repo = CONF.parents[2]
-    assert not (repo / "conf").exists() and not (repo / "sweeps").exists()
+def test_installed_layout_is_found(tmp_path, monkeypatch):
+    """In a wheel, conf/ and sweeps/ sit inside the package (<site-packages>/ranksweep/conf, .../sweeps)."""
+    import ranksweep
+    from ranksweep import compose as compose_module
+
+    package = tmp_path / "site-packages" / "ranksweep"
+    shutil.copytree(CONF, package / "conf")
+    shutil.copytree(SWEEPS, package / "sweeps")
+    monkeypatch.setattr(ranksweep, "__file__", str(package / "__init__.py"))
+    assert compose_module.conf_dir() == package / "conf" and compose_module.sweeps_dir() == package / "sweeps"
+    assert compose_module.is_ranksweep_tree(str(package / "conf"))
+    assert compose_module.is_ranksweep_tree(f"file://{package / 'conf'}")
+    assert compose_module.is_ranksweep_tree("pkg://ranksweep.conf")
+    assert not compose_module.is_ranksweep_tree(str(tmp_path)) and not compose_module.is_ranksweep_tree("pkg://app")
+
+
+def test_presets_are_top_level_and_nowhere_else():
+    """sweeps/ holds one YAML per preset (a real folder); no config tree or preset is left under src/ or conf/."""
+    assert SWEEP_DIR.is_dir() and not SWEEP_DIR.is_symlink() and CONF.is_dir() and not CONF.is_symlink()
+    assert {"rank_doubling", "targets_x_rank", "bits_x_rank"} <= set(SWEEP_NAMES)
+    assert not [p for p in SWEEPS.iterdir() if p.suffix != ".yaml" and p.name != "__pycache__"]
+    assert not (CONF / "sweep").exists() and not (REPO / "src" / "ranksweep" / "conf").exists()
+    assert not list((REPO / "src").rglob("*.yaml"))
+    presets = {p.read_bytes() for p in SWEEPS.glob("*.yaml")}
+    copies = [p for p in CONF.rglob("*.yaml") if p.read_bytes() in presets]
+    assert not copies, copies
+
+
+def test_pyproject_lists_every_package():
+    """packages = [...] in pyproject.toml (package-dir maps conf/ and sweeps/ into the package, which rules out
+    packages.find): every folder under src/ that holds Python modules is listed, and nothing else."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+        import tomli as tomllib
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = {".".join(d.relative_to(REPO / "src").parts) for d in (REPO / "src").rglob("*")
+             if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))}
+    mapped = {"ranksweep.conf": "conf", "ranksweep.sweeps": "sweeps"}
+    assert found - listed == set(), f"packages under src/ missing from pyproject.toml's packages: {found - listed}"
+    assert listed - found == set(mapped), f"listed packages that are not under src/: {listed - found - set(mapped)}"
+    assert setuptools["package-dir"] == {"": "src", **mapped}
+    data = setuptools["package-data"]
+    assert "*.yaml" in data["ranksweep.sweeps"] and "**/*.yaml" in data["ranksweep.conf"]
 
 
 def test_conf_tree_has_every_group():
@@ -108,8 +152,8 @@ def test_data_path_is_required(option):
 
 
 def test_sweep_presets_compose_and_validate():
-    """conf/sweep/: `# @package _global_` presets, used as +sweep=<name>."""
-    for name in SWEEPS:
+    """sweeps/: `# @package _global_` presets, used as +sweep=<name>."""
+    for name in SWEEP_NAMES:
         text = (SWEEP_DIR / f"{name}.yaml").read_text()
         assert "# @package _global_" in text, f"sweep/{name}.yaml is not a _global_ package"
         cfg = compose(f"+sweep={name}", return_hydra_config=True)
@@ -138,15 +182,83 @@ def test_schema_backs_the_primary_config():
 
 
 def test_schema_is_not_a_config_group():
-    """Hydra lists exactly the folders of conf/ as groups (plus its own hydra/): no schema group."""
-    from hydra import initialize_config_module
+    """Hydra lists exactly the folders of conf/ as groups, plus `sweep` (sweeps/) and its own hydra/: no schema
+    group."""
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
-    with initialize_config_module(config_module="ranksweep.conf", version_base="1.3"):
-        groups = set(GlobalHydra.instance().config_loader().list_groups(""))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        groups = set(loader.list_groups(""))
+        presets = loader.get_group_options("sweep")
     folders = {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert groups == folders, groups ^ folders
+    assert groups == folders | {"sweep"}, groups ^ (folders | {"sweep"})
+    assert presets == sorted(SWEEP_NAMES)
+
+
+def test_sweeps_source_serves_only_the_sweep_group():
+    """The config source behind +sweep=NAME: its root holds the group `sweep`, whose options are sweeps/*.yaml."""
+    from hydra.core.object_type import ObjectType
+    from hydra.plugins.config_source import ConfigLoadError
+
+    from hydra_plugins.ranksweep_sweeper.sweeps_source import SweepsConfigSource
+
+    source = SweepsConfigSource("ranksweep", f"ranksweep-sweeps://{SWEEPS}")
+    assert source.available() and source.path == str(SWEEPS)
+    assert SweepsConfigSource("ranksweep", "ranksweep-sweeps://").path == str(SWEEPS.resolve())
+    assert source.list("", None) == ["sweep"] and source.list("", ObjectType.CONFIG) == []
+    assert source.list("sweep", ObjectType.CONFIG) == sorted(SWEEP_NAMES) and source.list("sweep", None)
+    assert source.list("sweep", ObjectType.GROUP) == [] and source.list("model", None) == []
+    assert source.is_group("") and source.is_group("sweep") and not source.is_group("model")
+    assert source.is_config("sweep/rank_doubling") and source.is_config("sweep/rank_doubling.yaml")
+    # Paths without the group's name, as its folder holds them, are not configs of this source.
+    assert not source.is_config("rank_doubling") and not source.is_config("config") and not source.is_config("sweep")
+    loaded = source.load_config("sweep/rank_doubling")
+    assert loaded.header["package"] == "_global_" and loaded.config.hydra.sweeper.study_name == "rank_doubling"
+    for missing in ("rank_doubling", "sweep/nope", "sweep"):
+        with pytest.raises(ConfigLoadError):
+            source.load_config(missing)
+    assert not SweepsConfigSource("x", "ranksweep-sweeps:///nonexistent").list("", None)
+
+
+def test_other_hydra_apps_get_no_sweep_group(tmp_path):
+    """The presets join the search path only where the primary config is ranksweep's."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    app = tmp_path / "app"
+    (app / "db").mkdir(parents=True)
+    (app / "config.yaml").write_text("defaults:\n  - db: a\n  - _self_\nx: 1\n")
+    (app / "db" / "a.yaml").write_text("host: a\n")
+    with initialize_config_dir(config_dir=str(app), version_base="1.3"):
+        hydra = GlobalHydra.instance()
+        assert set(hydra.config_loader().list_groups("")) == {"db", "hydra"}
+        paths = [e.path for e in hydra.config_loader().get_search_path().get_path()]
+        assert not [p for p in paths if "ranksweep" in p], paths
+        cfg = hydra_compose("config", return_hydra_config=True)
+        assert "ranksweep-sweeps" not in {s.schema for s in cfg.hydra.runtime.config_sources}
+        # No group `sweep` there: Hydra reads +sweep=rank_doubling as a plain new key, not a preset.
+        cfg = hydra_compose("config", overrides=["+sweep=rank_doubling"], return_hydra_config=True)
+        assert cfg.sweep == "rank_doubling" and "sweep" not in cfg.hydra.runtime.choices
+        assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
+
+
+def test_a_user_sweep_group_beside_the_presets(tmp_path):
+    """A user's own sweep/ folder (hydra.searchpath, --config-dir) adds presets beside ranksweep's."""
+    conf = tmp_path / "my_conf"
+    (conf / "sweep").mkdir(parents=True)
+    (conf / "sweep" / "mine.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    study_name: mine\n    max_rank: 32\n")
+    path = f"hydra.searchpath=[file://{conf}]"
+    cfg = compose(path, "+sweep=mine", return_hydra_config=True)
+    assert (cfg.hydra.sweeper.study_name, cfg.hydra.sweeper.max_rank) == ("mine", 32)
+    cfg = compose(path, "+sweep=rank_doubling", return_hydra_config=True)
+    assert cfg.hydra.sweeper.study_name == "rank_doubling"
+    with pytest.raises(ConfigError) as info:
+        compose(path, "+sweep=nope")
+    assert "mine" in str(info.value) and "rank_doubling" in str(info.value), str(info.value)
 
 
 def test_trainer_presets_extend_default():
@@ -304,11 +416,19 @@ def test_ranksweep_conf_replaces_the_tree(tmp_path, monkeypatch):
     from ranksweep.compose import config_path
 
     mine = tmp_path / "conf"
-    shutil.copytree(CONF, mine, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    shutil.copytree(CONF, mine, ignore=shutil.ignore_patterns("__pycache__"))
     (mine / "lora" / "default.yaml").write_text((CONF / "lora" / "default.yaml").read_text().replace("r: 8", "r: 4"))
     monkeypatch.setenv("RANKSWEEP_CONF", str(mine))
     assert config_path() == str(mine.resolve())
     assert to_run_config(compose()).lora.r == 4
+    # ranksweep's presets stay available beside the user's tree; a sweep/ group of the tree's own comes first.
+    assert compose("+sweep=rank_doubling", return_hydra_config=True).hydra.sweeper.max_rank == 512
+    (mine / "sweep").mkdir()
+    (mine / "sweep" / "rank_doubling.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    study_name: my_ladder\n    max_rank: 64\n")
+    cfg = compose("+sweep=rank_doubling", return_hydra_config=True)
+    assert (cfg.hydra.sweeper.study_name, cfg.hydra.sweeper.max_rank) == ("my_ladder", 64)
+    assert compose("+sweep=bits_x_rank", return_hydra_config=True).hydra.sweeper.study_name == "bits_x_rank"
 
 
 @pytest.mark.parametrize("override, targets", [

@@ -23,7 +23,7 @@ from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-from helpers import CONF, compose
+from helpers import CONF, SWEEPS, compose
 from helpers.run import BIN, PYTHON, free_port, one_line_error, ranksweep
 
 from ranksweep import extras, tracking
@@ -168,9 +168,10 @@ def test_help_lists_groups_sweeper_settings_and_subcommands():
                           timeout=120, env=_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
-    for group in groups:
-        options = sorted(f.stem for f in (CONF / group).glob("*.yaml"))
+    folders = {p.name: p for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")}
+    folders["sweep"] = SWEEPS  # the presets: the group `sweep` (+sweep=NAME), served from sweeps/
+    for group, folder in folders.items():
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
         assert f"\n{group}: {', '.join(options)}\n" in out, group
     assert "_ranksweep_schema" not in out
     section = out.split("== Sweeper settings")[1].split("== Subcommands")[0]

@@ -216,14 +216,14 @@ def _ladder(key: str, values: dict[int, float], rec: int, root: Path) -> Ladder:
 def test_several_ladders_one_folder_each_and_the_best_on_top(tmp_path):
     ladders = [_ladder("lora.targets=attention", {8: 2.0, 16: 1.9}, 16, tmp_path),
                _ladder("lora.targets=all_linear", {8: 1.5, 16: 1.45}, 8, tmp_path)]
-    out = tmp_path / "best"
-    (out / "stale.txt").parent.mkdir()
-    (out / "stale.txt").write_text("from an earlier export")
+    out = tmp_path / "best"  # a new folder: replacing an earlier export is ranksweep.ownership's (test_ownership)
     written = export.export_ladders(ladders, out, study="s")
     assert [(lad.key, folder) for lad, folder in written] == [
         ("lora.targets=all_linear", out), ("lora.targets=attention", out / "lora.targets_attention"),
         ("lora.targets=all_linear", out / "lora.targets_all_linear")]
-    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "config.yaml", "metrics.json",
+        "lora.targets_attention", "lora.targets_all_linear"])
     # best/ is the ladder whose recommended rank scored best (all_linear r=8: 1.5 < attention r=16: 1.9)
     assert (out / "adapter_model.safetensors").read_bytes() == bytes([8]) * 16
     assert (out / "lora.targets_attention" / "adapter_model.safetensors").read_bytes() == bytes([16]) * 16
@@ -255,9 +255,11 @@ def test_write_best_replaces_the_folder_whole(tmp_path):
     s = SimpleNamespace(study_name="s", storage_url="postgresql://u:secret@h/db")
     assert export.write_best(sweep, [_ladder("default", {8: 2.0, 16: 1.9}, 16, tmp_path / "a")], s) == sweep / "best"
     assert (sweep / "best" / "adapter_model.safetensors").read_bytes() == bytes([16]) * 16
-    (sweep / "best" / "merged").mkdir()  # a user's earlier export: a rerun of the sweep replaces it all
+    assert (sweep / "best" / ".ranksweep-export.json").is_file()  # marked: ranksweep may replace it
+    (sweep / "best" / "merged").mkdir()  # an earlier `export --merge` into it: a rerun of the sweep replaces it all
     assert export.write_best(sweep, [_ladder("default", {8: 2.0, 16: 1.99}, 8, tmp_path / "b")], s)
     assert (sweep / "best" / "adapter_model.safetensors").read_bytes() == bytes([8]) * 16
+    assert not (sweep / "best" / "merged").exists()
     assert sorted(p.name for p in sweep.iterdir()) == ["best"]  # no temp or old copies left
     card = (sweep / "best" / "README.md").read_text()
     assert "postgresql://u:***@h/db" in card and "secret" not in card

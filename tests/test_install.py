@@ -1,7 +1,8 @@
 """A wheel of ranksweep, installed into a fresh venv outside the repo, runs from an empty folder.
 
-The configs ship inside the package (Hydra reads ``pkg://ranksweep.conf``), so nothing
-of the repo is needed at run time. The wheel is built from a copy of the sources (the
+The repo's top-level ``conf/`` and ``sweeps/`` ship inside the package (pyproject.toml's
+``package-dir`` maps them to ``ranksweep/conf/`` and ``ranksweep/sweeps/``), so nothing of the
+repo is needed at run time. The wheel is built from a copy of the sources (the
 working tree gets no build/ or egg-info), installed with ``--no-deps`` into a venv
 created in a temp dir; the dependencies come from this test's own venv through a
 ``.pth`` line holding its site-packages path (a plain path line is appended to
@@ -19,7 +20,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import CONF, PYTHON, REPO, subprocess_env
+import yaml
+from helpers import CONF, PYTHON, REPO, SWEEPS, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +42,8 @@ def installed(tmp_path_factory) -> dict:
     assert REPO not in root.parents, f"{root} is inside the repo"
     # Build from a copy: what a wheel holds comes from pyproject.toml, not from files left in the tree.
     tree = root / "tree"
-    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("src", "conf", "sweeps"):
+        shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, tree / name)
     dist = root / "dist"
@@ -72,17 +75,23 @@ def test_wheel_holds_every_config(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     for path in CONF.rglob("*.yaml"):
         assert f"ranksweep/conf/{path.relative_to(CONF)}" in names, path
-    assert "ranksweep/conf/__init__.py" in names
+    for path in SWEEPS.glob("*.yaml"):
+        assert f"ranksweep/sweeps/{path.name}" in names, path
     assert "hydra_plugins/ranksweep_sweeper/__init__.py" in names
+    assert "hydra_plugins/ranksweep_sweeper/sweeps_source.py" in names
+    # Once, inside the package: no top-level conf/ or sweeps/ in the wheel, no preset left in conf/.
+    assert not [n for n in names if n.startswith(("conf/", "sweeps/", "ranksweep/conf/sweep/"))]
 
 
 def test_import_resolves_inside_the_fresh_venv(installed):
-    code = ("import ranksweep, hydra_plugins.ranksweep_sweeper as s; from importlib import resources; "
-            "print(ranksweep.__file__); print(s.__file__); print(resources.files('ranksweep.conf'))")
+    code = ("import ranksweep, hydra_plugins.ranksweep_sweeper as s; from ranksweep import compose as c; "
+            "print(ranksweep.__file__); print(s.__file__); print(c.conf_dir()); print(c.sweeps_dir())")
     out = _run([installed["python"], "-c", code], cwd=installed["work"], env=installed["env"]).stdout.split()
     for path in map(Path, out):
         assert path.is_relative_to(installed["site"]), path
         assert not path.is_relative_to(REPO), path
+    package = installed["site"].resolve() / "ranksweep"
+    assert out[2:] == [str(package / "conf"), str(package / "sweeps")]
 
 
 def test_single_trial(installed):
@@ -93,35 +102,46 @@ def test_single_trial(installed):
     assert metrics["steps"] == 4
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert f"adapter:  {run_dir}/adapter" in proc.stdout
-    # Hydra read the primary config from the installed package.
-    hydra_yaml = (run_dir / ".hydra" / "hydra.yaml").read_text()
-    assert "path: ranksweep.conf\n      schema: pkg" in hydra_yaml
+    # Hydra read the primary config and the presets from the installed package.
+    sources = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["config_sources"]
+    got = {(s["provider"], s["schema"], s["path"]) for s in sources}
+    site = installed["site"].resolve() / "ranksweep"
+    assert {("main", "file", str(site / "conf")), ("ranksweep", "ranksweep-sweeps", str(site / "sweeps"))} <= got
 
 
-def test_sweep_and_report(installed):
+def test_sweep_preset_and_report(installed):
+    """+sweep=rank_doubling (sweeps/rank_doubling.yaml in the wheel), shrunk: two rungs, one trial each."""
     work = installed["work"]
-    proc = ranksweep(installed, "-m", *TINY, "trainer.eval_every=2", "hydra.sweeper.max_rank=16",
-                     "hydra.sweeper.study_name=w")
-    sweep = work / "outputs" / "sweeps" / "w"
+    proc = ranksweep(installed, "-m", "+sweep=rank_doubling", *TINY, "trainer.eval_every=2",
+                     "hydra.sweeper.max_rank=16", "hydra.sweeper.search_budget=1", "hydra.sweeper.seeds_per_rank=1")
+    sweep = work / "outputs" / "sweeps" / "rank_doubling"  # the preset's study_name
+    assert "recommended r=" in proc.stdout, proc.stdout[-2000:]
     summary = json.loads((sweep / "sweep_summary.json").read_text())
     assert summary, proc.stdout[-2000:]
     assert (work / "outputs" / "ranksweep.db").is_file()
     assert {"r8", "r16"} <= {p.name.split("-")[2] for p in sweep.glob("trial-*")}, list(sweep.iterdir())
-    report = ranksweep(installed, "report", "w")
+    report = ranksweep(installed, "report", "rank_doubling")
     html = Path(report.stdout.strip().splitlines()[-1])
     html = html if html.is_absolute() else work / html
     assert html.is_file() and html.resolve().is_relative_to(work), html
 
 
 def test_user_config_dir_with_the_installed_package(installed, tmp_path):
-    """--config-dir adds a user's group option beside the packaged ones."""
+    """--config-dir adds a user's group option beside the packaged ones, and a sweep preset beside the wheel's."""
     conf = tmp_path / "my_conf" / "model"
     conf.mkdir(parents=True)
     text = (CONF / "model" / "tiny_llama.yaml").read_text().replace("name: tiny_llama", "name: my_tiny")
     (conf / "my_tiny.yaml").write_text(text)
+    (tmp_path / "my_conf" / "sweep").mkdir()
+    (tmp_path / "my_conf" / "sweep" / "mine.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    study_name: my_ladder\n")
     proc = ranksweep(installed, "--config-dir", "my_conf", "model=my_tiny", "trainer=tiny", "--cfg", "job",
                      cwd=tmp_path)
     assert "name: my_tiny" in proc.stdout and "id: tiny:llama" in proc.stdout and "max_steps: 20" in proc.stdout
+    proc = ranksweep(installed, "--config-dir", "my_conf", "+sweep=mine", "--cfg", "hydra", cwd=tmp_path)
+    assert "study_name: my_ladder" in proc.stdout
+    presets = ", ".join(sorted(["mine", *(p.stem for p in SWEEPS.glob("*.yaml"))]))
+    assert f"\nsweep: {presets}\n" in ranksweep(installed, "--config-dir", "my_conf", "--help", cwd=tmp_path).stdout
 
 
 # ----------------------------------------------------------------------------- no extras

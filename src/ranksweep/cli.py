@@ -1,7 +1,8 @@
 """The ``ranksweep`` command: a thin Hydra shell around :func:`ranksweep.trial.run_trial`.
 
-Hydra reads the config tree shipped inside the package (``pkg://ranksweep.conf``,
-see :mod:`ranksweep.compose`). User mistakes (bad overrides, missing files, unknown
+Hydra reads the config tree as an absolute folder, the repo's ``conf/`` or the wheel's
+``ranksweep/conf/``, and the presets of ``sweeps/`` as the group ``sweep`` (see
+:mod:`ranksweep.compose`). User mistakes (bad overrides, missing files, unknown
 modules) end with one line on stderr and exit code 2; every other failure of a run (a NaN
 loss, out of memory, a filesystem error) with one line and exit code 1. Set
 HYDRA_FULL_ERROR=1 to see tracebacks.
@@ -50,7 +51,9 @@ def _job(cfg) -> float | None:
         resolved = mask_secrets(OmegaConf.to_container(cfg, resolve=True))  # what config.yaml and W&B record
         from ranksweep.job import run_job
 
-        return run_job(run, run.output_dir or hc.runtime.output_dir, resolved=resolved)
+        # A single run claims its folder; a sweep's trial folders are made in its own sweep folder.
+        claim = ("output_dir" if run.output_dir else "hydra.run.dir") if single else None
+        return run_job(run, run.output_dir or hc.runtime.output_dir, resolved=resolved, claim=claim)
     except Exception as exc:  # noqa: BLE001 - a single run reports any failure as one line
         if not single or _TRACEBACKS:
             raise
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     _RUN_ERRORS.clear()
     _STARTED.clear()
     try:
+        _check_run_dir(sys.argv[1:])
         task()
         if _RUN_ERRORS:
             raise _RUN_ERRORS.pop()
@@ -116,6 +120,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         logging.shutdown()
     return 0
+
+
+def _check_run_dir(args: list[str]) -> None:
+    """A single run's ``hydra.run.dir`` from the command line, checked before Hydra writes its ``.hydra/``
+    and log there (the job checks again, whatever set it: :func:`ranksweep.ownership.claim_run_dir`)."""
+    if any(a in ("-m", "--multirun") for a in args):
+        return
+    from ranksweep.ownership import RUN_MARKER, RUN_WRITES, check_place, is_ours, legacy_run
+
+    for a in args:
+        key, _, value = a.partition("=")
+        if key.lstrip("+~") == "hydra.run.dir" and value:
+            out = check_place(value.strip("'\""), "hydra.run.dir")
+            taken = [n for n in (".hydra", "cli.log", *RUN_WRITES) if (out / n).exists()]
+            if taken and not is_ours(out, RUN_MARKER, legacy_run):
+                raise ConfigError(f"hydra.run.dir: {out} already holds {', '.join(taken)}, which ranksweep did not "
+                                  "write; give a new or empty folder (ranksweep overwrites only its own files)")
 
 
 def _error(line: str, code: int) -> int:

@@ -3,11 +3,15 @@
 Shared by the Hydra entry point (:mod:`ranksweep.cli`) and the subcommands
 (:mod:`ranksweep.commands`), so that neither imports the other.
 
-The config tree ships inside the package (``src/ranksweep/conf/``, package data of
-the wheel) and Hydra reads it as ``pkg://ranksweep.conf``. The environment variable
-``RANKSWEEP_CONF`` points Hydra at a folder instead (a full copy of the tree). Users
-add config groups of their own with Hydra's search path: ``--config-dir my_conf`` or
-``hydra.searchpath=[file://my_conf]``.
+The config tree is the repo's top-level ``conf/`` and the sweep presets its top-level ``sweeps/``
+(one YAML per preset, used as ``+sweep=NAME``). The wheel ships both inside the package, mapped
+there at build time (pyproject.toml's ``package-dir``): ``ranksweep/conf/`` and ``ranksweep/sweeps/``.
+:func:`conf_dir` and :func:`sweeps_dir` find them in either place, and Hydra gets the tree as an
+absolute folder (its ``config_path``). The presets reach Hydra as the group ``sweep`` through a
+config source of ranksweep's Hydra plugin (:mod:`hydra_plugins.ranksweep_sweeper.sweeps_source`).
+The environment variable ``RANKSWEEP_CONF`` points Hydra at a folder instead (a full copy of the
+tree; the presets stay available beside it). Users add config groups of their own with Hydra's search
+path: ``--config-dir my_conf`` or ``hydra.searchpath=[file://my_conf]``.
 
 :class:`MaskSavedSecrets` is the Hydra callback (``hydra.callbacks`` in ``config.yaml``) that masks
 secrets in the files Hydra saves for a job (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``,
@@ -23,17 +27,62 @@ from typing import Any, Sequence
 
 from ranksweep.errors import ConfigError
 
-CONF_PACKAGE = "ranksweep.conf"
+CONF_PACKAGE = "ranksweep.conf"  # the tree's place inside an installed wheel (ranksweep/conf/)
+CONF_ENV = "RANKSWEEP_CONF"
 CONFIG_NAME = "config"
 VERSION_BASE = "1.3"
+SWEEP_GROUP = "sweep"  # +sweep=NAME: the presets of sweeps/
+SWEEPS_SCHEME = "ranksweep-sweeps"  # the Hydra config source that serves them (hydra_plugins.ranksweep_sweeper)
+
+
+def _base() -> Path:
+    """The folder holding ``conf/`` and ``sweeps/``: the installed package itself (a wheel maps both into
+    ``<site-packages>/ranksweep/``), else the source checkout's top level (an editable install in compat
+    mode, or src/ on sys.path: only ``src/`` is importable there, ``ranksweep.conf`` is not)."""
+    import ranksweep
+
+    package = Path(ranksweep.__file__).resolve().parent
+    if (package / "conf" / f"{CONFIG_NAME}.yaml").is_file():
+        return package
+    return package.parents[1]  # <repo>/src/ranksweep -> <repo>
+
+
+def conf_dir() -> Path:
+    """The config tree Hydra reads: the folder $RANKSWEEP_CONF (a user's full replacement tree), else
+    ranksweep's own (``ranksweep/conf/`` in a wheel, ``<repo>/conf/`` in a source checkout)."""
+    folder = os.environ.get(CONF_ENV)
+    if folder:
+        return Path(folder).expanduser().resolve()
+    return _base() / "conf"
+
+
+def sweeps_dir() -> Path:
+    """The sweep presets, one YAML per preset: ``ranksweep/sweeps/`` in a wheel, ``<repo>/sweeps/`` in a
+    source checkout."""
+    return _base() / "sweeps"
 
 
 def config_path() -> str:
-    """Hydra's ``config_path`` for the primary config: the folder $RANKSWEEP_CONF, else ``pkg://ranksweep.conf``."""
-    folder = os.environ.get("RANKSWEEP_CONF")
-    if folder:
-        return str(Path(folder).expanduser().resolve())
-    return f"pkg://{CONF_PACKAGE}"
+    """Hydra's ``config_path`` for the primary config: :func:`conf_dir`, absolute (Hydra reads an absolute
+    ``config_path`` as a folder on its search path, whatever the calling module)."""
+    return str(conf_dir())
+
+
+def is_ranksweep_tree(path: str) -> bool:
+    """Whether a Hydra search path entry (the ``main`` one: the primary config's place) is ranksweep's config
+    tree: :func:`conf_dir` (with or without ``file://``), ranksweep's own tree, or ``pkg://ranksweep.conf``.
+    The sweep presets join the search path only then, so that other Hydra apps are left as they are."""
+    if path == f"pkg://{CONF_PACKAGE}":
+        return True
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if not path or "://" in path:
+        return False
+    try:
+        here = Path(path).expanduser().resolve()
+        return here in (conf_dir(), _base() / "conf")
+    except (OSError, RuntimeError):
+        return False
 
 
 def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False):
@@ -44,7 +93,7 @@ def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False)
     names the key. Values are validated by :func:`ranksweep.config.to_run_config`, not here.
     """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir, initialize_config_module
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
     from yaml import YAMLError
@@ -52,13 +101,8 @@ def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False)
     from ranksweep.config import register_configs
 
     register_configs()
-    path = config_path()
-    if path.startswith("pkg://"):
-        context = initialize_config_module(config_module=path[len("pkg://"):], version_base=VERSION_BASE)
-    else:
-        context = initialize_config_dir(config_dir=path, version_base=VERSION_BASE)
     try:
-        with context:
+        with initialize_config_dir(config_dir=config_path(), version_base=VERSION_BASE):
             return hydra_compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException, YAMLError, ValueError) as exc:
         raise ConfigError(describe_error(exc)) from exc

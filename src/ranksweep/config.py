@@ -1,4 +1,4 @@
-"""Structured configs: the typed schema behind every YAML in ``ranksweep/conf/``.
+"""Structured configs: the typed schema behind every YAML in ``conf/`` (``ranksweep/conf/`` in the wheel).
 
 :func:`register_configs` stores :class:`RunConfig` in Hydra's ConfigStore as
 ``_ranksweep_schema``, the first entry of ``conf/config.yaml``'s defaults list; each
@@ -399,6 +399,9 @@ class TrialHandle:
     # same configuration is resumed from. null: <output_dir>/checkpoints. The sweeper passes the same
     # folder to the retry of a trial whose worker died.
     checkpoint_dir: Optional[str] = None
+    # The combined digest of the data's content the sweep started with (ranksweep.data.identity): a trial
+    # whose data holds something else fails, naming the file. null: not checked (a single run).
+    data_digest: Optional[str] = None
 
 
 @dataclass

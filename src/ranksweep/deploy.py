@@ -24,6 +24,7 @@ from ranksweep.export import (
     BEST_DIRNAME,
     PLOT_NAME,
     export_ladders,
+    is_legacy_export,
     model_card,
     read_trial_files,
     resolve_trial_dir,
@@ -45,36 +46,93 @@ def _pick(ladders: list[Ladder], key: Optional[str]) -> list[Ladder]:
     return chosen
 
 
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` when the Hub takes it as a model repo id (ORG/NAME), else a one-line error."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise RanksweepError(f"ranksweep export: --push-to-hub {repo_id!r} is not a repo id (ORG/NAME): "
+                             f"{str(exc).splitlines()[0]}") from None
+    return repo_id
+
+
 def export_study(study: str, storage: str, *, ladder: Optional[str] = None, out: Optional[str] = None,
                  merge: bool = False, push: Optional[str] = None, private: bool = False, dry_run: bool = False,
                  echo: Echo = print) -> Path:
     """Write the study's deliverables (all ladders, or ``ladder``) into ``out``; merge and push on request.
-    Returns the folder of the (top) deliverable."""
-    from ranksweep.plot import rank_curve_png
-    from ranksweep.report.load import load_study_data
+    Returns the folder of the (top) deliverable.
 
+    Every argument is checked before anything is written; ``out`` must be new, empty or an earlier export
+    (:mod:`ranksweep.ownership`), and is replaced whole: a crash leaves the old export or the new one."""
+    from ranksweep.ownership import EXPORT_MARKER, check_output_dir, replace_dir
+    from ranksweep.report.load import load_study_data
+    from ranksweep.urls import storage_file
+
+    if push:
+        check_repo_id(push)
     data = load_study_data(study, storage)
     ladders = _pick(data.ladders, ladder)
+    flag = "--out" if out else f"--out (default: {BEST_DIRNAME}/ of the sweep)"
+    target = check_output_dir(out or _default_out(data, study), flag, EXPORT_MARKER, legacy=is_legacy_export,
+                              protect=[storage_file(storage), *(() if not out else data.sweep_dirs)])
     rows = {r.number: r for r in data.trials}
     by_dir = {str(r.trial.output_dir): r.output_dir for r in rows.values() if r.trial.output_dir}
-    target = Path(out) if out else _default_out(data, study)
-    target.mkdir(parents=True, exist_ok=True)
-    plot = rank_curve_png(target / PLOT_NAME, data.ladders)
-    written = export_ladders(ladders, target, study=study, storage=data.storage, plot=plot,
-                             resolve=lambda p: by_dir.get(str(p)) or resolve_trial_dir(p))
+
+    said: list[str] = []
+
+    def build(tmp: Path) -> list[tuple[Ladder, Path]]:
+        from ranksweep.plot import rank_curve_png
+
+        plot = rank_curve_png(tmp / PLOT_NAME, data.ladders)
+        written = export_ladders(ladders, tmp, study=study, storage=data.storage, plot=plot,
+                                 resolve=lambda p: by_dir.get(str(p)) or resolve_trial_dir(p))
+        if merge:
+            top_lad, top = written[0]
+            # echoed once the export is in place, under its final name
+            merged = merge_adapter(top, top / "merged", echo=lambda line: said.append(line.replace(str(tmp),
+                                                                                                  str(target))))
+            cfg, metrics = read_trial_files(top)
+            card = model_card(top_lad, cfg, metrics, study=study, storage=data.storage, merged=True,
+                              plot=PLOT_NAME if (merged / PLOT_NAME).is_file() else None)
+            (merged / "README.md").write_text(card, encoding="utf-8")
+        else:
+            _keep_merged(target, tmp)
+        return [(lad, target / folder.relative_to(tmp)) for lad, folder in written]
+
+    written = replace_dir(target, build, EXPORT_MARKER, command="export", study=study, storage=data.storage)
     for i, (lad, folder) in enumerate(written):
         rec = lad.recommendation
         echo(f"{'best adapter' if i == 0 else '  ladder'} {lad.label}: r={rec.rank if rec else '?'} -> {folder}")
-    top_lad, top = written[0]
-    if merge:
-        merged = merge_adapter(top, top / "merged", echo=echo)
-        cfg, metrics = read_trial_files(top)
-        card = model_card(top_lad, cfg, metrics, study=study, storage=data.storage, merged=True,
-                          plot=PLOT_NAME if (merged / PLOT_NAME).is_file() else None)
-        (merged / "README.md").write_text(card, encoding="utf-8")
+    for line in said:
+        echo(line)
+    top = written[0][1]
     if push:
         push_to_hub(top / "merged" if merge else top, push, private=private, dry_run=dry_run, echo=echo)
     return top
+
+
+def _keep_merged(old: Path, new: Path) -> None:
+    """An earlier ``--merge`` of the same adapter stays in a new export without ``--merge`` (hard links, so the
+    old export is untouched until the swap); a merge of another adapter is dropped."""
+    merged = old / "merged"
+    if not merged.is_dir() or not (new / "metrics.json").is_file():
+        return
+    try:
+        same = (merged / "metrics.json").read_bytes() == (new / "metrics.json").read_bytes()
+    except OSError:
+        same = False
+    if not same:
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(merged, new / "merged", copy_function=link)
 
 
 def _default_out(data: Any, study: str) -> Path:
@@ -128,9 +186,7 @@ def merge_adapter(folder: Path, out: Path, device: Optional[str] = None, echo: E
             raise RanksweepError(f"ranksweep export --merge: cannot load the base {model_cfg.id!r}: "
                                  f"{str(exc).splitlines()[0]}") from exc
         merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True)  # a new folder: export_study builds the whole export beside the old one
         merged.save_pretrained(str(out))
         tok.save_pretrained(str(out))
     for name in ("config.yaml", "metrics.json", PLOT_NAME):
@@ -164,13 +220,7 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool = False, dry_run: b
                 echo: Echo = print) -> None:
     """Upload ``folder`` to the model repo ``repo_id`` (created when missing); ``dry_run``: print the repo,
     the files and the model card, upload nothing."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise RanksweepError(f"ranksweep export: --push-to-hub {repo_id!r} is not a repo id (ORG/NAME): "
-                             f"{str(exc).splitlines()[0]}") from None
+    check_repo_id(repo_id)
     files = _files(folder)
     source = token_source()
     if dry_run:

@@ -24,10 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +33,7 @@ from typing import Any, Optional
 from ranksweep.errors import RanksweepError
 from ranksweep.sweep.results import Ladder, Rung, Trial
 
-__all__ = ["BEST_DIRNAME", "best_rung", "best_trial", "export_ladders", "ladder_slug", "model_card",
+__all__ = ["BEST_DIRNAME", "best_rung", "best_trial", "export_ladders", "is_legacy_export", "ladder_slug", "model_card",
            "read_trial_files", "resolve_trial_dir", "sweep_resolver", "winner", "write_best", "write_deliverable"]
 
 log = logging.getLogger("ranksweep.sweep")
@@ -154,19 +152,18 @@ def adapter_base(folder: Path) -> Optional[str]:
     return str(got) if got else None
 
 
-def _clear(folder: Path, keep: Sequence[str] = ()) -> None:
-    """Empty ``folder`` of an earlier export (a resumed sweep may recommend another rank)."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.name in keep:
-            continue
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+def is_legacy_export(folder: Path) -> bool:
+    """An export or ``best/`` written before ranksweep marked its folders: a PEFT adapter with ranksweep's card."""
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8")[:4096]
+    except OSError:
+        return False
+    return (folder / "adapter_config.json").is_file() and "(ranksweep)" in card
 
 
 def export_ladders(ladders: Sequence[Ladder], out: Path, *, study: str, storage: str = "",
                    plot: Optional[Path] = None, resolve: Resolver = resolve_trial_dir) -> list[tuple[Ladder, Path]]:
-    """Write the deliverables of ``ladders`` into ``out`` (layout: module docstring); returns
+    """Write the deliverables of ``ladders`` into the new folder ``out`` (layout: module docstring); returns
     ``(ladder, folder)`` per ladder written, the top-level one first. Ladders without a recommendation
     or whose adapter is gone are left out (logged)."""
     found: list[tuple[Ladder, Path]] = []
@@ -183,7 +180,6 @@ def export_ladders(ladders: Sequence[Ladder], out: Path, *, study: str, storage:
     top = winner([lad for lad, _ in found]) or 0
     several = len(found) > 1
     slugs = _unique_slugs([lad.key for lad, _ in found])
-    _clear(out, keep=["merged", PLOT_NAME])
     written: list[tuple[Ladder, Path]] = []
     others = [(lad, slugs[i]) for i, (lad, _) in enumerate(found)] if several else []
     lad, folder = found[top]
@@ -217,44 +213,26 @@ def sweep_resolver(sweep_dir: Path) -> Resolver:
     return resolve
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by the finished folder ``tmp`` (workers ending one study together each write theirs)."""
-    olds = []
-    try:
-        for _ in range(5):
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            try:
-                out.rename(old)
-                olds.append(old)
-            except FileNotFoundError:
-                pass
-            try:
-                tmp.rename(out)
-                return
-            except OSError:  # another worker swapped its copy in between: replace that one
-                continue
-        raise OSError(f"cannot replace {out}")
-    finally:
-        for old in olds:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def write_best(sweep_dir: Path, ladders: Sequence[Ladder], s: Any) -> Optional[Path]:
     """``<sweep_dir>/best/`` after a sweep (called by :func:`ranksweep.sweep.summary.write_outputs`), built
-    beside it and swapped in whole; never fails the sweep: a problem is a warning."""
+    beside it and swapped in whole (:func:`ranksweep.ownership.replace_dir`); never fails the sweep: a
+    problem is a warning. A ``best/`` that ranksweep did not write is left as it is."""
+    from ranksweep.ownership import EXPORT_MARKER, is_ours, replace_dir
     from ranksweep.urls import mask_secrets
 
     if not any(lad.recommendation for lad in ladders):
         return None
-    sweep_dir = Path(sweep_dir)
-    out = sweep_dir / BEST_DIRNAME
-    tmp = sweep_dir / f".{BEST_DIRNAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    out = Path(sweep_dir) / BEST_DIRNAME
+    if out.exists() and not (out.is_dir() and is_ours(out, EXPORT_MARKER, is_legacy_export)):
+        log.warning("best adapter not exported: %s exists and ranksweep did not write it", out)
+        return None
+    storage = str(mask_secrets(s.storage_url))
     try:
-        written = export_ladders(ladders, tmp, study=str(s.study_name), storage=str(mask_secrets(s.storage_url)),
-                                 plot=sweep_dir / PLOT_NAME, resolve=sweep_resolver(sweep_dir))
-        _swap_in(tmp, out)
+        written = replace_dir(out, lambda tmp: export_ladders(
+            ladders, tmp, study=str(s.study_name), storage=storage, plot=Path(sweep_dir) / PLOT_NAME,
+            resolve=sweep_resolver(Path(sweep_dir))), EXPORT_MARKER, command="sweep", study=str(s.study_name),
+            storage=storage)
     except (RanksweepError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         log.warning("best adapter not exported to %s: %s", out, exc)
         return None
     lad, _ = written[0]

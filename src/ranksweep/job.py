@@ -165,12 +165,31 @@ def _summary(m: dict[str, Any], out_dir: str) -> str:
     return "\n".join(lines)
 
 
-def run_job(run: RunConfig, out_dir: str, resolved: Optional[dict] = None) -> float:
+def check_paths(run: RunConfig) -> None:
+    """The folders a job writes besides its own, checked before any work (a bad one is one line, exit 2):
+    the cache and W&B's dir must be folders or creatable, a checkpoint folder new, empty or ranksweep's."""
+    from ranksweep.ownership import check_output_dir, creatable_dir
+    from ranksweep.trial.checkpoints import RUN_FILE
+
+    creatable_dir(run.cache_dir, "cache_dir (RANKSWEEP_CACHE)")
+    if run.logger.dir:
+        creatable_dir(run.logger.dir, "logger.dir")
+    if run.trial.checkpoint_dir:
+        check_output_dir(run.trial.checkpoint_dir, "trial.checkpoint_dir", RUN_FILE)
+
+
+def run_job(run: RunConfig, out_dir: str, resolved: Optional[dict] = None, claim: Optional[str] = None) -> float:
     """Run one trial in ``out_dir`` and return its objective (what Hydra's sweeper receives).
 
     ``run`` is the job's validated config; ``resolved`` the resolved config that ``config.yaml``
-    and W&B record (derived from ``run`` when not given).
+    and W&B record (derived from ``run`` when not given). ``claim``: the key that named ``out_dir`` (a single
+    run's), which must then be new, empty or ranksweep's (:func:`ranksweep.ownership.claim_run_dir`).
     """
+    check_paths(run)
+    if claim is not None:
+        from ranksweep.ownership import claim_run_dir
+
+        out_dir = str(claim_run_dir(out_dir, claim))
     reporter = _reporter(run)
     t0 = time.perf_counter()
     try:

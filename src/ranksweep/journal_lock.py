@@ -19,6 +19,8 @@ import os
 from filelock import FileLock
 
 log = logging.getLogger("ranksweep.storage")
+# How Optuna's JournalFileBackend begins every record (json.dumps of a dict whose first key is op_code).
+RECORD_START = b'{"op_code":'
 SUFFIX = ".ranksweep-append-lock"  # not Optuna's ``.lock``, nor the claim lock's ``.ranksweep-lock``
 
 
@@ -62,6 +64,10 @@ def drop_torn_tail(path: str) -> int:
                 keep = start + i + 1
                 break
             pos = start
+        if keep == 0:
+            fh.seek(0)
+            if not fh.read(len(RECORD_START)) == RECORD_START:
+                return 0  # not a torn journal record: never cut what Optuna did not write
         fh.truncate(keep)
         fh.flush()
         os.fsync(fh.fileno())

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ranksweep.errors import ConfigError, StorageDamaged
+from ranksweep.journal_lock import RECORD_START
 from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
 from ranksweep.urls import journal_path, mask_secrets, reveal, sqlite_path
 
-__all__ = ["DEFAULT_STORAGE_URL", "check_journal", "check_optuna_sqlite", "check_readable", "open_storage"]
+__all__ = ["DEFAULT_STORAGE_URL", "check_journal", "check_optuna_sqlite", "check_readable", "check_storage_file",
+           "open_storage"]
 
 
 def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
@@ -30,6 +32,7 @@ def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
 
     url = reveal(str(url))  # a password masked on the command line (ranksweep.urls.conceal)
     try:
+        check_storage_file(url, key)  # before Optuna (or our torn-tail repair) may write to it
         journal = journal_path(url)
         if journal is not None:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -37,14 +40,10 @@ def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
             from ranksweep.journal_lock import JournalLock
 
             journal.parent.mkdir(parents=True, exist_ok=True)
-            if journal.is_file() and journal.stat().st_size > 0:
-                check_journal(journal, key)
             return JournalStorage(JournalFileBackend(str(journal), lock_obj=JournalLock(str(journal))))
         db = sqlite_path(url)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-            if db.exists() and db.stat().st_size > 0:
-                check_optuna_sqlite(db, key)
         elif "://" not in url:
             raise ConfigError(f"{key}: not a storage URL: {url!r} (e.g. sqlite:///outputs/ranksweep.db)")
         else:
@@ -76,15 +75,28 @@ def open_storage(url: str, heartbeat: Optional[tuple[float, float]] = None,
         raise ConfigError(f"{key}: cannot open {mask_secrets(url)}: {first}") from exc
 
 
+def check_storage_file(url: str, key: str = "hydra.sweeper.storage") -> None:
+    """Read-only: an existing file behind ``url`` must be an Optuna SQLite database or journal (an empty file
+    is a new one); anything else is refused, its bytes unchanged. Called before anything is written."""
+    journal, db = journal_path(url), sqlite_path(url)
+    for path, check in ((journal, check_journal), (db, check_optuna_sqlite)):
+        if path is not None and path.exists() and (not path.is_file() or path.stat().st_size > 0):
+            check(path, key)
+
+
 def check_optuna_sqlite(path: Path, key: str) -> None:
     """Refuse an SQLite file that is not an Optuna storage (read-only check): Optuna would add its
     tables to any SQLite file it opens, a user's own database included. Refuse a damaged one too
     (SQLite's ``quick_check``), before anything writes to it."""
     import sqlite3
 
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} is {'a folder' if path.is_dir() else 'not a regular file'}, not an SQLite "
+                          "database; point the storage at a new file")
     with open(path, "rb") as fh:
         if fh.read(16) != b"SQLite format 3\x00":
-            raise ConfigError(f"{key}: {path} is not an SQLite database")
+            raise ConfigError(f"{key}: {path} is not an SQLite database (it was left as it is); point the storage "
+                              "at a new file")
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
@@ -113,10 +125,17 @@ def _sqlite_recovery(path: Path) -> str:
 
 
 def check_journal(path: Path, key: str) -> None:
-    """Refuse a journal file Optuna could not replay (read-only). A last line without its newline is not
-    damage: an append in progress, or one whose writer died (the next append drops it,
-    :mod:`ranksweep.journal_lock`); Optuna's reader skips it."""
+    """Refuse, read-only, a file that is not an Optuna journal (its first line must be a complete journal
+    record: a user's text file is never taken for a journal with a torn tail and cut), and one Optuna could
+    not replay. A last line without its newline after a good record is not damage: an append in progress,
+    or one whose writer died (the next append drops it, :mod:`ranksweep.journal_lock`)."""
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} is {'a folder' if path.is_dir() else 'not a regular file'}, not an "
+                          "Optuna journal; point the storage at a new file")
     number = _journal_damage(path)
+    if number == 1:
+        raise ConfigError(f"{key}: {path} is not an Optuna journal (its first line is not a complete journal "
+                          "record); it was left as it is: point the storage at a new file")
     if number is not None:
         raise StorageDamaged(
             f"{key}: journal file {path} is damaged at line {number} (not a complete JSON record); it was not "
@@ -125,19 +144,20 @@ def check_journal(path: Path, key: str) -> None:
 
 
 def _journal_damage(path: Path) -> Optional[int]:
-    """The line number of the first record that is not complete JSON (a torn last line aside), else None."""
+    """The line number of the first line that is not a complete journal record, else None. A torn last line
+    (no newline) is not counted once a complete record precedes it; the first line must be complete."""
     import json
 
     with open(path, "rb") as fh:
         lines = fh.readlines()
-    if lines and not lines[-1].endswith(b"\n"):
-        lines.pop()
+    if lines and not lines[-1].endswith(b"\n") and (len(lines) > 1 or lines[-1].startswith(RECORD_START)):
+        lines.pop()  # torn: after a good record, or Optuna's very first append (its own opening bytes)
     for number, line in enumerate(lines, start=1):
         try:
-            ok = isinstance(json.loads(line), dict)
+            record = json.loads(line) if line.endswith(b"\n") else None
         except ValueError:
-            ok = False
-        if not ok:
+            record = None
+        if not isinstance(record, dict) or "op_code" not in record:
             return number
     return None
 

@@ -256,7 +256,7 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
 
     rows = [[lad.key, r.rank, math.log2(r.rank), r.mean, r.std or 0.0, *bounds(r.gain), *bounds(r.vs_best),
              r.best_lr, r.lr_at_edge or "", len(r.lrs), r.still_falling, r.effective_rank, r.similarity,
-             r.trainable_params or 0, r.supervised_tokens or 0, r.state]
+             r.trainable_params or 0, r.supervised_tokens or 0, r.state, ", ".join(r.fingerprints)]
             for lad in ladders for r in lad.curve if r.mean is not None]
     with masked_argv(), _init_errors(cfg):  # W&B keeps the command line: a masked copy
         run = wandb.init(**init_args(cfg, sweep_dir), group=s.study_name, name=f"{s.study_name}-summary",
@@ -268,7 +268,7 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
     table = wandb.Table(columns=["ladder", "rank", "log2_rank", s.objective, "std", "gain", "gain_lo", "gain_hi",
                                  "vs_best", "vs_best_lo", "vs_best_hi", "best_lr", "lr_at_edge", "lrs_tried",
                                  "still_falling", "effective_rank", "similarity_to_prev", "trainable_params",
-                                 "supervised_tokens", "state"], data=rows)
+                                 "supervised_tokens", "state", "eval_fingerprint"], data=rows)
     run.log({"rank_curve": table,
              "rank_curve_plot": wandb.plot.line(table, "log2_rank", s.objective, stroke="ladder",
                                                 title=f"{s.objective} vs log2(rank)"),

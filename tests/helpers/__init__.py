@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CONF = REPO / "src" / "ranksweep" / "conf"
+CONF = REPO / "conf"  # the config tree (the wheel maps it to ranksweep/conf/)
+SWEEPS = REPO / "sweeps"  # the sweep presets, the group `sweep` (+sweep=NAME; ranksweep/sweeps/ in the wheel)
 FAMILIES = ("llama", "qwen2", "phi3", "gemma2", "gemma3", "mistral")
 PYTHON = sys.executable
 
@@ -30,7 +31,7 @@ TINY_OVERRIDES = (
 
 
 def compose(*overrides: str, return_hydra_config: bool = False):
-    """``conf/config.yaml`` composed with ``overrides``, as ``ranksweep`` composes it (``pkg://ranksweep.conf``).
+    """``conf/config.yaml`` composed with ``overrides``, as ``ranksweep`` composes it (``ranksweep.compose``).
 
     A bad override raises :class:`ranksweep.errors.ConfigError` with the command's one-line message.
     """

@@ -19,6 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from ranksweep.compose import config_path
 from ranksweep.errors import TrialPruned
 
 TRUE_RANK = int(os.environ.get("SYN_TRUE_RANK", "32"))
@@ -36,7 +37,7 @@ def value(r: int, lr: float) -> float:
     return capacity + C * math.log10(lr / best_lr(r)) ** 2
 
 
-@hydra.main(version_base="1.3", config_path="pkg://ranksweep.conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
 def main(cfg: DictConfig) -> float:
     from ranksweep.pruning import OptunaReporter
 

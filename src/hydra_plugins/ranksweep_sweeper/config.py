@@ -18,7 +18,7 @@ class RanksweepSweeperConf(SweepSettings):
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ranksweep", node=RanksweepSweeperConf,
                              provider="ranksweep")
-# ranksweep's typed schema too, so that any Hydra app on pkg://ranksweep.conf composes (not only the CLI).
+# ranksweep's typed schema too, so that any Hydra app on ranksweep's conf/ composes (not only the CLI).
 from ranksweep.config import register_configs  # noqa: E402
 
 register_configs()

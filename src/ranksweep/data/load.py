@@ -12,7 +12,10 @@ The eval set is a seeded split of the training data (``data.eval_size``), or hel
 ``data.eval_path`` (a local file) or ``data.eval_split`` (another split of the hub dataset).
 
 Every problem with the user's data raises :class:`~ranksweep.errors.DataError`, one
-line naming the config key (``data.path``, ``data.prompt_column``...) and the file.
+line naming the config key (``data.path``, ``data.prompt_column``...) and the file. Values are checked
+as they are read (:mod:`ranksweep.data.content`: bad Unicode, control characters, nesting past
+``MAX_DEPTH``), naming the line / item / row and the field; a JSON line over :data:`MAX_LINE_BYTES` is
+refused without being read whole.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import numbers
 import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ranksweep.config import DataConfig
+from ranksweep.data.content import BAD_CHAR, MAX_DEPTH, decode, describe, json_error, may_be_bad, problem
 from ranksweep.data.rows import Table, detect_format, missing_column, table_examples
 from ranksweep.errors import DataError
 
@@ -46,6 +50,12 @@ _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": 
                ".parquet": "parquet", ".pq": "parquet"}
 # Compressed jsonl/csv files, by their last suffix (pandas infers the same for csv).
 _OPENERS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# The longest JSON line read as a row. A row is at most a long conversation (a few MiB of text, far past
+# any model's context); a longer line is a file that is not JSON lines (one minified document, a
+# binary), refused after reading this much of it, not loaded whole into memory.
+MAX_LINE_BYTES = 16 * 2**20
+_BOM = b"\xef\xbb\xbf"
+_WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
 
 
 # datasets.load_dataset reads jsonl/csv/parquet too, but its errors name neither the config key nor
@@ -165,36 +175,31 @@ def _read_file(path: Path, reader: str, key: str) -> Table:
 
 def _open_text(path: Path) -> Any:
     """A text file, decompressed by its suffix (``.gz``, ``.bz2``, ``.xz``); a UTF-8 byte-order mark, as
-    Windows editors and spreadsheet exports write, is skipped."""
+    Windows editors and spreadsheet exports write, is skipped; undecodable bytes become surrogates."""
     opener = _OPENERS.get(path.suffix.lower())
-    return opener(path, "rt", encoding="utf-8-sig") if opener else path.open("r", encoding="utf-8-sig")
+    mode = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+    return opener(path, "rt", **mode) if opener else path.open("r", **mode)
+
+
+def _open_bytes(path: Path) -> Any:
+    opener = _OPENERS.get(path.suffix.lower())
+    return opener(path, "rb") if opener else path.open("rb")
 
 
 def _read_jsonl(path: Path, key: str) -> Table:
-    """JSON lines, or one JSON array of objects (LLaMA-Factory's and many hub exports' ``.json``)."""
-    rows: list[tuple[int, dict[str, Any]]] = []
-    unit = "line"
+    """JSON lines, or one JSON array of objects (LLaMA-Factory's and many hub exports' ``.json``).
+
+    Read as bytes, a line at a time (at most :data:`MAX_LINE_BYTES`), decoded with ``surrogateescape``;
+    each row is checked whole, keys too (:mod:`ranksweep.data.content`), as it is read."""
+    at = f"{key}: {path.name}"
     try:
-        with _open_text(path) as fh:
-            head = fh.read(4096).lstrip()
+        with _open_bytes(path) as fh:
+            head = fh.read(4096).removeprefix(_BOM).lstrip()
             fh.seek(0)
-            if head.startswith("["):
-                unit = "item"
-                try:
-                    items = json.load(fh)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{key}: {path.name} line {exc.lineno}: invalid JSON ({exc.msg})") from None
-                lines: Any = ((i, item) for i, item in enumerate(items, start=1))
+            if head.startswith(b"["):
+                unit, rows = "item", _json_array(fh.read(), at)
             else:
-                lines = ((n, _json_line(line, key, path, n)) for n, line in enumerate(fh, start=1) if line.strip())
-            for lineno, obj in lines:
-                if not isinstance(obj, dict):
-                    raise DataError(
-                        f"{key}: {path.name} {unit} {lineno}: expected a JSON object, got {type(obj).__name__}"
-                    )
-                rows.append((lineno, obj))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{key}: {path.name} is not UTF-8 text ({exc.reason})") from None
+                unit, rows = "line", list(_json_lines(fh, at))
     except (OSError, EOFError, lzma.LZMAError) as exc:  # also a damaged or truncated compressed file
         raise DataError(f"{key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if not rows:
@@ -209,27 +214,106 @@ def _read_jsonl(path: Path, key: str) -> Table:
         return [obj[column] for _, obj in rows]
 
     return Table(key=key, name=path.name, columns=list(rows[0][1]), first=rows[0][1], n=len(rows),
-                 label=lambda i: f"{unit} {rows[i][0]}", values=values)
+                 label=lambda i: f"{unit} {rows[i][0]}", get=values, checked=True)
 
 
-def _json_line(line: str, key: str, path: Path, lineno: int) -> Any:
+def _json_lines(fh: Any, at: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of each line that is not blank; ``at``: ``data.path: name``."""
+    lineno = 0
+    while raw := fh.readline(MAX_LINE_BYTES + 1):
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise DataError(f"{at} line {lineno} is {_size(_line_size(fh, raw))} long, over the "
+                            f"{_size(MAX_LINE_BYTES)} a row may be (is the file JSON lines, one row a line?)")
+        try:
+            text, escaped = raw.decode("utf-8"), False
+        except UnicodeDecodeError:  # the bad bytes become U+DC80..U+DCFF, named in the row's check
+            text, escaped = raw.decode("utf-8", "surrogateescape"), True
+        if lineno == 1:
+            text = text.removeprefix("\ufeff")
+        if not text or text.isspace():
+            continue
+        try:
+            obj, _, strict = decode(text)
+        except RecursionError:
+            raise DataError(f"{at} line {lineno}: the row is nested deeper than {MAX_DEPTH} levels") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{at} line {lineno}: {json_error(exc, escaped)}") from None
+        yield lineno, _check_row(obj, f"{at} line {lineno}", escaped, escaped or not strict or may_be_bad(text))
+
+
+def _json_array(data: bytes, at: str) -> list[tuple[int, dict[str, Any]]]:
+    """(item number, row) of a JSON array's items, parsed one by one so that an error names the item."""
     try:
-        return json.loads(line)
+        text, escaped = data.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        text, escaped = data.decode("utf-8-sig", "surrogateescape"), True
+    rows: list[tuple[int, dict[str, Any]]] = []
+    pos = _WS.match(text, text.index("[") + 1).end()
+    try:
+        while rows or not text.startswith("]", pos):  # the next item, unless the array is empty
+            item = len(rows) + 1
+            try:
+                obj, end, strict = decode(text, pos)
+            except RecursionError:
+                raise DataError(f"{at} item {item}: the row is nested deeper than {MAX_DEPTH} levels") from None
+            walk = escaped or not strict or may_be_bad(text[pos:end])
+            rows.append((item, _check_row(obj, f"{at} item {item}", escaped, walk)))
+            pos = _WS.match(text, end).end()
+            if not text.startswith(",", pos):
+                break
+            pos = _WS.match(text, pos + 1).end()
+        if not text.startswith("]", pos):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        if _WS.match(text, pos + 1).end() != len(text):
+            raise json.JSONDecodeError("Extra data", text, pos + 1)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{key}: {path.name} line {lineno}: invalid JSON ({exc.msg})") from None
+        raise DataError(f"{at} line {exc.lineno}: {json_error(exc, escaped)}") from None
+    return rows
+
+
+def _check_row(obj: Any, where: str, escaped: bool, walk: bool) -> dict[str, Any]:
+    """``obj`` if it is a JSON object, and, when ``walk``, holds nothing :func:`problem` refuses."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    bad = problem(obj, "", escaped) if walk else None
+    if bad:
+        raise DataError(f"{where}: {bad}")
+    return obj
+
+
+def _line_size(fh: Any, raw: bytes) -> int:
+    """The length of the line ``raw`` begins, read on a MiB at a time (never held whole)."""
+    size = len(raw)
+    while not raw.endswith(b"\n") and (raw := fh.readline(2**20)):
+        size += len(raw)
+    return size
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _read_csv(path: Path, key: str) -> Table:
     import pandas as pd
 
     try:
-        # dtype=str keeps cells exactly as written ("1.50" stays "1.50"); no NA guessing.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=_csv_separator(path))
+        # dtype=object keeps cells exactly as written ("1.50" stays "1.50"), as Python str (pandas' own
+        # string dtype cannot hold the surrogates that undecodable bytes become); no NA guessing.
+        frame = pd.read_csv(path, dtype=object, keep_default_na=False, sep=_csv_separator(path),
+                            encoding_errors="surrogateescape")
     except pd.errors.EmptyDataError:
         raise DataError(f"{key}: no rows in {path.name}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError, lzma.LZMAError) as exc:
+    except UnicodeEncodeError as exc:  # the header: pandas' column index cannot hold an undecodable byte
+        bad = describe(exc.object[exc.start], escaped=True)
+        raise DataError(f"{key}: {path.name} header: the column name {exc.object!r} holds {bad}") from None
+    except (pd.errors.ParserError, UnicodeError, ValueError, OSError, EOFError, lzma.LZMAError) as exc:
         raise DataError(f"{key}: cannot read csv {path.name}: {_first_line(exc)}") from None
-    return _frame_table(frame, key, path.name)
+    return _frame_table(frame, key, path.name, escaped=True)
 
 
 def _csv_separator(path: Path) -> str:
@@ -240,7 +324,7 @@ def _csv_separator(path: Path) -> str:
         with _open_text(path) as fh:
             header = fh.readline()
         return csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
-    except (csv.Error, UnicodeDecodeError, OSError, EOFError, lzma.LZMAError):
+    except (csv.Error, UnicodeError, OSError, EOFError, lzma.LZMAError):
         return ","  # one column, or unreadable: pandas reports it
 
 
@@ -254,17 +338,26 @@ def _read_parquet(path: Path, key: str) -> Table:
     return _frame_table(frame, key, path.name)
 
 
-def _frame_table(frame: Any, key: str, name: str) -> Table:
-    columns = [str(c) for c in frame.columns]
+def _frame_table(frame: Any, key: str, name: str, escaped: bool = False) -> Table:
+    columns = _check_columns([str(c) for c in frame.columns], key, name, escaped)
     if len(frame) == 0:
         # A missing column is the clearer message when there is one; checked by table_examples first.
         return _empty_table(key, name, columns)
     return _columns_table(key, name, columns, len(frame), lambda c: frame[c].tolist(),
-                          dict(zip(columns, frame.iloc[0].tolist())))
+                          dict(zip(columns, frame.iloc[0].tolist())), escaped)
+
+
+def _check_columns(columns: list[str], key: str, name: str, escaped: bool) -> list[str]:
+    """The column names: a bad character in one is a DataError (the Table checks the values)."""
+    for column in columns:
+        bad = BAD_CHAR.search(column)
+        if bad:
+            raise DataError(f"{key}: {name}: the column name {column!r} holds {describe(bad.group(), escaped)}")
+    return columns
 
 
 def _columns_table(key: str, name: str, columns: list[str], n: int, get: Callable[[str], list],
-                   first: dict[str, Any]) -> Table:
+                   first: dict[str, Any], escaped: bool = False) -> Table:
     def values(column: str, column_key: str, optional: bool = False) -> list[Any]:
         if column not in columns:
             if optional:
@@ -273,7 +366,7 @@ def _columns_table(key: str, name: str, columns: list[str], n: int, get: Callabl
         return get(column)
 
     return Table(key=key, name=name, columns=columns, first=first, n=n, label=lambda i: f"row {i + 1}",
-                 values=values)
+                 get=values, escaped=escaped)
 
 
 def _empty_table(key: str, name: str, columns: list[str]) -> Table:
@@ -283,7 +376,7 @@ def _empty_table(key: str, name: str, columns: list[str]) -> Table:
         raise DataError(f"{key}: no rows in {name}")
 
     return Table(key=key, name=name, columns=columns, first={}, n=0, label=lambda i: f"row {i + 1}",
-                 values=values)
+                 get=values)
 
 
 def _load_hub(cfg: DataConfig, split: str, split_key: str) -> Table:
@@ -323,7 +416,7 @@ def _load_hub(cfg: DataConfig, split: str, split_key: str) -> Table:
             raise DataError(f"{split_key} must name one split of {cfg.path}; splits are: {', '.join(ds)}")
         if isinstance(ds, datasets.IterableDataset):  # pragma: no cover - streaming is never asked for
             ds = datasets.Dataset.from_list(list(ds))
-    columns = list(ds.column_names)
+    columns = _check_columns(list(ds.column_names), key, name, escaped=False)
     if len(ds) == 0:
         return _empty_table(key, name, columns)
     return _columns_table(key, name, columns, len(ds), lambda c: list(ds[c]), dict(ds[0]))

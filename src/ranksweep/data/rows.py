@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ranksweep.config import DATA_FORMATS, DataConfig
+from ranksweep.data.content import clean, loads, problem
 from ranksweep.errors import DataError
 
 __all__ = ["FORMATS", "ROLES", "Table", "detect_format", "table_examples"]
@@ -54,6 +55,11 @@ class Table:
     ``name`` the file or dataset, ``label(i)`` row ``i`` as errors name it (``line 7``, ``row 3``).
     ``values(column, key)`` gives one column's values; a missing column is a DataError naming ``key``;
     with ``optional=True`` a missing column (or a row without it) gives None instead.
+
+    Every value handed out is checked (:mod:`ranksweep.data.content`): a bad character or nesting too
+    deep is a DataError naming the row and the field. ``get`` is the reader's unchecked
+    ``values``; ``checked``: the reader checked whole rows as it read them (JSON lines); ``escaped``: it
+    decoded bytes with ``surrogateescape``, so U+DC80..U+DCFF in a value are undecodable bytes.
     """
 
     key: str
@@ -62,10 +68,23 @@ class Table:
     first: Mapping[str, Any]
     n: int
     label: Callable[[int], str]
-    values: Callable[..., Sequence[Any]]
+    get: Callable[..., Sequence[Any]]
+    checked: bool = False
+    escaped: bool = False
 
     def where(self, i: int) -> str:
         return f"{self.name} {self.label(i)}"
+
+    def values(self, column: str, key: str, optional: bool = False) -> Sequence[Any]:
+        got = self.get(column, key, optional)
+        if not self.checked:
+            for i, value in enumerate(got):
+                if value is None or (isinstance(value, str) and clean(value)):
+                    continue  # the common cases
+                bad = problem(value, column, self.escaped, depth=1)
+                if bad:
+                    raise DataError(f"{self.key}: {self.where(i)}: {bad}")
+        return got
 
 
 def missing_column(key: str, column: str, where: str, columns: Sequence[Any]) -> DataError:
@@ -76,7 +95,7 @@ def missing_column(key: str, column: str, where: str, columns: Sequence[Any]) ->
 def _conversation_kind(table: Table, column: str) -> str:
     """messages or sharegpt, from the keys of the first message of the first row."""
     try:
-        first = _as_list(table.first.get(column))
+        first = _as_list(table.first.get(column), column, table.key)
     except DataError:
         return "messages"  # the row's own check reports it
     message = first[0] if isinstance(first, list) and first else None
@@ -176,24 +195,22 @@ def _alpaca(table: Table) -> list[dict[str, Any]]:
     return out
 
 
-def _as_list(value: Any) -> Any:
-    """A message list as Python: numpy arrays (parquet) become lists, JSON text (csv) is parsed."""
+def _as_list(value: Any, field: str, where: str) -> Any:
+    """A message list as Python: numpy arrays (parquet) become lists, JSON text (csv) is parsed (and
+    checked: :func:`ranksweep.data.content.loads`)."""
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         value = value.tolist()
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
+            return loads(value, where, field)
         except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg})") from None
+            raise DataError(f"{where}: {field}: invalid JSON ({exc.msg})") from None
     return value
 
 
 def parse_messages(value: Any, field: str, where: str, sharegpt: bool) -> list[dict[str, str]]:
     """``[{"role", "content"}]`` from a message list; a bad message is a DataError naming ``field[i]``."""
-    try:
-        value = _as_list(value)
-    except DataError as exc:
-        raise DataError(f"{where}: {field}: {exc}") from None
+    value = _as_list(value, field, where)
     if not isinstance(value, list) or not value:
         got = "an empty list" if isinstance(value, list) else _kind(value)
         raise DataError(f"{where}: {field} must be a non-empty list of messages; got {got}")
@@ -214,9 +231,10 @@ def parse_messages(value: Any, field: str, where: str, sharegpt: bool) -> list[d
             raise DataError(f"{where}: {field}[{i}].{role_key} must be one of {allowed}; got {raw!r}")
         content = _plain(message.get(content_key))
         at = f"{where}: {field}[{i}]"
-        calls = _tool_calls(message.get("tool_calls"), f"{at}.tool_calls") if role == "assistant" else []
+        calls = _tool_calls(message.get("tool_calls"), where, f"{field}[{i}].tool_calls") if role == "assistant" else []
         if sharegpt and raw == "function_call":  # LLaMA-Factory: the call's JSON as the value
-            calls, content = _tool_calls(_as_call_json(content, f"{at}.{content_key}"), f"{at}.{content_key}"), ""
+            value_at = f"{field}[{i}].{content_key}"
+            calls, content = _tool_calls(_as_call_json(content, where, value_at), where, value_at), ""
         if isinstance(content, list):  # content parts (OpenAI's chat format, TRL's multimodal rows)
             content = _text_parts(content, f"{at}.{content_key}")
         if content is None and calls:
@@ -246,22 +264,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _as_call_json(value: Any, where: str) -> Any:
+def _as_call_json(value: Any, where: str, field: str) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return loads(value, where, field)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: a function_call's value must be the call's JSON ({exc.msg})") from None
+            raise DataError(f"{where}: {field}: a function_call's value must be the call's JSON "
+                            f"({exc.msg})") from None
     return value
 
 
-def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+def _tool_calls(value: Any, row: str, field: str) -> list[dict[str, Any]]:
     """OpenAI's ``[{"type": "function", "function": {"name", "arguments"}}]`` from that or from bare
     ``{"name", "arguments"}`` calls; ``arguments`` given as JSON text become an object, as chat templates
     expect."""
     value = _plain(value)
     if value is None or (isinstance(value, float) and _is_nan(value)):
         return []
+    where = f"{row}: {field}"
     if isinstance(value, Mapping):
         value = [value]
     if not isinstance(value, list):
@@ -275,7 +295,7 @@ def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
         args = fn.get("arguments", {})
         if isinstance(args, str):
             try:
-                args = json.loads(args) if args.strip() else {}
+                args = loads(args, row, f"{field}[{j}].function.arguments") if args.strip() else {}
             except json.JSONDecodeError:
                 pass  # kept as text: some templates print the arguments as given
         out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
@@ -292,7 +312,7 @@ def parse_tools(value: Any, where: str) -> dict[str, Any]:
         return {}
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads(value, where, "tools")
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: tools: invalid JSON ({exc.msg})") from None
     if isinstance(value, Mapping):

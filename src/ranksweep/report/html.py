@@ -328,6 +328,18 @@ def default_report_path(study_names: Sequence[str], root: str | os.PathLike[str]
     return Path(root) / "reports" / ("_vs_".join(safe) + ".html")
 
 
+GENERATOR = b'<meta name="generator" content="ranksweep report">'
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` is a report ranksweep wrote (its generator tag in the page's head)."""
+    try:
+        with open(path, "rb") as fh:
+            return GENERATOR in fh.read(4096)
+    except OSError:
+        return False
+
+
 def write_report(study_names: Sequence[str], storage_url: str = DEFAULT_STORAGE_URL,
                  out: Optional[str | os.PathLike[str]] = None) -> Path:
     """Load the studies, render the report and write it (atomically); return its path."""
@@ -336,10 +348,15 @@ def write_report(study_names: Sequence[str], storage_url: str = DEFAULT_STORAGE_
     dup = sorted({n for n in study_names if list(study_names).count(n) > 1})
     if dup:
         raise RanksweepError(f"report: study named twice: {', '.join(dup)}")
-    studies = [load_study_data(n, storage_url) for n in study_names]
+    from ranksweep.ownership import check_output_file
+    from ranksweep.urls import storage_file
+
     target = Path(out) if out else default_report_path(study_names)
-    if target.is_dir():
+    if target.expanduser().is_dir():
         target = target / default_report_path(study_names).name
+    # Checked before anything is read or written: never the storage, never a file ranksweep did not write.
+    target = check_output_file(target, "--out", is_report, protect=[storage_file(storage_url)])
+    studies = [load_study_data(n, storage_url) for n in study_names]
     html = render_report(studies)
     try:
         return atomic_write_text(target, html)

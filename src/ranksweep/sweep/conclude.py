@@ -23,6 +23,9 @@ def conclude(lad: Ladder, tolerance: float = 0.05, judge: Optional[Judge] = None
     by_rank = {r.rank: r for r in lad.curve}
     for d in doublings(steps, judge):
         by_rank[d.rank].gain = d.gain
+        r = by_rank[d.rank]
+        if not d.compared and "different eval examples" not in r.note:  # no interval across eval sets: say why
+            r.note = f"{r.note}; {d.note}" if r.note else d.note
     lad.recommendation = recommend_margin([r.step() for r in done], judge)
     lad.margin = lad.recommendation.tolerance_abs if lad.recommendation else None
     if lad.recommendation is not None:
@@ -32,17 +35,31 @@ def conclude(lad: Ladder, tolerance: float = 0.05, judge: Optional[Judge] = None
                 r.vs_best = Interval(0.0, 0.0, 0.0)
             else:
                 w = judge.improvement(r.step(), best.step())  # how much better the best is, oriented
+                if w is None:  # evaluated on other eval examples than the best: no interval
+                    r.vs_best = None
+                    continue
                 sign = judge.orient  # back to objective units: value(r) - value(best)
                 lo, hi = sorted((-sign * w.lo, -sign * w.hi))
                 r.vs_best = Interval(-sign * w.est, lo, hi)
     _curves(lad, judge)
     lad.budget = _budget(lad, judge)
-    ex = [r for r in done if r.examples is not None]
-    if ex:
-        best = ex[0].best
-        prints = (best.examples(lad.objective) if best else None)
-        lad.eval_set = {"n": ex[0].examples.n, "fingerprint": prints[2] if prints else None}  # type: ignore[union-attr]
+    lad.eval_set = _eval_set(done)
     return lad
+
+
+def _eval_set(done: list[Rung]) -> Optional[dict[str, Any]]:
+    """Which eval examples the rungs were evaluated on: ``{"n", "fingerprint"}``, with ``fingerprints`` (each
+    rank's) and a ``note`` when they differ (those rungs are not compared)."""
+    ex = [r for r in done if r.examples is not None]
+    if not ex:
+        return None
+    out: dict[str, Any] = {"n": ex[0].examples.n, "fingerprint": ex[0].eval_fingerprint}  # type: ignore[union-attr]
+    by_rank = {r.rank: r.fingerprints for r in done if r.fingerprints}
+    if len({fp for fps in by_rank.values() for fp in fps}) > 1:
+        out["fingerprints"] = {str(rank): ", ".join(fps) for rank, fps in by_rank.items()}
+        out["note"] = ("the ranks were evaluated on different eval examples (" + "; ".join(
+            f"r={rank}: {', '.join(fps)}" for rank, fps in by_rank.items()) + "): those are not compared")
+    return out
 
 
 def _loss_margin(judge: Judge, loss: float) -> float:

@@ -7,6 +7,9 @@
   and what the sweeper sets per job) is stored in the study with a fingerprint; a resumed or added
   worker whose config differs (an edited config file, another override) is refused, with the first
   differing keys.
+- Each ladder's data by content (:mod:`ranksweep.data.identity`: a file's sha256, a saved dataset's
+  state) is stored beside its config: a resume on edited data is refused, naming the file, so that a
+  study's rungs are never measured on two datasets.
 - A sweep folder records the storage and study it belongs to (``.ranksweep-study.json``); a study of
   the same name on another storage is refused there instead of overwriting the first one's trials.
 """
@@ -77,8 +80,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def bind_study(study: Any, identities: dict[str, dict[str, Any]], name: str) -> None:
-    """Store each ladder's trial config in the study, or refuse one that differs from what is stored."""
+def bind_study(study: Any, identities: dict[str, dict[str, Any]], name: str, data: Optional[dict[str, Any]] = None
+               ) -> None:
+    """Store each ladder's trial config in the study, or refuse one that differs from what is stored.
+
+    ``data``: each ladder's :class:`ranksweep.data.identity.DataIdentity` (what its files hold), stored beside
+    its config; a resume whose data changed is refused, naming the file. A study stored before data was
+    part of its identity gets it recorded."""
     stored = dict(study.user_attrs.get(IDENTITY_ATTR) or {})
     changed = False
     for ladder, flat in identities.items():
@@ -86,20 +94,44 @@ def bind_study(study: Any, identities: dict[str, dict[str, Any]], name: str) -> 
         if not isinstance(old, dict) or "config" not in old:  # a new study, or one made before identities
             stored[ladder] = {"fingerprint": _fingerprint(flat), "config": flat}
             changed = True
+        elif old.get("fingerprint") == _fingerprint(flat):
+            pass
+        else:
+            _refuse_config(old["config"], flat, ladder, name)
+        now = (data or {}).get(ladder)
+        if now is None:
             continue
-        if old.get("fingerprint") == _fingerprint(flat):
-            continue
-        was = old["config"]
-        diff = [k for k in sorted(set(was) | set(flat)) if was.get(k, "<unset>") != flat.get(k, "<unset>")]
-        shown = ", ".join(f"{k} ({_short(was.get(k, '<unset>'))} -> {_short(flat.get(k, '<unset>'))})"
-                          for k in diff[:3])
-        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-        where = "" if ladder == "default" else f" ladder {ladder!r}"
-        raise ConfigError(f"hydra.sweeper.study_name: study {name!r}{where} was started with another trial config "
-                          f"(differs in {shown}{more}); rerun with the config it was started with to resume, or pick "
-                          "a new study_name")
+        was = stored[ladder].get("data")
+        if not isinstance(was, dict):  # new, or stored before data was part of a study's identity
+            stored[ladder] = {**stored[ladder], "data": now.to_dict()}
+            changed = True
+        elif was.get("digest") != now.digest:
+            _refuse_data(was.get("sources") or {}, now, ladder, name)
     if changed:
         study.set_user_attr(IDENTITY_ATTR, stored)
+
+
+def _refuse_data(was: dict[str, Any], now: Any, ladder: str, name: str) -> None:
+    from ranksweep.data.identity import describe_change
+
+    diff = describe_change(was, now) or [("data", "the data", f"digest {now.digest}")]
+    key, what, evidence = diff[0]
+    more = "".join(f"; {k}: {w} changed too" for k, w, _ in diff[1:])
+    where = "" if ladder == "default" else f" (ladder {ladder!r})"
+    raise ConfigError(f"{key}: {what} changed since study {name!r}{where} was started ({evidence}){more}; restore "
+                      f"{'them' if more else 'it'} to resume, or pick a new hydra.sweeper.study_name to start a new "
+                      "study")
+
+
+def _refuse_config(was: dict[str, Any], flat: dict[str, Any], ladder: str, name: str) -> None:
+    diff = [k for k in sorted(set(was) | set(flat)) if was.get(k, "<unset>") != flat.get(k, "<unset>")]
+    shown = ", ".join(f"{k} ({_short(was.get(k, '<unset>'))} -> {_short(flat.get(k, '<unset>'))})"
+                      for k in diff[:3])
+    more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+    where = "" if ladder == "default" else f" ladder {ladder!r}"
+    raise ConfigError(f"hydra.sweeper.study_name: study {name!r}{where} was started with another trial config "
+                      f"(differs in {shown}{more}); rerun with the config it was started with to resume, or pick "
+                      "a new study_name")
 
 
 def storage_identity(url: str) -> str:
@@ -123,12 +155,24 @@ def _read_marker(folder: Path) -> Optional[dict[str, Any]]:
 def open_folder(folder: Path, storage: str, study_name: str) -> None:
     """Create the sweep folder (before the storage is written to: an unwritable place fails first) and
     refuse one that belongs to another storage or study."""
+    from ranksweep.ownership import check_place
+    from ranksweep.urls import storage_file
+
+    check_place(folder, "hydra.sweep.dir")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"hydra.sweep.dir: cannot create {exc.filename or folder}: {exc.strerror or exc}") from exc
     doc = _read_marker(folder)
     if doc is None:
+        # Not marked yet: empty, or what a sweep made before folders were marked. Anything else is the
+        # user's: the sweep writes trial folders, a summary, a plot and best/ here, so it is refused.
+        db = storage_file(storage)  # a storage the user keeps in the sweep folder is no reason to refuse it
+        theirs = [p.name for p in folder.iterdir() if not _sweep_made(p) and (db is None or p != db.resolve())]
+        if theirs:
+            shown = ", ".join(sorted(theirs)[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+            raise ConfigError(f"hydra.sweep.dir: {folder} holds files ranksweep did not write ({shown}); give a new "
+                              "or empty folder")
         return
     if not doc:
         raise ConfigError(f"hydra.sweep.dir: {folder / MARKER} is unreadable; restore it, or pick another "
@@ -138,6 +182,12 @@ def open_folder(folder: Path, storage: str, study_name: str) -> None:
             f"hydra.sweep.dir: {folder} holds the trials of study {doc.get('study_name')!r} in {doc.get('storage')}, "
             f"not of study {study_name!r} in {storage}; pick another hydra.sweeper.study_name for this storage "
             f"(or another hydra.sweep.dir)")
+
+
+def _sweep_made(p: Path) -> bool:
+    """What a sweep writes into its folder (also before sweep folders were marked)."""
+    return (p.name.startswith(("trial-", ".submitit", ".hydra", ".ranksweep")) or p.name in (
+        "sweep_summary.json", "rank_curve.png", "best", "checkpoints", "multirun.yaml", "wandb"))
 
 
 def bind_folder(folder: Path, storage: str, study_name: str) -> None:

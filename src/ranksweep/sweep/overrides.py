@@ -102,9 +102,10 @@ def checkpoint_dir(sweep_dir: object, item: Item) -> str:
 
 
 def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, subdir: str,
-                  parent: int | None = None, values: dict | None = None, checkpoints: str | None = None) -> list[str]:
+                  parent: int | None = None, values: dict | None = None, checkpoints: str | None = None,
+                  data_digest: str | None = None) -> list[str]:
     """The overrides of one job: the ladder's, its rank and seed, its searched values, and the handle
-    on its Optuna trial."""
+    on its Optuna trial (with ``data_digest``, what its data must hold: the study's)."""
     ov = list(space.fixed) + list(item.combo) + [f"{k}={_value(v)}" for k, v in (values or {}).items()]
     ov += [
         f"lora.r={item.rank if item.rank > 0 else s.start_rank}",
@@ -124,6 +125,8 @@ def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, 
         ov.append(f"trial.parent_trial_number={parent}")
     if checkpoints is not None and item.rank > 0:
         ov.append(f"trial.checkpoint_dir={quote(checkpoints)}")
+    if data_digest is not None:
+        ov.append(f"trial.data_digest={quote(data_digest)}")
     if item.rank == 0:  # the base: an untrained adapter (LoRA B = 0) is the base model
         ov.append("trainer.max_steps=0")
         if s.objective != "exact_match":

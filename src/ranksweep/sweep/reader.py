@@ -65,8 +65,8 @@ def job_status(ts: Sequence[Trial]) -> tuple[str, Optional[Trial]]:
     for t in ts:
         if t.state in ("RUNNING", "WAITING"):
             return "running", t
-    for t in ts:
-        if t.state == "FAIL" and t.failure_kind and t.failure_kind not in RETRY_KINDS:
+    for t in ts:  # data that changed during the sweep (DataChanged): run again once it is restored
+        if t.state == "FAIL" and t.failure_kind and t.failure_kind not in (*RETRY_KINDS, "data_changed"):
             return "failed", t
     lost = [t for t in ts if t.state == "FAIL" and t.failure_kind in RETRY_KINDS]  # the scheduler took it away
     if len(lost) > MAX_RETRIES:
@@ -81,7 +81,8 @@ def _examples(ts: Sequence[Trial], objective: str) -> Optional[tuple[Examples, d
     nums, dens, prints = zip(*got)  # type: ignore[misc]
     if len(set(prints)) > 1 or len({len(d) for d in dens}) > 1:
         return None  # not the same eval examples: no paired comparison
-    return Examples.of(nums, dens[0], KINDS.get(objective, "loss")), {"fingerprint": prints[0], "n": len(dens[0])}
+    return (Examples.of(nums, dens[0], KINDS.get(objective, "loss"), fingerprint=prints[0]),
+            {"fingerprint": prints[0], "n": len(dens[0])})
 
 
 def build_rung(rank: int, jobs: list[Job], spec: Spec) -> Rung:
@@ -118,6 +119,10 @@ def build_rung(rank: int, jobs: list[Job], spec: Spec) -> Rung:
         rung.lr_at_edge = _edge(best, rung.lrs)
         ex = _examples(chosen, spec.objective)
         rung.examples = ex[0] if ex else None
+        rung.eval_fingerprints = list(dict.fromkeys(t.eval_fingerprint for t in chosen if t.eval_fingerprint))
+        if len(rung.eval_fingerprints) > 1:  # its seeds saw other eval examples: no examples, no pairs
+            rung.note = (f"its seeds were evaluated on different eval examples (fingerprints "
+                         f"{', '.join(rung.eval_fingerprints)}): not compared")
     elif ts and rung.finished:
         rung.note = ("every trial pruned" if "PRUNED" in states else "every trial failed")
     return rung

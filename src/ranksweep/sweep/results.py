@@ -81,6 +81,8 @@ class Trial:
 
     # User attributes the sweeper and the job set, read as fields.
     failure_kind = property(lambda self: self.attrs.get("failure_kind"))
+    # The fingerprint of the tokenised eval examples it was evaluated on ("" when not stored).
+    eval_fingerprint = property(lambda self: str((self.attrs.get("eval_examples") or {}).get("fingerprint") or ""))
     fail_reason = property(lambda self: self.attrs.get("fail_reason"))
     output_dir = property(lambda self: self.attrs.get("output_dir"))
     wandb_run = property(lambda self: self.attrs.get("wandb_run"))
@@ -161,6 +163,9 @@ class Rung:
     similarity: Optional[float] = None  # subspace similarity with the previous rank's adapter
     extra_energy: Optional[float] = None  # energy share of the directions beyond the previous rank
     note: str = ""
+    # The fingerprints of the eval examples its value's trials were evaluated on: one, or none when not
+    # stored; several when its seeds differ (it is then compared with no other rank).
+    eval_fingerprints: list[str] = field(default_factory=list)
     examples: Optional[Examples] = field(default=None, repr=False, compare=False)
     jobs: list[Job] = field(default_factory=list, repr=False, compare=False)
 
@@ -209,8 +214,21 @@ class Rung:
     def complete(self) -> bool:
         return self.state == "COMPLETE" and self.mean is not None
 
+    @property
+    def fingerprints(self) -> list[str]:
+        """``eval_fingerprints``, or its examples' fingerprint for a rung built without trials."""
+        if self.eval_fingerprints:
+            return list(self.eval_fingerprints)
+        return [self.examples.fingerprint] if self.examples is not None and self.examples.fingerprint else []
+
+    @property
+    def eval_fingerprint(self) -> Optional[str]:
+        """The one fingerprint of the eval examples behind its value (None: not stored, or its seeds differ)."""
+        fps = self.fingerprints
+        return fps[0] if len(fps) == 1 else None
+
     def step(self) -> Step:
-        return Step(self.rank, self.mean, self.examples, list(self.values), self.note)
+        return Step(self.rank, self.mean, self.examples, list(self.values), self.note, tuple(self.fingerprints))
 
     def to_dict(self) -> dict[str, Any]:
         """The rung as written to ``sweep_summary.json``."""
@@ -228,6 +246,7 @@ class Rung:
                                                               "hi": self.vs_best.hi},
                 "effective_rank": self.effective_rank, "similarity": self.similarity,
                 "extra_energy": self.extra_energy, "eval_examples": self.examples.n if self.examples else None,
+                "eval_fingerprint": self.eval_fingerprint, "eval_fingerprints": self.fingerprints,
                 "note": self.note or None}
 
 

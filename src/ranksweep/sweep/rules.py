@@ -12,10 +12,16 @@ eval loss of 1.76 is 0.0088 nats). It sits at the low end of the seed-to-seed sp
 LoRA fine-tunes (0.1-0.5%, LoRA paper Table 5), so it separates what a user would notice from
 what another seed would undo; with the LoRA paper's Table 18 curve it gives r=16, and with a
 curve that still gains 4% a doubling it keeps climbing.
+
+Two rungs are compared only on the same eval examples (the fingerprint of the tokenised eval set each
+trial stores): a doubling between rungs evaluated on different examples gets no interval and counts
+neither as a gain nor towards a stop, and the recommendation is made among the rungs of one eval set,
+saying which it could not compare.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +42,16 @@ class Step:
     examples: Optional[Examples] = None
     seed_values: list[float] = field(default_factory=list)
     note: str = ""
+    # The eval examples' fingerprints of the trials behind ``value`` (empty: not known, then the examples'
+    # own); more than one when its seeds were evaluated on different examples.
+    fingerprints: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """Its one eval fingerprint ("" when not known)."""
+        if self.fingerprints:
+            return self.fingerprints[0]
+        return self.examples.fingerprint if self.examples is not None else ""
 
 
 @dataclass(frozen=True)
@@ -55,9 +71,23 @@ class Judge:
     def margin_abs(self, ref: float) -> float:
         return self.margin * abs(ref) if self.relative else self.margin
 
-    def improvement(self, a: Step, b: Step) -> Interval:
-        """How much better ``b`` is than ``a`` (positive: better), with its interval."""
+    def not_compared(self, a: Step, b: Step) -> Optional[str]:
+        """Why ``a`` and ``b`` cannot be compared (they were evaluated on different eval examples), or None."""
+        for s in (a, b):
+            if len(s.fingerprints) > 1:
+                return (f"r={s.rank}'s seeds were evaluated on different eval examples (fingerprints "
+                        f"{', '.join(s.fingerprints)}): not compared")
+        if a.fingerprint and b.fingerprint and a.fingerprint != b.fingerprint:
+            return (f"r={a.rank} and r={b.rank} were evaluated on different eval examples (fingerprint "
+                    f"{a.fingerprint} vs {b.fingerprint}): not compared")
+        return None
+
+    def improvement(self, a: Step, b: Step) -> Optional[Interval]:
+        """How much better ``b`` is than ``a`` (positive: better), with its interval; None when they were
+        evaluated on different eval examples (:meth:`not_compared`): no interval, not even a point."""
         assert a.value is not None and b.value is not None
+        if self.not_compared(a, b) is not None:
+            return None
         if a.examples is not None and b.examples is not None and a.examples.n == b.examples.n:
             return paired_difference(a.examples, b.examples, orient=self.orient, confidence=self.confidence,
                                      n_boot=self.n_boot)
@@ -87,15 +117,18 @@ class Doubling:
     margin: Optional[float]
     above: bool
     note: str = ""
+    compared: bool = True  # False: the two rungs were evaluated on different eval examples (``note`` says so)
 
     def text(self, pct: int) -> str:
+        if not self.compared:
+            return f"r={self.prev}->{self.rank}: {self.note}"
         if self.gain is None:
             return f"r={self.rank}: {self.note or 'no value'}"
         return f"r={self.prev}->{self.rank}: gain {self.gain.text(pct)} vs margin {self.margin:.3g}"
 
 
 def doublings(steps: Sequence[Step], judge: Judge) -> list[Doubling]:
-    """Each rung against the last earlier rung that has a value."""
+    """Each rung against the last earlier rung that has a value (not compared when their eval examples differ)."""
     out: list[Doubling] = []
     last: Optional[Step] = None
     for s in steps:
@@ -104,8 +137,12 @@ def doublings(steps: Sequence[Step], judge: Judge) -> list[Doubling]:
                 out.append(Doubling(last.rank, s.rank, None, None, False, s.note or "no finished value"))
                 continue
             gain = judge.improvement(last, s)
-            m = judge.margin_abs(s.value if judge.better(s.value, last.value) else last.value)  # type: ignore[arg-type]
-            out.append(Doubling(last.rank, s.rank, gain, m, gain.lo > m))
+            if gain is None:
+                out.append(Doubling(last.rank, s.rank, None, None, False, judge.not_compared(last, s) or "",
+                                    compared=False))
+            else:
+                m = judge.margin_abs(s.value if judge.better(s.value, last.value) else last.value)  # type: ignore[arg-type]
+                out.append(Doubling(last.rank, s.rank, gain, m, gain.lo > m))
         if s.value is not None:
             last = s
     return out
@@ -123,7 +160,13 @@ def decide_margin(steps: Sequence[Step], judge: Judge, patience: int, max_rank: 
     """Stop or continue after the finished rungs ``steps`` (in rank order; the first one has a value)."""
     if not steps:
         raise ValueError("decide needs at least one finished rung")
-    ds = doublings(_tail(steps, patience), judge)
+    p = patience
+    while True:  # the last `patience` doublings that were compared (on the same eval examples)
+        tail = _tail(steps, p)
+        ds = [d for d in doublings(tail, judge) if d.compared]
+        if len(ds) >= patience or len(tail) == len(steps):
+            break
+        p += 1
     pct = round(judge.confidence * 100)
     if len(ds) >= patience and not any(d.above for d in ds[-patience:]):
         noun = "doubling" if patience == 1 else f"{patience} doublings"
@@ -145,10 +188,44 @@ def recommend_margin(steps: Sequence[Step], judge: Judge) -> Optional[Recommenda
     apart, and the smallest rank that no other rank beats confidently by more than the margin is
     recommended instead, saying so (paying for a larger rank needs evidence). With narrow intervals
     the two readings agree.
+
+    Only rungs evaluated on the same eval examples are compared: the recommendation is made among the
+    largest such set (the one holding the largest rank on a tie), and says which rungs it left out.
     """
-    have = [s for s in steps if s.value is not None and math.isfinite(s.value)]
+    valued = [s for s in steps if s.value is not None and math.isfinite(s.value)]
+    have, left = _one_eval_set(valued)
     if not have:
         return None
+    rec = _recommend(have, judge)
+    if not left:
+        return rec
+    best = next(s for s in have if s.rank == rec.best_rank)
+    parts = [f"r={s.rank} ({'its seeds differ' if len(s.fingerprints) > 1 else f'fingerprint {s.fingerprint}'})"
+             for s in left]
+    return dataclasses.replace(rec, why=f"{rec.why}; not compared, evaluated on different eval examples than "
+                                        f"r={best.rank} (fingerprint {best.fingerprint or '-'}): {', '.join(parts)}")
+
+
+def _one_eval_set(steps: Sequence[Step]) -> tuple[list[Step], list[Step]]:
+    """``(kept, left out)``: the largest set of ``steps`` evaluated on one eval set (steps with no known
+    fingerprint join it; a step whose seeds differ joins none)."""
+    single = [s for s in steps if len(s.fingerprints) <= 1]
+    keys = list(dict.fromkeys(s.fingerprint for s in single if s.fingerprint))
+    kept = single
+    if len(keys) > 1:
+        groups = [[s for s in single if s.fingerprint in ("", k)] for k in keys]
+        kept = max(groups, key=lambda g: (len(g), max(s.rank for s in g)))
+    ids = {id(s) for s in kept}
+    return kept, [s for s in steps if id(s) not in ids]
+
+
+def _iv(judge: Judge, a: Step, b: Step) -> Interval:
+    got = judge.improvement(a, b)
+    assert got is not None, "compared within one eval set"
+    return got
+
+
+def _recommend(have: Sequence[Step], judge: Judge) -> Recommendation:
     best = have[0]
     for s in have[1:]:
         if judge.better(s.value, best.value):  # type: ignore[arg-type]
@@ -163,7 +240,7 @@ def recommend_margin(steps: Sequence[Step], judge: Judge) -> Optional[Recommenda
                 s.rank, knee, best.rank, m,
                 f"r={s.rank} is the best rank ({fmt_value(s.value)}); no smaller rank is confidently within "
                 f"the margin {judge.margin_text(m)} of it{knee_txt}")
-        worse = judge.improvement(s, best)  # how much better the best is than s
+        worse = _iv(judge, s, best)  # how much better the best is than s
         if worse.hi <= m:
             why = (f"r={s.rank} is at most {max(worse.hi, 0.0):.3g} worse than the best r={best.rank} "
                    f"({fmt_value(best.value)}; {pct}% upper bound), within the margin {judge.margin_text(m)}"
@@ -179,9 +256,9 @@ def _undetermined(have: Sequence[Step], best: Step, judge: Judge, m: float, knee
     for s in have:
         if s is best:
             return None
-        beaten = [o for o in have if o is not s and judge.improvement(s, o).lo > judge.margin_abs(o.value)]  # type: ignore[arg-type]
+        beaten = [o for o in have if o is not s and _iv(judge, s, o).lo > judge.margin_abs(o.value)]  # type: ignore[arg-type]
         if not beaten:
-            lead = judge.improvement(s, best).text(round(judge.confidence * 100))
+            lead = _iv(judge, s, best).text(round(judge.confidence * 100))
             return Recommendation(
                 s.rank, knee, best.rank, m,
                 f"r={s.rank}: no rank is confidently better than it by more than the margin {judge.margin_text(m)}; "

@@ -35,14 +35,18 @@ class Examples:
     num: np.ndarray
     den: np.ndarray
     kind: str = "loss"  # loss | perplexity | accuracy
+    # The trials' fingerprint of the tokenised eval examples ("": not known): two Examples are paired only
+    # on the same one (see ranksweep.sweep.rules.Judge).
+    fingerprint: str = ""
 
     @classmethod
-    def of(cls, seeds: Sequence[Sequence[float]], den: Sequence[float], kind: str = "loss") -> Examples:
+    def of(cls, seeds: Sequence[Sequence[float]], den: Sequence[float], kind: str = "loss",
+           fingerprint: str = "") -> Examples:
         num = np.asarray([list(s) for s in seeds], dtype=np.float64)
         d = np.asarray(list(den), dtype=np.float64)
         if num.ndim != 2 or num.shape[1] != d.shape[0] or d.shape[0] == 0:
             raise ValueError(f"per-example arrays disagree: {num.shape} vs {d.shape}")
-        return cls(num, d, kind)
+        return cls(num, d, kind, str(fingerprint or ""))
 
     @property
     def seeds(self) -> int:
@@ -107,6 +111,9 @@ def _paired_difference(a: Examples, b: Examples, *, orient: float, confidence: f
     """
     if a.n != b.n:
         raise ValueError(f"paired comparison needs the same eval examples, got {a.n} and {b.n}")
+    if a.fingerprint and b.fingerprint and a.fingerprint != b.fingerprint:
+        raise ValueError(f"paired comparison needs the same eval examples, got fingerprints {a.fingerprint} "
+                         f"and {b.fingerprint}")
     s = min(a.seeds, b.seeds)
     na, nb, den = a.num[:s], b.num[:s], a.den
     est = orient * (_value(b, nb, den) - _value(a, na, den))

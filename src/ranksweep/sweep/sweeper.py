@@ -26,19 +26,20 @@ from omegaconf import DictConfig, open_dict
 from optuna.distributions import CategoricalDistribution
 
 from ranksweep.errors import ConfigError
-from ranksweep.storage import check_readable, open_storage
+from ranksweep.storage import check_readable, check_storage_file, open_storage
 from ranksweep.sweep import identity
 from ranksweep.sweep import summary as summary_mod
 from ranksweep.sweep.claim import Claim, Claimer
 from ranksweep.sweep.heartbeat import heartbeat
 from ranksweep.sweep.overrides import checkpoint_dir, job_overrides, parse
 from ranksweep.sweep.plan import Item
+from ranksweep.sweep.preflight import check_plan
 from ranksweep.sweep.progress import Progress
 from ranksweep.sweep.reader import spec_of
 from ranksweep.sweep.record import record
 from ranksweep.sweep.search import space as search_space
 from ranksweep.sweep.settings import SweepSettings
-from ranksweep.urls import conceal, mask_secrets
+from ranksweep.urls import conceal, mask_secrets, reveal
 
 log = logging.getLogger("ranksweep.sweep")
 # We drive heartbeats ourselves (around each launch), not through Study.optimize.
@@ -49,9 +50,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log lines say wh
 SPACE_ATTR = "ranksweep_space"
 
 
-def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str, dict]) -> optuna.Study:
+def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str, dict],
+               data: Optional[dict[str, Any]] = None) -> optuna.Study:
     """Create or load the study, refusing one that holds another sweep (other direction, search space,
-    trial config) or a damaged storage; record the stop-rule settings for readers of the study."""
+    trial config, data content) or a damaged storage; record the stop-rule settings for readers of the study."""
     name = s.study_name
     check_readable(storage, name, s.storage_url)  # a damaged storage is never written to
     try:
@@ -75,7 +77,7 @@ def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str
             f"hydra.sweeper.study_name: study {name!r} was created with a different search space (differs in: "
             f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
             "rerun with the same overrides to resume, or pick a new study_name")
-    identity.bind_study(study, identities, name)  # the same trial config as the study's first run
+    identity.bind_study(study, identities, name, data)  # the same trial config and data as the study's first run
     # The stop-rule settings, for readers of the study (report); they may change between runs.
     study.set_user_attr("ranksweep_settings", {
         "ranks": s.ranks, "max_rank": s.max_rank, "min_gain": s.min_gain, "patience": s.patience,
@@ -100,6 +102,7 @@ class RankSweep:
     def __init__(self, settings: SweepSettings) -> None:
         self.s = settings
         self._fit_cache: dict[tuple[str, int], Optional[str]] = {}
+        self.data_ids: dict[str, Any] = {}  # each ladder's DataIdentity (ranksweep.data.identity)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -110,7 +113,7 @@ class RankSweep:
     # -- the study -------------------------------------------------------------------------
     def _open_study(self, space: dict, identities: dict[str, dict]) -> optuna.Study:
         self.storage = open_storage(self.s.storage_url, heartbeat=(self.s.heartbeat_interval, self.s.grace_period))
-        return open_study(self.storage, self.s, space, identities)
+        return open_study(self.storage, self.s, space, identities, self.data_ids)
 
     # -- jobs ------------------------------------------------------------------------------
     def _run_config(self, item: Item, values: Optional[dict] = None) -> Any:
@@ -122,6 +125,17 @@ class RankSweep:
         with open_dict(cfg):
             cfg.pop("hydra", None)
         return to_run_config(cfg)
+
+    def _data_identities(self, ladders: Sequence[tuple[str, tuple[str, ...]]], searched: dict) -> dict[str, Any]:
+        """Each ladder's data by content (:func:`ranksweep.data.identity.data_identity`): part of the study's
+        identity, and what each job checks its data against. A missing file fails here, before anything
+        is stored."""
+        from ranksweep.data.identity import data_identity
+        from ranksweep.sweep.preflight import probe_values
+
+        probe = probe_values(searched)
+        return {key: data_identity(self._run_config(Item(key, combo, self.s.start_rank, 0), probe).data)
+                for key, combo in ladders}
 
     def _infeasible(self, item: Item) -> Optional[str]:
         """Why the job would not fit the device (memory estimate over the limit), or None; cached per
@@ -154,7 +168,9 @@ class RankSweep:
         beat.start()
         try:
             ov = job_overrides(self.space, self.s, c.item, c.trial.number, c.subdir, c.parent, c.values,
-                               checkpoint_dir(self.sweep_dir, c.item))
+                               checkpoint_dir(self.sweep_dir, c.item),
+                               data_digest=self.data_ids[c.item.ladder].digest if c.item.ladder in self.data_ids
+                               else None)
             (ret,) = self.launcher.launch([ov], initial_job_idx=c.trial.number)
         except Exception as exc:  # the launcher itself failed (lost job, unreadable result)
             ret = exc
@@ -181,12 +197,11 @@ class RankSweep:
         self.space = space = parse(arguments, self.s.params)
         self.s.search = {**self.s.search, **dict(space.search)}  # a range on the command line is searched
         searched = search_space(self.s.search, space.keys + ["lora.r", "trainer.seed"])
-        probe = {k: getattr(d, "low", None) if hasattr(d, "low") else d.choices[0] for k, d in searched.items()}
-        idents = {}
-        for key, combo in space.ladders:  # bad overrides (and search keys) fail here, before anything is stored
-            identity.check_label("ladder", key)
-            idents[key] = identity.trial_identity(self._run_config(Item(key, combo, self.s.start_rank, 0), probe),
-                                                  searched)
+        # Every ladder's jobs (its axis values, every searched value, the first and last rank) are checked
+        # here, before anything is stored; each ladder's trial identity is composed at the probe values.
+        idents = check_plan(self._run_config, space.ladders, self.s.search, searched, self.s.ranks)
+        self.data_ids = self._data_identities(space.ladders, searched)  # what each ladder's files hold
+        check_storage_file(reveal(self.s.storage_url))  # a file that is not Optuna's: refused before any write
         where = identity.storage_identity(self.s.storage_url)
         identity.open_folder(self.sweep_dir, where, self.s.study_name)  # another study's folder: refused
         self.study = self._open_study(space.stored(self.s), idents)

@@ -78,11 +78,18 @@ def saved_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((Path(checkpoint) / CHECKPOINT_STATE).read_text(encoding="utf-8"))
 
 
-def _fingerprint(run: RunConfig) -> dict[str, Any]:
+_CONTENT = " content"  # a data source's content key: "data.path content" reads as the data, not its path
+
+
+def _fingerprint(run: RunConfig, data: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """The configuration that trains a trial and, with ``data`` (``{"data.path": digest}``, see
+    :mod:`ranksweep.data.identity`), what its data files hold: ``data.path content``."""
     out = {}
     for group in ("model", "quant", "lora", "data", "trainer"):
         values = dataclasses.asdict(getattr(run, group))
         out[group] = {k: v for k, v in values.items() if k not in _FREE.get(group, set())}
+    for key, digest in (data or {}).items():
+        out["data"][f"{key.split('.', 1)[-1]}{_CONTENT}"] = digest
     return json.loads(json.dumps(out, default=str))
 
 
@@ -91,24 +98,38 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             if a.get(g, {}).get(k) != b.get(g, {}).get(k)]
 
 
-def claim(folder: Path, run: RunConfig) -> Optional[Path]:
+def claim(folder: Path, run: RunConfig, data: Optional[dict[str, str]] = None) -> Optional[Path]:
     """Make ``folder`` this run's checkpoint folder; return the checkpoint to resume from (None: step 0).
+    ``data``: what the data files hold (``DataIdentity.digests``): checkpoints made on other data are not
+    resumed either.
 
     Raises:
-        ConfigError: naming ``trial.checkpoint_dir`` when it holds checkpoints of another configuration.
+        ConfigError: naming ``trial.checkpoint_dir`` when it holds checkpoints of another configuration
+        or of other data.
     """
+    from ranksweep.ownership import check_output_dir
+
+    # A folder the user names must be new, empty, or one ranksweep wrote (its record file): incomplete
+    # checkpoints are removed below, and nothing else may be.
+    folder = check_output_dir(folder, "trial.checkpoint_dir", RUN_FILE)
     folder.mkdir(parents=True, exist_ok=True)
-    mine = _fingerprint(run)
-    resume = last_checkpoint(folder)
+    mine = _fingerprint(run, data)
     record = folder / RUN_FILE
+    resume = last_checkpoint(folder)
     if resume is not None:
         try:
             theirs = json.loads(record.read_text())
         except (OSError, ValueError):
             theirs = None
+        old = isinstance(theirs, dict) and not any(k.endswith(_CONTENT) for k in (theirs.get("data") or {}))
+        if old and data and theirs == _fingerprint(run):  # recorded before data contents were: resumed
+            atomic_write_json(record, mine)
+            theirs = mine
         if theirs != mine:
-            diff = ", ".join(_differences(theirs or {}, mine)[:4]) if theirs else f"no {RUN_FILE}"
-            raise ConfigError(f"trial.checkpoint_dir: {folder} holds checkpoints of another configuration "
+            found = _differences(theirs or {}, mine) if theirs else []
+            diff = ", ".join(found[:4]) if theirs else f"no {RUN_FILE}"
+            what = "other data" if found and all(k.endswith(_CONTENT) for k in found) else "another configuration"
+            raise ConfigError(f"trial.checkpoint_dir: {folder} holds checkpoints of {what} "
                               f"({diff}); use another folder, or delete it to start over")
         return resume
     atomic_write_json(record, mine)

@@ -126,7 +126,13 @@ class TrialRecipe:
     def load_data(self) -> None:
         """Train and eval examples (a held-out eval set, or a seeded split). Data first: a bad dataset
         fails in a second, before any model load."""
+        from ranksweep.data.identity import check_expected, data_identity
+
         self.train_ex, self.eval_ex = data_mod.load_splits(self.run.data)
+        # What the files hold (cached per process): a sweep's job refuses data other than the study's, and a
+        # checkpoint resumes only on the data it was made on.
+        self.data_identity = data_identity(self.run.data)
+        check_expected(self.data_identity, self.run.trial.data_digest)
         self.run = _settle_raw_text(self.run, self.eval_ex, self.resolved)
         # peft and the Trainer take seconds to import: only after the data is known to be good
         # (and before the model-load timing starts).
@@ -202,7 +208,7 @@ class TrialRecipe:
         attrs = reporter is not None and hasattr(reporter, "set_attrs")
         if attrs:
             reporter.set_attrs({"alpha": run.lora.lora_alpha, "trainable_params": self.trainable,
-                                "target_modules": self.modules})
+                                "target_modules": self.modules, "data_digest": self.data_identity.digest})
         self.tracker = Tracker(run.logger, run, self.resolved, str(self.out))
         if attrs and self.tracker.run_path:
             reporter.set_attrs({"wandb_run": self.tracker.run_path})  # known now: pruned and failed runs have one too
@@ -213,7 +219,7 @@ class TrialRecipe:
         self.checkpoint_dir = checkpoints.checkpoint_dir(run, self.out)
         self.resume_from = None
         if self.checkpoint_dir is not None and run.trainer.max_steps:
-            self.resume_from = checkpoints.claim(self.checkpoint_dir, run)
+            self.resume_from = checkpoints.claim(self.checkpoint_dir, run, data=self.data_identity.digests)
         args = training_arguments(run, self.device, self.out, kernels=self.kernels,
                                   checkpoint_dir=self.checkpoint_dir)
         self.watch = Watch(self.tracker, reporter)
@@ -315,6 +321,7 @@ class TrialRecipe:
             "optim": run.trainer.optim,
             "estimated_peak_gb": mem.estimate.total / 1e9 if mem.estimate is not None else None,
             "name": self.name,
+            "data_digest": self.data_identity.digest,
         }
 
     def save(self) -> TrialResult:
