@@ -5,14 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# The extras the README's commands and the tests use (pyproject.toml); liger-kernel (CUDA only) is left
-# out: `make EXTRAS=dev,all` on a GPU machine.
-EXTRAS ?= dev,postgres,mysql,slurm,dashboard,embedded
+# The extras the README's commands, the docs and the tests use (pyproject.toml); liger-kernel (CUDA only)
+# is left out: `make EXTRAS=dev,docs,all` on a GPU machine.
+EXTRAS ?= dev,postgres,mysql,slurm,dashboard,embedded,docs
 # torch: keep a GPU user's build; otherwise take the CPU wheel (a bare `torch` pulls a multi-GB CUDA build).
 TORCH_CPU ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps train sweep test test-fast lint clean
+.PHONY: help setup system-deps train sweep test test-fast lint docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,7 +62,11 @@ test-fast: $(STAMP) ## the quick subset, for iteration
 	$(PY) -m pytest -m "not gpu and not slow" -x -q $(ARGS)
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests docs/hooks
+
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link or a page missing from the nav.
+docs: $(STAMP) ## the documentation site into outputs/site/ (mkdocs, strict)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d outputs/site
 
 clean: ## remove outputs/ (the venv and the model cache stay)
 	rm -rf outputs multirun

@@ -72,7 +72,8 @@ def grid(ov: list[str], args: argparse.Namespace, root: Path) -> dict:
 
 
 def grid_answer(rows: list[dict]) -> dict:
-    from ranksweep.sweep.rules import Judge, Step, recommend_margin
+    from ranksweep.sweep.rules import Step
+    from ranksweep.sweep.rules.margin import MarginRule
     from ranksweep.sweep.stats import Examples
 
     steps = []
@@ -80,7 +81,7 @@ def grid_answer(rows: list[dict]) -> dict:
         best = min((x for x in rows if x["rank"] == r), key=lambda x: x["value"])
         ex = Examples.of([best["examples"]["loss"]], best["examples"]["tokens"])
         steps.append(Step(r, best["value"], ex, [best["value"]]))
-    rec = recommend_margin(steps, Judge(margin=MARGIN))
+    rec = MarginRule(margin=MARGIN).recommend(steps, None)
     return {"rank": rec.rank, "why": rec.why,
             "best_lr": {r: min((x for x in rows if x["rank"] == r), key=lambda x: x["value"])["lr"]
                         for r in sorted({x["rank"] for x in rows})}}

@@ -114,14 +114,9 @@ def full_rows_file(seq: int, n: int, root: Path) -> Path:
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ranksweep.compose import compose as compose_config
 
-    from ranksweep.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "src" / "ranksweep" / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+    return compose_config(overrides)  # the config tree as the command composes it
 
 
 def trial_overrides(case: str, variant: str, folder: str, model_cfg: str, root: Path, device: str) -> list[str]:

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest
-from helpers import TINY_OVERRIDES, compose, write_toy_jsonl  # noqa: E402
+from helpers import TINY_RUN, compose, write_toy_jsonl  # noqa: E402
 
 
 def pytest_configure(config):
@@ -30,6 +30,22 @@ def pytest_configure(config):
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - a declared dependency
         pass
+
+
+@pytest.fixture(autouse=True)
+def no_shared_wandb_service():
+    """A test that starts a W&B run in this process starts W&B's service, and wandb puts its address in
+    ``WANDB_SERVICE``, which every later child process would inherit and write its runs through (a sweep's
+    last run was then missing from its folder when read back). Shut that service down after the test."""
+    had = os.environ.get("WANDB_SERVICE")
+    yield
+    if os.environ.get("WANDB_SERVICE") != had:
+        import wandb
+
+        wandb.teardown()
+        os.environ.pop("WANDB_SERVICE", None)
+        if had is not None:
+            os.environ["WANDB_SERVICE"] = had
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,7 +63,7 @@ def compose_cfg():
     """``compose_cfg(*overrides)``: the shrunk tiny config plus ``overrides`` (later ones win)."""
 
     def _compose(*overrides: str):
-        return compose(*TINY_OVERRIDES, *overrides)
+        return compose(*TINY_RUN, *overrides)
 
     return _compose
 

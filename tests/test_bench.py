@@ -41,3 +41,18 @@ def test_rank_method_bench_runs(tmp_path, rs_cache):
     assert len(res["grid"]["rows"]) == 4 and res["grid"]["steps"] == 4 * 30
     assert 0 < res["sweep"]["steps"] and res["sweep"]["rank"] in (1, 2)
     assert "share of the grid's steps" in md.read_text()
+
+
+def test_rank_recovery_quick_runs(tmp_path, rs_cache):
+    """bench/rank_recovery.py --quick (3 tasks, 1 seed, the default ladder) end to end, shrunk to 40 steps a trial
+    so that it fits a test; its full-size figures are in bench/RESULTS.md."""
+    md, js = tmp_path / "recovery.md", tmp_path / "recovery.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "rank_recovery.py"), "--quick", "--steps", "40",
+                           "--work", str(tmp_path / "work"), "--md", str(md), "--json", str(js)], capture_output=True,
+                          text=True, timeout=1500, env=subprocess_env(RANKSWEEP_CACHE=str(rs_cache)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(js.read_text())["results"]
+    assert [(r["task"], r["method"]) for r in res] == [("k2", "ladder"), ("null", "ladder"), ("saturated", "ladder")]
+    assert all(not r["error"] and r["rank"] in (1, 2, 4, 8, 16, 32) and r["steps"] > 0 for r in res), res
+    table = md.read_text()
+    assert "| ladder | " in table and "| k2 | 0 | 2 | ladder | r=" in table and "--quick" in table

@@ -22,15 +22,17 @@ import numpy as np
 import optuna
 import pytest
 from helpers import write_toy_jsonl
-from helpers.run import TINY_RUN, one_line_error, ranksweep, summary, sweep
+from helpers.run import TINY_RUN, inprocess, one_line_error, summary, sweep_inprocess
+from optuna.trial import TrialState
 
 from ranksweep.config import DataConfig
 from ranksweep.data import identity as data_id
 from ranksweep.errors import ConfigError, DataError
-from ranksweep.sweep import identity
+from ranksweep.sweep import identity, keys
 from ranksweep.sweep.reader import job_status, read_ladders, spec_of
-from ranksweep.sweep.results import Trial
-from ranksweep.sweep.rules import Judge, Step, decide_margin, doublings, recommend_margin
+from ranksweep.sweep.results import JobStatus, Trial
+from ranksweep.sweep.rules import Step, decide
+from ranksweep.sweep.rules.margin import MarginRule
 from ranksweep.sweep.settings import SweepSettings
 from ranksweep.sweep.stats import Examples, paired_difference
 
@@ -117,9 +119,9 @@ def test_a_job_refuses_data_other_than_the_studys(tmp_path, compose_cfg):
     msg = str(err.value)
     assert msg.startswith("data.eval_path: eval.jsonl changed since this sweep started (sha256 "), msg
     assert "\n" not in msg and "new hydra.sweeper.study_name" in msg and err.value.kind == "data_changed"
-    failed = Trial(number=3, ladder="default", rank=8, seed=0, state="FAIL",
+    failed = Trial(number=3, ladder="default", rank=8, seed=0, state=TrialState.FAIL,
                    attrs={"failure_kind": "data_changed", "fail_reason": msg})
-    assert job_status([failed]) == ("todo", None)  # runs again once the data is back
+    assert job_status([failed]) == (JobStatus.TODO, None)  # runs again once the data is back
 
 
 # ----------------------------------------------------------------------------- the study's identity
@@ -138,9 +140,9 @@ def test_bind_study_records_data_for_an_old_study_and_refuses_a_change(tmp_path)
     cfg = DataConfig(source="jsonl", path=str(f))
     flat = {"data.path": str(f), "lora.alpha": 16.0}
     old = {"default": {"fingerprint": identity._fingerprint(flat), "config": flat}}  # before data was recorded
-    study = FakeStudy({identity.IDENTITY_ATTR: old})
+    study = FakeStudy({keys.STUDY_IDENTITY: old})
     identity.bind_study(study, {"default": flat}, "x", {"default": data_id.data_identity(cfg)})  # resumes
-    stored = study.user_attrs[identity.IDENTITY_ATTR]["default"]
+    stored = study.user_attrs[keys.STUDY_IDENTITY]["default"]
     assert stored["fingerprint"] == old["default"]["fingerprint"] and stored["config"] == flat
     assert stored["data"]["sources"]["data.path"]["file"] == "train.jsonl"
     was = stored["data"]["sources"]["data.path"]["sha256"]
@@ -152,16 +154,18 @@ def test_bind_study_records_data_for_an_old_study_and_refuses_a_change(tmp_path)
         f"data.path: train.jsonl changed since study 'x' was started (sha256 {was[:8]} -> "
         f"{now.sources['data.path']['sha256'][:8]}); restore it to resume, or pick a new "
         "hydra.sweeper.study_name to start a new study")
-    assert study.user_attrs[identity.IDENTITY_ATTR]["default"]["data"]["sources"]["data.path"]["sha256"] == was
+    assert study.user_attrs[keys.STUDY_IDENTITY]["default"]["data"]["sources"]["data.path"]["sha256"] == was
 
 
-# ----------------------------------------------------------------------------- the real command
+# ----------------------------------------------------------------------------- the command
+# Run in this process, through its entry point (helpers.run.run_inprocess): a sweep, its refused resume, the
+# resume that trains nothing; the real script's one line is test_bad_input.py's subprocess cases.
 
 
 def _refused(cwd: Path, cache: Path, *args: str) -> str:
     """Run the command that must be refused; assert one line, exit 2, and no file under ``cwd`` changed."""
     before = digest(cwd)
-    proc = sweep(cwd, cache, *args)
+    proc = sweep_inprocess(cwd, cache, *args)
     line = one_line_error(proc, 2)
     assert digest(cwd) == before, "a refused resume wrote something"
     return line
@@ -170,7 +174,7 @@ def _refused(cwd: Path, cache: Path, *args: str) -> str:
 def test_a_resume_on_an_edited_data_file_is_refused(tmp_path, rs_cache):
     data = write_toy_jsonl(tmp_path / "train.jsonl")
     args = (*FAST, "data=jsonl", f"data.path={data}", "hydra.sweeper.max_rank=16", "hydra.sweeper.study_name=a")
-    proc = sweep(tmp_path, rs_cache, *args)
+    proc = sweep_inprocess(tmp_path, rs_cache, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran = len(trials(tmp_path, "a"))
     doc = summary(tmp_path, "a")
@@ -195,7 +199,7 @@ def test_a_resume_on_an_edited_data_file_is_refused(tmp_path, rs_cache):
     assert '<th title="fingerprint of the tokenised eval examples' in page
     # every job was handed the study's data digest, and recorded what it read
     stored = optuna.load_study(study_name="a", storage=f"sqlite:///{tmp_path}/outputs/ranksweep.db").user_attrs[
-        identity.IDENTITY_ATTR]["default"]["data"]
+        keys.STUDY_IDENTITY]["default"]["data"]
     assert stored["sources"]["data.path"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert {t.user_attrs.get("data_digest") for t in by_number.values()} == {stored["digest"]}
 
@@ -206,7 +210,7 @@ def test_a_resume_on_an_edited_data_file_is_refused(tmp_path, rs_cache):
     assert "new hydra.sweeper.study_name" in line, line
 
     data.write_bytes(original)  # the original bytes: the study resumes, nothing trained again
-    proc = sweep(tmp_path, rs_cache, *args)
+    proc = sweep_inprocess(tmp_path, rs_cache, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(trials(tmp_path, "a")) == ran
     assert [r["values"] for r in summary(tmp_path, "a")["ladders"][0]["rungs"]] == [r["values"] for r in lad["rungs"]]
@@ -217,7 +221,7 @@ def test_a_resume_on_an_edited_eval_file_is_refused(tmp_path, rs_cache):
     ev = write_toy_jsonl(tmp_path / "eval.jsonl", n=16, seed=1)
     args = (*FAST, "data=jsonl", f"data.path={data}", f"data.eval_path={ev}", "hydra.sweeper.max_rank=8",
             "hydra.sweeper.study_name=b")
-    proc = sweep(tmp_path, rs_cache, *args)
+    proc = sweep_inprocess(tmp_path, rs_cache, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran = len(trials(tmp_path, "b"))
     original = edit_one_row(ev)
@@ -226,7 +230,7 @@ def test_a_resume_on_an_edited_eval_file_is_refused(tmp_path, rs_cache):
                            "(sha256 "), line
     assert "new hydra.sweeper.study_name" in line and "data.path" not in line.split("data.eval_path", 1)[1], line
     ev.write_bytes(original)
-    proc = sweep(tmp_path, rs_cache, *args)
+    proc = sweep_inprocess(tmp_path, rs_cache, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(trials(tmp_path, "b")) == ran
 
@@ -243,7 +247,7 @@ def test_a_resume_on_a_changed_saved_dataset_is_refused(tmp_path, rs_cache):
 
     save(rows)
     args = (*FAST, "data=hub", f"data.path={folder}", "hydra.sweeper.max_rank=8", "hydra.sweeper.study_name=f")
-    proc = sweep(tmp_path, rs_cache, *args)
+    proc = sweep_inprocess(tmp_path, rs_cache, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran = len(trials(tmp_path, "f"))
     save([{**r, "response": r["response"] + "x"} if i == 2 else r for i, r in enumerate(rows)])
@@ -251,7 +255,7 @@ def test_a_resume_on_a_changed_saved_dataset_is_refused(tmp_path, rs_cache):
     assert line.startswith("ranksweep: error: data.path: saved changed since study 'f' was started (fingerprint "), line
     assert "new hydra.sweeper.study_name" in line, line
     save(rows)  # the same rows saved again: the same state files, the study resumes
-    proc = sweep(tmp_path, rs_cache, *args)
+    proc = sweep_inprocess(tmp_path, rs_cache, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(trials(tmp_path, "f")) == ran
 
@@ -261,12 +265,12 @@ def test_a_checkpoint_made_on_other_data_is_not_resumed(tmp_path, rs_cache):
     ckpt = tmp_path / "ckpt"
     args = (*TINY_RUN, "data=jsonl", f"data.path={data}", "data.metric_examples=0", "trainer.max_steps=4",
             "trainer.save_every=2", f"trial.checkpoint_dir={ckpt}")
-    first = ranksweep(tmp_path, *args, "hydra.run.dir=first", cache=rs_cache)
+    first = inprocess(tmp_path, *args, "hydra.run.dir=first", cache=rs_cache)
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(c.name for c in ckpt.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     edit_one_row(data)
     before = digest(tmp_path)
-    proc = ranksweep(tmp_path, *args, "hydra.run.dir=second", cache=rs_cache)
+    proc = inprocess(tmp_path, *args, "hydra.run.dir=second", cache=rs_cache)
     line = one_line_error(proc, 2)
     assert line == (f"ranksweep: error: trial.checkpoint_dir: {ckpt} holds checkpoints of other data "
                     "(data.path content); use another folder, or delete it to start over"), line
@@ -305,7 +309,7 @@ HARD = np.random.default_rng(1).gamma(4.0, 0.25, N)
 
 def _trial(number: int, rank: int, value: float, fingerprint: str, seed: int = 0) -> Trial:
     loss = (HARD * value * TOKENS).tolist()
-    return Trial(number=number, ladder="default", rank=rank, seed=seed, state="COMPLETE",
+    return Trial(number=number, ladder="default", rank=rank, seed=seed, state=TrialState.COMPLETE,
                  value=float(sum(loss) / TOKENS.sum()), params={"rank": rank, "seed": seed},
                  attrs={"ladder": "default", "rank": rank, "seed": seed,
                         "eval_examples": {"loss": loss, "tokens": TOKENS.tolist(), "fingerprint": fingerprint,
@@ -313,7 +317,7 @@ def _trial(number: int, rank: int, value: float, fingerprint: str, seed: int = 0
 
 
 def _ladder(trials_, seeds: int = 1, max_rank: int = 32):
-    s = SweepSettings(max_rank=max_rank, seeds_per_rank=seeds)
+    s = SweepSettings(max_rank=max_rank, seeds_per_rank=seeds, budget_check=0)
     (lad,) = read_ladders(trials_, spec_of(s, [("default", ())]))
     return lad
 
@@ -323,7 +327,8 @@ def test_rungs_on_different_eval_examples_are_not_compared():
     version that did not refuse it): r=8 -> r=16 gets no interval and a note, counts neither as a gain nor
     towards a stop, and the recommendation is made within one eval set, saying what it left out."""
     lad = _ladder([_trial(0, 0, 2.0, "aaaa1111"), _trial(1, 8, 1.5, "aaaa1111"), _trial(2, 16, 1.2, "bbbb2222"),
-                   _trial(3, 32, 1.19, "bbbb2222")])
+                   _trial(3, 32, 1.19, "bbbb2222"),
+                   *(_trial(3 + s, 8, 1.5, "aaaa1111", seed=s) for s in (1, 2))])  # the noise seeds of r=8
     r8, r16, r32 = lad.curve
     assert [r.eval_fingerprint for r in lad.curve] == ["aaaa1111", "bbbb2222", "bbbb2222"]
     assert r16.gain is None and r32.gain is not None
@@ -343,23 +348,23 @@ def test_rungs_on_different_eval_examples_are_not_compared():
 
 
 def test_a_comparison_across_eval_sets_is_impossible():
-    j = Judge()
+    j = MarginRule(patience=1)
     a = Examples.of([HARD * 1.5 * TOKENS], TOKENS, fingerprint="aaaa1111")
     b = Examples.of([HARD * 1.2 * TOKENS], TOKENS, fingerprint="bbbb2222")  # same count, other examples
     with pytest.raises(ValueError, match="fingerprints aaaa1111 and bbbb2222"):
         paired_difference(a, b, orient=-1.0)
     s8, s16 = Step(8, a.value(), a, [a.value()]), Step(16, b.value(), b, [b.value()])
     assert j.improvement(s8, s16) is None  # not a paired interval, not a seed interval, not a zero-width point
-    (d,) = doublings([s8, s16], j)
+    (d,) = j.doublings([s8, s16])
     assert not d.compared and d.gain is None and not d.above and "not compared" in d.text(95)
     # Never a stop: patience 1 with the only doubling not compared continues to the next rank...
-    dec = decide_margin([s8, s16], j, patience=1, max_rank=64, factor=2)
+    dec = decide(j, [s8, s16], None, max_rank=64, factor=2)
     assert not dec.stop and dec.next_rank == 32
     # ... and never a confident gain: a worse r=16 on other examples does not stop it either.
     worse = Examples.of([HARD * 1.6 * TOKENS], TOKENS, fingerprint="bbbb2222")
-    dec = decide_margin([s8, Step(16, worse.value(), worse, [worse.value()])], j, patience=1, max_rank=64, factor=2)
+    dec = decide(j, [s8, Step(16, worse.value(), worse, [worse.value()])], None, max_rank=64, factor=2)
     assert not dec.stop
-    rec = recommend_margin([s8, s16], j)
+    rec = j.recommend([s8, s16], None)
     assert rec.best_rank == 16 and "not compared, evaluated on different eval examples" in rec.why
     assert "r=8 (fingerprint aaaa1111)" in rec.why
 

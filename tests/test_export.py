@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.run import TINY_SWEEP, env, one_line_error, ranksweep
+from helpers.run import TINY_SWEEP, Result, env, one_line_error, ranksweep, run_inprocess
+from optuna.trial import TrialState
 
 from ranksweep import export
-from ranksweep.sweep.ladder import Recommendation
-from ranksweep.sweep.results import Job, Ladder, Rung, Trial
+from ranksweep.sweep.results import Job, JobStatus, Ladder, Rung, Trial
+from ranksweep.sweep.rules import Recommendation
 
 STUDY = "ex"
 WANDB = str(Path(sys.executable).parent / "wandb")
@@ -30,6 +31,12 @@ def swept(tmp_path_factory) -> Path:
     proc = ranksweep(cwd, "-m", *TINY_SWEEP, f"hydra.sweeper.study_name={STUDY}", cache=cwd / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd
+
+
+def _export(cwd: Path, *args: str, **extra: str) -> Result:
+    """``ranksweep ARGS`` (a subcommand) in this process, with what :func:`helpers.run.env` gives a child: offline
+    W&B and the sweep's cache. What is read at import (HF_HOME) needs a process: :func:`ranksweep`."""
+    return run_inprocess(cwd, *args, WANDB_MODE="offline", RANKSWEEP_CACHE=str(cwd / "cache"), **extra)
 
 
 def _summary(cwd: Path) -> dict:
@@ -107,13 +114,15 @@ def test_wandb_artifacts_read_back(swept):
             assert arts == []  # an untrained adapter is not a model; a pruned trial saved none
             continue
         (art,) = arts
-        rank = t.params["rank"]
-        assert art["name"] == name and f"r{rank}" in art["aliases"] and f"trial-{t.number}" in art["aliases"]
+        rank, seed, role = t.params["rank"], t.user_attrs["seed"], t.user_attrs["role"]
+        alias = f"r{rank}-longer" if role == "budget" else f"r{rank}-s{seed}" if seed else f"r{rank}"
+        assert art["name"] == name and alias in art["aliases"] and f"trial-{t.number}" in art["aliases"]
         files = {e["path"]: Path(e["local_path"]) for e in art["manifest"]["contents"]}
         adapter = Path(t.user_attrs["output_dir"]) / "adapter"
         assert (swept / adapter / "adapter_model.safetensors").samefile(files["adapter_model.safetensors"])
         assert json.loads(art["metadata"])["r"] == rank
-        digests[rank] = art["digest"]
+        if alias == f"r{rank}":  # seed 0 at the sweep's steps: the adapter a recommendation names
+            digests[rank] = art["digest"]
     rank, _ = _recommended(swept)
     (summary_run,) = (swept / "outputs" / "sweeps" / STUDY / "wandb").glob("offline-run-*")
     (best,) = _model_artifacts(summary_run)
@@ -124,7 +133,7 @@ def test_wandb_artifacts_read_back(swept):
 @pytest.mark.slow
 def test_export_merge_gives_the_logits_of_base_plus_adapter(swept, tmp_path):
     out = tmp_path / "exported"
-    proc = ranksweep(swept, "export", STUDY, "--out", str(out), "--merge", cache=swept / "cache")
+    proc = _export(swept, "export", STUDY, "--out", str(out), "--merge")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"-> {out}" in proc.stdout and f"merged: {out / 'merged'} (float32" in proc.stdout
     merged = out / "merged"
@@ -157,8 +166,8 @@ def test_export_merge_gives_the_logits_of_base_plus_adapter(swept, tmp_path):
 def test_push_to_hub_dry_run_prints_and_keeps_the_token(swept, tmp_path):
     secret = "hf_NotARealTokenButSecret123"
     out = tmp_path / "hub"
-    proc = ranksweep(swept, "export", STUDY, "--out", str(out), "--push-to-hub", "my-org/tiny-ranks", "--private",
-                     "--dry-run", cache=swept / "cache", HF_TOKEN=secret, HF_HUB_OFFLINE="1")
+    proc = _export(swept, "export", STUDY, "--out", str(out), "--push-to-hub", "my-org/tiny-ranks", "--private",
+                   "--dry-run", HF_TOKEN=secret, HF_HUB_OFFLINE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     assert secret not in text and secret not in proc.stderr
@@ -183,7 +192,7 @@ def test_push_without_a_token_is_one_line(swept, tmp_path):
     (["export", STUDY, "--dry-run"], ["--push-to-hub"]),
 ])
 def test_export_bad_input_is_one_line(swept, tmp_path, args, words):
-    line = one_line_error(ranksweep(swept, *args, "--out", str(tmp_path / "o"), cache=swept / "cache"))
+    line = one_line_error(_export(swept, *args, "--out", str(tmp_path / "o")))
     for w in words:
         assert w in line, (w, line)
 
@@ -206,11 +215,11 @@ def _ladder(key: str, values: dict[int, float], rec: int, root: Path) -> Ladder:
     rungs = []
     for i, (rank, value) in enumerate(values.items()):
         d = _trial_dir(root, f"{key.replace('=', '-')}-r{rank}", rank)
-        t = Trial(number=10 * len(key) + i, ladder=key, rank=rank, seed=0, state="COMPLETE", value=value,
-                  attrs={"output_dir": str(d)})
+        t = Trial(number=10 * len(key) + i, ladder=key, rank=rank, seed=0, state=TrialState.COMPLETE,
+                  value=value, attrs={"output_dir": str(d)})
         rungs.append(Rung(rank=rank, values=[value], output_dirs=[str(d)],
-                          jobs=[Job(seed=0, slot=0, status="done", trial=t, search=True)]))
-    return Ladder(key=key, base=3.0, rungs=rungs, recommendation=Recommendation(rec, None, rec, 0.01, f"r={rec} wins"))
+                          jobs=[Job(seed=0, slot=0, status=JobStatus.DONE, trial=t, search=True)]))
+    return Ladder(key=key, base=3.0, rungs=rungs, recommendation=Recommendation(rec, rec, 0.01, f"r={rec} wins"))
 
 
 def test_several_ladders_one_folder_each_and_the_best_on_top(tmp_path):

@@ -4,26 +4,25 @@ and a base evaluation that follows the memory plan."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
-from helpers import compose, subprocess_env
-from helpers.run import BIN as RANKSWEEP
+from helpers import SHRUNK_SWEEP, compose
+from helpers.run import Result, run_inprocess
 
 from ranksweep.config import to_run_config
 from ranksweep.errors import ConfigError
 from ranksweep.sweep import identity
 
-SWEEP = ("-m", "model=tiny_llama", "logger=none", "data.max_examples=60", "data.eval_size=10",
-         "data.metric_examples=2", "hydra.sweeper.max_rank=8")
+SWEEP = SHRUNK_SWEEP  # r = 8; the trainer is the test's
 MINE = "defaults:\n  - tiny\n  - _self_\n\nmax_steps: 2\neval_every: 2\n"
 
 
-def ranksweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RANKSWEEP, *args], cwd=cwd, capture_output=True, text=True, env=subprocess_env(),
-                          timeout=600, check=False, stdin=subprocess.DEVNULL)
+def ranksweep(cwd: Path, *args: str) -> Result:
+    """The command, run in this process through its entry point (the real script's one line and exit codes are
+    test_bad_input.py's subprocess cases)."""
+    return run_inprocess(cwd, *args)
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -31,7 +30,7 @@ def digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def one_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+def one_line(proc: Result, code: int = 2) -> str:
     assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = proc.stderr.splitlines()
     return line
@@ -105,7 +104,7 @@ def test_folder_of_another_study_is_refused(tmp_path):
         identity.open_folder(tmp_path / "file" / "s", "sqlite:///a.db", "s")
 
 
-# ----------------------------------------------------------------------------- the real command
+# ----------------------------------------------------------------------------- the command
 
 
 @pytest.fixture(scope="module")

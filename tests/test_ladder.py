@@ -1,22 +1,30 @@
-"""Table tests for ranksweep.ladder: the rank ladder, gain shares, the stop rule, knee and recommendation."""
+"""Table tests for the rank ladder and the share rule (ranksweep.sweep.rules.share): gain shares, its
+decisions, the knee and its recommendation."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 from helpers.curves import TABLE18_LOSS, TABLE18_RANKS
 
-from ranksweep.sweep.ladder import (
-    Decision,
-    Recommendation,
-    StopRule,
-    decide,
-    find_knee,
-    gain_shares,
-    rank_ladder,
-    recommend,
-)
+from ranksweep.sweep import rules
+from ranksweep.sweep.ladder import rank_ladder
+from ranksweep.sweep.rules import Decision, Recommendation, Step
+from ranksweep.sweep.rules.share import ShareRule, find_knee, gain_shares
+
+
+def decide(rule, base, ranks, values, direction, max_rank, factor):
+    """The share rule's decision (with max_rank) on rungs ``ranks`` with per-seed ``values``."""
+    steps = [Step(r, sum(v) / len(v) if v else None, seed_values=list(v)) for r, v in zip(ranks, values)]
+    return rules.decide(dataclasses.replace(rule, direction=direction), steps, base, max_rank, factor)
+
+
+def recommend(base, ranks, means, direction, tolerance=0.05):
+    """The share rule's recommendation on rungs ``ranks`` with values ``means``."""
+    return ShareRule(direction, tolerance=tolerance).recommend([Step(r, m) for r, m in zip(ranks, means)], base)
+
 
 # A clean curve where each doubling buys half of the previous one: gains over base 1, 1.5, 1.75, ...
 HALVING_RANKS = [8, 16, 32, 64, 128, 256]
@@ -275,7 +283,7 @@ DECIDE_CASES = [
     ids=[c[0] for c in DECIDE_CASES],
 )
 def test_decide(base, ranks, values, direction, max_rank, stop, reason, next_rank):
-    d = decide(StopRule(), base, ranks, values, direction, max_rank=max_rank, factor=2)
+    d = decide(ShareRule(), base, ranks, values, direction, max_rank=max_rank, factor=2)
     assert isinstance(d, Decision)
     assert d.stop is stop
     assert reason in d.reason
@@ -291,8 +299,8 @@ def test_decide(base, ranks, values, direction, max_rank, stop, reason, next_ran
 def test_decide_invariant(case, shift, scale):
     _, base, ranks, values, direction, max_rank, stop, _, next_rank = case
     moved = [_affine(v, shift, scale) for v in values]
-    d = decide(StopRule(), base * scale + shift, ranks, moved, direction, max_rank=max_rank, factor=2)
-    ref = decide(StopRule(), base, ranks, values, direction, max_rank=max_rank, factor=2)
+    d = decide(ShareRule(), base * scale + shift, ranks, moved, direction, max_rank=max_rank, factor=2)
+    ref = decide(ShareRule(), base, ranks, values, direction, max_rank=max_rank, factor=2)
     assert (d.stop, d.next_rank) == (stop, next_rank)
     # the reason names the same rule (shares in % are scale-free; noise numbers are not)
     assert d.reason.split("(")[0] == ref.reason.split("(")[0]
@@ -302,39 +310,50 @@ def test_decide_maximize_mirror_of_minimize():
     """Negating values and flipping the direction gives the same decision."""
     for _, base, ranks, values, direction, max_rank, stop, _, next_rank in DECIDE_CASES:
         flipped = "maximize" if direction == "minimize" else "minimize"
-        d = decide(StopRule(), -base, ranks, [[-v for v in vs] for vs in values], flipped, max_rank, 2)
+        d = decide(ShareRule(), -base, ranks, [[-v for v in vs] for vs in values], flipped, max_rank, 2)
         assert (d.stop, d.next_rank) == (stop, next_rank)
 
 
 def test_decide_patience_and_min_gain_knobs():
     ranks, values = HALVING_RANKS[:5], _one_seed(HALVING_LOSS[:5])
-    assert decide(StopRule(patience=1), HALVING_BASE, ranks, values, "minimize", 1024, 2).stop
-    assert decide(StopRule(patience=1), HALVING_BASE, ranks, values, "minimize", 1024, 2).reason == (
+    assert decide(ShareRule(patience=1), HALVING_BASE, ranks, values, "minimize", 1024, 2).stop
+    assert decide(ShareRule(patience=1), HALVING_BASE, ranks, values, "minimize", 1024, 2).reason == (
         "gain share below 5% for 1 doubling (r=128: 3.2%)"
     )
-    assert decide(StopRule(min_gain=0.10), HALVING_BASE, ranks, values, "minimize", 1024, 2).stop
+    assert decide(ShareRule(min_gain=0.10), HALVING_BASE, ranks, values, "minimize", 1024, 2).stop
     assert not decide(
-        StopRule(min_gain=0.01), HALVING_BASE, HALVING_RANKS, _one_seed(HALVING_LOSS), "minimize", 1024, 2
+        ShareRule(min_gain=0.01), HALVING_BASE, HALVING_RANKS, _one_seed(HALVING_LOSS), "minimize", 1024, 2
     ).stop
 
 
 def test_decide_factor():
-    d = decide(StopRule(), 2.0, [8], [[1.0]], "minimize", max_rank=1024, factor=4)
+    d = decide(ShareRule(), 2.0, [8], [[1.0]], "minimize", max_rank=1024, factor=4)
     assert d.next_rank == 32
 
 
 @pytest.mark.parametrize(
-    "ranks, values",
-    [([], []), ([8, 16], [[1.0]]), ([8], [[]]), ([16, 8], [[1.0], [0.9]]), ([8], [[math.nan]])],
+    "base, ranks, values",
+    [(2.0, [], []), (2.0, [8, 8], [[1.0], [0.9]]), (2.0, [16, 8], [[1.0], [0.9]]), (2.0, [8], [[math.nan]]),
+     (math.nan, [8], [[1.0]]), (None, [8], [[1.0]])],
 )
-def test_decide_bad_input(ranks, values):
+def test_decide_bad_input(base, ranks, values):
     with pytest.raises(ValueError):
-        decide(StopRule(), 2.0, ranks, values, "minimize", 256, 2)
+        decide(ShareRule(), base, ranks, values, "minimize", 256, 2)
+
+
+def test_a_rung_without_a_value_waits_for_the_next():
+    """The share rule skips a rung whose trials all failed; as the last rung it continues (max_rank aside)."""
+    d = decide(ShareRule(patience=1), 3.0, [8, 16, 32], [[2.0], [1.0], []], "minimize", 256, 2)
+    assert (d.stop, d.reason, d.next_rank) == (False, "continue", 64)
+    d = decide(ShareRule(patience=1), 3.0, [8, 16, 32, 64], [[2.0], [1.0], [], [0.99]], "minimize", 256, 2)
+    assert d.stop and d.reason == "gain share below 5% for 1 doubling (r=64: 0.5%)"
 
 
 def test_stop_rule_defaults():
-    rule = StopRule()
-    assert (rule.min_gain, rule.patience, rule.noise_z) == (0.05, 2, 2.0)
+    rule = ShareRule()
+    assert (rule.direction, rule.min_gain, rule.patience, rule.noise_z, rule.tolerance) == (
+        "minimize", 0.05, 2, 2.0, 0.05)
+    assert rule.name == "share"
 
 
 # --------------------------------------------------------------------------- knee
@@ -436,11 +455,16 @@ def test_recommend_invariant(base, ranks, means, direction, shift, scale):
 
 @pytest.mark.parametrize(
     "ranks, means",
-    [([], []), ([8, 16], [1.0]), ([8, 8], [1.0, 1.0]), ([8, 16], [1.0, math.inf])],
+    [([8, 8], [1.0, 1.0]), ([16, 8], [1.0, 0.9]), ([8, 16], [1.0, math.inf])],
 )
 def test_recommend_bad_input(ranks, means):
     with pytest.raises(ValueError):
         recommend(None, ranks, means, "minimize")
+
+
+def test_recommend_nothing_without_a_value():
+    assert recommend(None, [], [], "minimize") is None
+    assert ShareRule().recommend([Step(8, None, note="every trial failed")], 2.0) is None
 
 
 def test_recommend_bad_tolerance():

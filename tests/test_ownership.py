@@ -2,11 +2,15 @@
 writing to it.
 
 One tiny sweep runs first in a temp working folder that also holds a user's files (a notes folder, a text
-file, a page, a "home" folder, a journal-looking text file). Then every case runs the real command and must
-end in one line, exit code 2, no traceback, and leave the sha256 of EVERY file under the working folder
-unchanged, outside ``outputs/`` too, with no new file where the case points. The classes: export and report
-outputs, storages that are not Optuna's, run / sweep / checkpoint folders, exit codes of bad paths. Then what
-ranksweep may do: replace its own export whole, and survive being killed midway.
+file, a page, a "home" folder, a journal-looking text file). Then every case runs the command and must end in
+one line, exit code 2, no traceback, and leave the sha256 of EVERY file under the working folder unchanged,
+outside ``outputs/`` too, with no new file where the case points. The classes: export and report outputs,
+storages that are not Optuna's, run / sweep / checkpoint folders, exit codes of bad paths. Then what
+ranksweep may do: replace its own export whole, and survive being killed midway (a real process, killed).
+
+The command runs in this process, through its own entry points (:func:`helpers.run.run_inprocess`), with
+the environment a child would get (the working folder's model cache, its "home" folder); the real installed
+command's one line and exit codes are ``test_bad_input.py``'s subprocess cases.
 """
 
 from __future__ import annotations
@@ -17,16 +21,15 @@ import os
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers.run import BIN, env
+from helpers import SHRUNK_RUN, SHRUNK_SWEEP
+from helpers.run import BIN, Result, env, run_inprocess
 
 STUDY = "own"
-RUN = ("model=tiny_llama", "trainer=tiny", "logger=none", "data.max_examples=60", "data.eval_size=10",
-       "data.metric_examples=2", "trainer.max_steps=2")
-SWEEP = ("-m", *RUN, "hydra.sweeper.max_rank=8")
+RUN = SHRUNK_RUN  # 2 steps of trainer=tiny
+SWEEP = (*SHRUNK_SWEEP, "trainer=tiny", "trainer.max_steps=2")  # r = 8
 SWEEP_DIR = f"outputs/sweeps/{STUDY}"
 TRIAL = f"{SWEEP_DIR}/trial-0001-r8-s0"
 
@@ -36,10 +39,14 @@ def checksums(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _run(cwd: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
-    e = env(cwd / "cache", HOME=str(cwd / "home"), **extra)
-    return subprocess.run([BIN, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
+def _env(cwd: Path) -> dict[str, str]:
+    """What :func:`helpers.run.env` gives a child, for this working folder: its own cache and "home"."""
+    return {"RANKSWEEP_CACHE": str(cwd / "cache"), "HOME": str(cwd / "home"), "WANDB_MODE": "offline"}
+
+
+def _run(cwd: Path, *args: str, **extra: str) -> Result:
+    """``ranksweep ARGS`` in ``cwd``, in this process (the environment a child would get, ``extra`` on top)."""
+    return run_inprocess(cwd, *args, **{**_env(cwd), **extra})
 
 
 def _user_files(w: Path) -> None:
@@ -120,13 +127,12 @@ def world(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = checksums(w)
 
-    def case(name: str) -> subprocess.CompletedProcess:
+    def case(name: str) -> Result:
         args = [a.replace("{w}", str(w)) for a in CASES[name][0]]
         extra = {k: v.replace("{w}", str(w)) for k, v in ENV.get(name, {}).items()}
         return _run(w, *args, **extra)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = dict(zip(CASES, pool.map(case, CASES)))
+    results = {name: case(name) for name in CASES}  # one at a time: they share this process
     return {"w": w, "before": before, "results": results}
 
 
@@ -164,7 +170,7 @@ def test_no_saved_file_changed_or_was_added_where_refused(world):
 # ----------------------------------------------------------------------------- what ranksweep may replace
 
 
-def _export(w: Path, out: str, *extra: str, **env_extra: str) -> subprocess.CompletedProcess:
+def _export(w: Path, out: str, *extra: str, **env_extra: str) -> Result:
     return _run(w, "export", STUDY, "--out", out, *extra, **env_extra)
 
 

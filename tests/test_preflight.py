@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.run import TINY_SWEEP, one_line_error, ranksweep
+from helpers.run import TINY_SWEEP, inprocess, one_line_error
 
 # The tiny sweep, its max_rank left to each case.
 TINY = ["logger=none", *(a for a in TINY_SWEEP if not a.startswith("hydra.sweeper.max_rank="))]
@@ -51,7 +51,9 @@ def fingerprint(root: Path) -> dict[str, str]:
 
 
 def refused(cwd: Path, cache: Path, args: tuple[str, ...], line: str, *extra: str) -> None:
-    proc = ranksweep(cwd, "-m", *TINY, *extra, *args, cache=cache, timeout=300)
+    """Refused in one line: the command run in this process, through its entry point (the real script's one line
+    is test_bad_input.py's), with the environment a child would get (helpers.run.env)."""
+    proc = inprocess(cwd, "-m", *TINY, *extra, *args, cache=cache)
     assert one_line_error(proc, 2) == f"ranksweep: error: {line}"
 
 
@@ -71,7 +73,7 @@ def swept(tmp_path_factory, rs_cache) -> tuple[Path, str]:
     refused(cwd, rs_cache, (bad, *SMALL), "hydra.sweeper.search.lora.dropout: choice value 1.0: "
             "lora.dropout must be in [0, 1), got 1.0", "hydra.sweeper.study_name=pf")
     assert not any(cwd.iterdir())
-    proc = ranksweep(cwd, "-m", *TINY, "hydra.sweeper.study_name=pf", GOOD, *SMALL, cache=rs_cache, timeout=600)
+    proc = inprocess(cwd, "-m", *TINY, "hydra.sweeper.study_name=pf", GOOD, *SMALL, cache=rs_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd, proc.stdout
 

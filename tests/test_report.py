@@ -39,6 +39,7 @@ from helpers.report_dom import (
     text_of,
 )
 from helpers.run import BIN as RANKSWEEP_BIN
+from helpers.run import Result, inprocess
 from helpers.run import env as _env
 
 BIN = Path(sys.executable).parent
@@ -48,7 +49,7 @@ TINY = [
     "hydra.sweeper.max_rank=16", "hydra.sweeper.min_gain=0.0",
 ]
 STUDIES = {
-    "rs_seeds": ["hydra.sweeper.seeds_per_rank=2"],
+    "rs_seeds": ["hydra.sweeper.seeds_per_rank=2", "hydra.sweeper.noise_seeds=0"],
     "rs_targets": ["lora.targets=attention,all_linear"],
 }
 TESTS = Path(__file__).resolve().parent
@@ -65,6 +66,12 @@ SEARCHED = {
 def rs(cwd: Path, *args: str, cache: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([RANKSWEEP_BIN, *args], cwd=cwd, env=_env(cache or cwd / "cache"), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def here(cwd: Path, *args: str) -> Result:
+    """A subcommand (report, sync, dashboard) run by this process, through its entry point, with the environment
+    :func:`rs` gives a child; the real script's one line is test_bad_input.py's subprocess cases."""
+    return inprocess(cwd, *args, cache=cwd / "cache")
 
 
 def storage_url(cwd: Path) -> str:
@@ -112,7 +119,7 @@ def trial_run_dir(t) -> Path:
 
 
 def report(cwd: Path, *studies: str, extra: tuple[str, ...] = ()) -> Path:
-    proc = rs(cwd, "report", *studies, "--storage", storage_url(cwd), *extra)
+    proc = here(cwd, "report", *studies, "--storage", storage_url(cwd), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == "", proc.stderr
     path = Path(proc.stdout.strip())
@@ -132,7 +139,9 @@ def test_report_one_study(swept, tmp_path):
     check_offline(text)
     study = load(swept, "rs_seeds")
     trials = study.get_trials()
-    assert len(trials) == 5  # base + 2 ranks x 2 seeds
+    # base + 2 ranks x 2 seeds, and the budget check's longer runs
+    assert len([t for t in trials if t.user_attrs["role"] != "budget"]) == 5
+    assert {t.user_attrs["role"] for t in trials} == {"base", "rung", "budget"}
 
     png = tmp_path / "one.png"
     chromium(tmp_path, path, f"--screenshot={png}", "--window-size=1280,2000")
@@ -199,7 +208,7 @@ def test_report_ladders_equal_sweep_summary(swept):
         for row in data.trials:
             assert row.output_dir is not None and row.output_dir.is_dir()
             assert row.wandb_dir is not None and row.wandb_dir.is_dir()
-            if row.state == "COMPLETE":
+            if row.state == optuna.trial.TrialState.COMPLETE:
                 assert row.adapter_mb is not None and row.adapter_mb > 0
 
 
@@ -247,7 +256,7 @@ def test_report_shows_failures_and_unfinished_sweeps(swept, tmp_path):
         user_attrs={"ladder": "default", "rank": 32, "seed": 0, "role": "rung", "failure_kind": "nan",
                     "fail_reason": reason, "output_dir": str(tmp_path / "gone")}))
     out = tmp_path / "failed.html"
-    proc = rs(swept, "report", "rs_seeds", "--storage", url, "--out", str(out))
+    proc = here(swept, "report", "rs_seeds", "--storage", url, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()) == out
     text = out.read_text()
@@ -256,7 +265,7 @@ def test_report_shows_failures_and_unfinished_sweeps(swept, tmp_path):
     from ranksweep.report import load_study_data
 
     (lad,) = load_study_data("rs_seeds", url).ladders
-    assert lad.curve[-1].rank == 32 and lad.curve[-1].state == "FAIL"
+    assert lad.curve[-1].rank == 32 and lad.curve[-1].state == optuna.trial.TrialState.FAIL
     assert lad.curve[-1].fail_reason == reason
     assert "(missing)" in text  # its output dir is gone: shown, not linked
 
@@ -296,7 +305,8 @@ def test_report_of_a_searched_study(searched, tmp_path):
         mine = [t for t in trials if t.user_attrs.get("rank") == rung["rank"]]
         pruned = Counter(t.user_attrs["pruned_by"] for t in mine if t.state.name == "PRUNED")
         attrs, text = cell(row, "trials")
-        assert int(attrs["data-sort"]) == len(mine) == 10
+        assert int(attrs["data-sort"]) == len(mine)  # its search and any budget-check runs
+        assert len([t for t in mine if t.user_attrs["role"] == "search"]) == 10
         assert ("pruned: " + ", ".join(f"{k} {v}" for k, v in sorted(pruned.items()))) in text if pruned else \
             "pruned" not in text
         assert int(cell(row, "steps")[0]["data-sort"]) == sum(max(t.intermediate_values) for t in mine)
@@ -482,7 +492,7 @@ def test_sync_collects_run_dirs(swept):
     assert dirs == per_trial + summary_runs
     assert all(d.is_dir() and d.name.startswith("offline-run-") for d in dirs)
     # --dry-run prints them, uploads nothing
-    proc = rs(swept, "sync", "rs_targets", "--storage", storage_url(swept), "--dry-run")
+    proc = here(swept, "sync", "rs_targets", "--storage", storage_url(swept), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert [Path(p) for p in proc.stdout.split()] == dirs
 
@@ -549,7 +559,7 @@ def test_dashboard_serves_the_studies(swept):
 # ----------------------------------------------------------------------------- bad input (fast)
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+def _one_line_error(proc: Result, *words: str) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ranksweep: error: "), proc.stderr
@@ -568,11 +578,11 @@ def empty_storage(tmp_path) -> str:
 
 @pytest.mark.parametrize("command", ["report", "sync"])
 def test_missing_study_is_one_line(tmp_path, empty_storage, command):
-    _one_line_error(rs(tmp_path, command, "nope", "--storage", empty_storage), "'nope' not found", "empty")
+    _one_line_error(here(tmp_path, command, "nope", "--storage", empty_storage), "'nope' not found", "empty")
 
 
 def test_empty_study_is_one_line(tmp_path, empty_storage):
-    _one_line_error(rs(tmp_path, "report", "empty", "--storage", empty_storage), "'empty'", "no trials")
+    _one_line_error(here(tmp_path, "report", "empty", "--storage", empty_storage), "'empty'", "no trials")
     assert not (tmp_path / "outputs" / "reports").exists()
 
 
@@ -580,7 +590,7 @@ def test_empty_study_is_one_line(tmp_path, empty_storage):
 def test_corrupt_storage_is_one_line(tmp_path, command):
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "ranksweep.db").write_text("not a database\n" * 10)
-    _one_line_error(rs(tmp_path, *command), "--storage", "not an SQLite database")
+    _one_line_error(here(tmp_path, *command), "--storage", "not an SQLite database")
 
 
 @pytest.mark.parametrize("command", [["report", "x"], ["sync", "x"], ["dashboard"]])
@@ -590,17 +600,17 @@ def test_sqlite_file_that_is_not_optuna_is_one_line_and_untouched(tmp_path, comm
         con.execute("create table studies (x int)")
     con.close()
     before = db.read_bytes()
-    proc = rs(tmp_path, *command, "--storage", f"sqlite:///{db}")
+    proc = here(tmp_path, *command, "--storage", f"sqlite:///{db}")
     _one_line_error(proc, "--storage", "not an Optuna storage")
     assert db.read_bytes() == before, "Optuna's tables were added to somebody else's database"
 
 
 def test_missing_storage_is_one_line_and_creates_nothing(tmp_path):
-    _one_line_error(rs(tmp_path, "report", "x"), "no such database")
-    _one_line_error(rs(tmp_path, "sync", "x"), "no such database")
+    _one_line_error(here(tmp_path, "report", "x"), "no such database")
+    _one_line_error(here(tmp_path, "sync", "x"), "no such database")
     assert not (tmp_path / "outputs").exists()
 
 
 def test_bad_arguments_are_one_line(tmp_path):
-    _one_line_error(rs(tmp_path, "report"), "ranksweep report", "STUDY")
-    _one_line_error(rs(tmp_path, "dashboard", "--port", "x"), "--port")
+    _one_line_error(here(tmp_path, "report"), "ranksweep report", "STUDY")
+    _one_line_error(here(tmp_path, "dashboard", "--port", "x"), "--port")

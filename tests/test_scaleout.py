@@ -34,7 +34,11 @@ def start(cwd: Path, cache: Path, *args: str) -> subprocess.Popen:
 def jobs(study: optuna.Study) -> dict[tuple, list]:
     by: dict[tuple, list] = {}
     for t in study.get_trials():
-        by.setdefault((t.user_attrs["ladder"], t.user_attrs["rank"], t.user_attrs["seed"]), []).append(t)
+        if "slot" not in t.user_attrs:  # being claimed (or its worker died mid-claim): no job yet
+            continue
+        # a job: its ladder, rank, seed and slot (a search trial's, or the budget check's longer run)
+        by.setdefault((t.user_attrs["ladder"], t.user_attrs["rank"], t.user_attrs["seed"], t.user_attrs["slot"]),
+                      []).append(t)
     return by
 
 
@@ -114,7 +118,7 @@ def test_killed_worker_trial_is_retried(pg, tmp_path, cache, single, kind):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
     study = optuna.load_study(study_name="killed", storage=storage)
-    key = (victim.user_attrs["ladder"], victim.user_attrs["rank"], victim.user_attrs["seed"])
+    key = (victim.user_attrs["ladder"], victim.user_attrs["rank"], victim.user_attrs["seed"], victim.user_attrs["slot"])
     ts = jobs(study)[key]
     assert ts[0].number == victim.number and ts[0].state == TrialState.FAIL
     retried = [t for t in ts[1:] if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -154,7 +158,7 @@ def test_worker_killed_between_claim_and_launch(pg, tmp_path, cache, single, kin
     ((rc, _, err),) = finish([start(tmp_path, cache, *args[1 + len(TINY):])], timeout=300)
     assert rc == 0, err[-3000:]
     ts = jobs(optuna.load_study(study_name="claimed", storage=storage))[
-        (orphan.user_attrs["ladder"], orphan.user_attrs["rank"], orphan.user_attrs["seed"])]
+        (orphan.user_attrs["ladder"], orphan.user_attrs["rank"], orphan.user_attrs["seed"], orphan.user_attrs["slot"])]
     assert ts[0].number == orphan.number and ts[0].state == TrialState.FAIL
     assert ts[0].user_attrs["fail_reason"] == f"worker {orphan.user_attrs['worker']} stopped (no heartbeat)"
     assert [t.state for t in ts[1:]] == [TrialState.COMPLETE]

@@ -53,7 +53,7 @@ def test_one_learning_rate_picks_the_wrong_rank(tmp_path):
     proc = synthetic(tmp_path, "hydra.sweeper.study_name=f", "trainer.lr=1e-3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lad = ladder(tmp_path, "f")
-    assert lad["recommendation"]["rank"] == 16, lad["recommendation"]  # the true rank is 32
+    assert lad["recommendation"]["rank"] < 32, lad["recommendation"]  # the true rank is 32
     assert all(r["lrs"] == [1e-3] for r in lad["rungs"] if r["lrs"])
 
 
@@ -84,7 +84,9 @@ def test_a_rung_costs_well_under_its_budget_and_pruned_trials_stay_out(searched)
         assert pruned and all(t.user_attrs.get("pruned_by") in ("rung", "parent", "cancelled") for t in pruned)
         if rank in values and values[rank]["values"]:
             complete = [t.value for t in ts if t.state == optuna.trial.TrialState.COMPLETE]
-            assert values[rank]["mean"] == pytest.approx(min(complete))  # a rung's value is its best trial
+            # seed 0's value is its best search trial (the noise seeds retrain that trial's values)
+            seed0 = dict(zip(values[rank]["seeds"], values[rank]["values"]))[0]
+            assert seed0 == pytest.approx(min(complete))
     # Every rank's first trial starts from the previous rank's best value (warm start).
     firsts = {t.user_attrs["rank"]: t for t in study.get_trials() if t.user_attrs.get("slot") == 0
               and t.user_attrs.get("role") == "search"}

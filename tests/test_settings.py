@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import fields, replace
+
 import pytest
 from helpers import compose
 
@@ -52,6 +56,24 @@ def test_bad_setting_names_its_key(field, value, message):
     with pytest.raises(ConfigError) as exc:
         SweepSettings(**{field: value}).validate()
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("objective, direction", [("eval_loss", "minimize"), ("perplexity", "minimize"),
+                                                  ("exact_match", "maximize")])
+def test_the_direction_is_the_objectives(objective, direction):
+    """Derived from the objective; a given one (older commands and configs) is accepted when it agrees."""
+    from ranksweep.objectives import OBJECTIVES
+
+    assert OBJECTIVES[objective].direction == direction
+    assert SweepSettings.from_params({"objective": objective}).direction == direction
+    assert SweepSettings.from_params({"objective": objective, "direction": direction}).direction == direction
+    assert SweepSettings.from_params({"objective": objective, "direction": None}).direction == direction
+    other = "maximize" if direction == "minimize" else "minimize"
+    with pytest.raises(ConfigError) as exc:
+        SweepSettings.from_params({"objective": objective, "direction": other})
+    assert str(exc.value) == f"hydra.sweeper.direction must be {direction} for objective={objective}, got {other}"
+    with pytest.raises(ConfigError, match="hydra.sweeper.direction must be minimize or maximize, got 'up'"):
+        SweepSettings.from_params({"objective": objective, "direction": "up"})
 
 
 def test_from_params_drops_hydra_keys_and_refuses_unknown_ones():
@@ -133,7 +155,7 @@ def test_a_search_spelled_with_other_spaces_resumes_and_another_is_refused(tmp_p
     """The stored search space compares as Hydra reads it: spaces outside quotes do not count."""
     import optuna
 
-    from ranksweep.sweep.sweeper import open_study
+    from ranksweep.sweep.sweeper import create_or_resume_study
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     s = SweepSettings.from_params({"study_name": "sp", "storage": url})
@@ -142,7 +164,100 @@ def test_a_search_spelled_with_other_spaces_resumes_and_another_is_refused(tmp_p
     def space(text: str) -> dict:
         return {"ladders": ["default"], "fixed": [], "search": {"trainer.lr": text}, "search_budget": 3}
 
-    open_study(storage, s, space("tag(log, interval(1e-4, 1e-2))"), {})
-    assert open_study(storage, s, space("tag(log,interval(1e-4,1e-2))"), {}).study_name == "sp"
+    create_or_resume_study(storage, s, space("tag(log, interval(1e-4, 1e-2))"), {})
+    assert create_or_resume_study(storage, s, space("tag(log,interval(1e-4,1e-2))"), {}).study_name == "sp"
     with pytest.raises(ConfigError, match=r"different search space \(differs in: search; stored "):
-        open_study(storage, s, space("tag(log, interval(1e-4, 1e-3))"), {})
+        create_or_resume_study(storage, s, space("tag(log, interval(1e-4, 1e-3))"), {})
+
+
+# ----------------------------------------------------------------------------- the saved record
+
+PASSWORD = "s3cr3t-pw"
+URL = f"postgresql://me:{PASSWORD}@db.example/sweeps"
+
+
+def _set_apart() -> SweepSettings:
+    """Settings with every field away from its default: a record that drops one shows."""
+    s = SweepSettings.from_params({
+        "study_name": "rec", "storage": URL, "start_rank": 4, "factor": 4, "max_rank": 64, "stop_rule": "share",
+        "margin": 0.01, "margin_type": "absolute", "confidence": 0.9, "bootstrap": 500, "patience": 3,
+        "seeds_per_rank": 2, "min_gain": 0.1, "tolerance": 0.02, "search": {"trainer.lr": "interval(1e-4, 1e-2)"},
+        "search_budget": 3, "sampler": "random", "rung_pruner": "none", "direction": "maximize",
+        "objective": "exact_match", "max_failure_rate": 0.25, "pruner": "none", "prune_after": 0.5,
+        "prune_margin": 0.2, "n_jobs": 2, "parallel": 2, "params": {"lora.targets": "qv,attention"},
+        "heartbeat_interval": 5, "grace_period": 20, "poll_s": 1.0, "noise_seeds": 3, "budget_check": 2.0})
+    defaults = SweepSettings()
+    assert all(getattr(s, f.name) != getattr(defaults, f.name) for f in fields(SweepSettings))
+    return s
+
+
+def test_the_record_holds_every_setting_with_the_storage_masked():
+    s = _set_apart()
+    rec = s.to_record()
+    assert set(rec) == {f.name for f in fields(SweepSettings)} | {"ranks"}
+    assert rec["ranks"] == [4, 16, 64] and rec["storage"] == "postgresql://me:***@db.example/sweeps"
+    assert PASSWORD not in json.dumps(rec)
+    assert {k: v for k, v in rec.items() if k not in ("storage", "ranks")} == {
+        f.name: getattr(s, f.name) for f in fields(SweepSettings) if f.name != "storage"}
+    back = SweepSettings.from_record(json.loads(json.dumps(rec)))  # as a JSON file or a study attribute
+    assert back == replace(s, storage="postgresql://me:***@db.example/sweeps")
+
+
+def test_a_record_with_unknown_and_missing_keys_reads():
+    s = SweepSettings.from_record({"patience": 5, "some_future_key": 1, "ranks": [8, 16, 32]})
+    assert s.patience == 5 and s.ranks == [8, 16, 32] and s.margin == SweepSettings().margin
+    # A record without noise_seeds or budget_check was written before they existed: its sweep ran neither.
+    before = dataclasses.replace(SweepSettings(), noise_seeds=0, budget_check=0)
+    assert SweepSettings.from_record(None) == before == SweepSettings.from_record({})
+    assert SweepSettings.from_record({"noise_seeds": 2, "budget_check": 3.0}) == SweepSettings()
+
+
+def test_older_records_read_with_the_studys_space():
+    """Before the settings were saved whole, the study attribute held the stop rule and the ladder's
+    ranks, the summary's ``sweep`` block a few keys, and ``ranksweep_space`` the rest."""
+    attr = {"ranks": [4, 8, 16], "max_rank": 20, "min_gain": 0.1, "patience": 3, "tolerance": 0.02,
+            "direction": "minimize", "stop_rule": "share", "margin": 0.01, "margin_type": "absolute",
+            "confidence": 0.9, "bootstrap": 500}
+    space = {"ladders": ["default"], "fixed": [], "start_rank": 4, "factor": 2, "seeds_per_rank": 2,
+             "objective": "perplexity", "search": {"trainer.lr": "interval(1e-4, 1e-2)"}, "search_budget": 3}
+    s = SweepSettings.from_record(attr, space)
+    assert (s.start_rank, s.factor, s.max_rank, s.seeds_per_rank, s.objective, s.budget) == (4, 2, 20, 2,
+                                                                                            "perplexity", 3)
+    assert (s.stop_rule, s.margin, s.margin_type, s.confidence, s.bootstrap, s.min_gain) == (
+        "share", 0.01, "absolute", 0.9, 500, 0.1)
+    block = {"study_name": "old", "storage": "sqlite:///outputs/ranksweep.db", "ranks": [8, 16, 32, 64],
+             "min_gain": 0.05, "patience": 2, "seeds_per_rank": 1, "tolerance": 0.05, "objective": "eval_loss",
+             "direction": "minimize"}
+    s = SweepSettings.from_record(block)  # the summary's block alone: the ladder from its ranks
+    assert (s.study_name, s.ranks, s.budget) == ("old", [8, 16, 32, 64], 1)
+
+
+def test_the_study_the_summary_and_wandb_record_the_same_settings(tmp_path, monkeypatch):
+    import optuna
+    import wandb
+
+    from ranksweep import tracking
+    from ranksweep.sweep.reader import spec_of, spec_of_study
+    from ranksweep.sweep.summary import sweep_meta
+    from ranksweep.sweep.sweeper import create_or_resume_study
+
+    s = _set_apart()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'rec.db'}")
+    study = create_or_resume_study(storage, s, {"ladders": ["default"], "start_rank": 4}, {})
+    got: dict = {}
+
+    def init(**kwargs):
+        got.update(kwargs["config"])
+        raise wandb.errors.UsageError("enough")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(ConfigError):
+        tracking.log_sweep_summary({"name": "wandb", "enabled": True, "mode": "offline", "tags": []}, [], s,
+                                   tmp_path, tmp_path / "rank_curve.png")
+    record = s.to_record()
+    assert study.user_attrs["ranksweep_settings"] == record
+    assert sweep_meta(s) == record
+    assert got == {**record, "ladders": []}
+    assert PASSWORD not in json.dumps([study.user_attrs, sweep_meta(s), got])
+    # Read back, the study gives the same reading rules as the settings it ran with.
+    assert spec_of_study(study) == spec_of(s, [("default", ())])

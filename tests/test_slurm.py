@@ -107,7 +107,11 @@ def load(url: str, name: str):
 def jobs(study) -> dict[tuple, list]:
     by: dict[tuple, list] = {}
     for t in study.get_trials():
-        by.setdefault((t.user_attrs["ladder"], t.user_attrs["rank"], t.user_attrs["seed"]), []).append(t)
+        if "slot" not in t.user_attrs:  # being claimed (or its worker died mid-claim): no job yet
+            continue
+        # a job: its ladder, rank, seed and slot (a search trial's, or the budget check's longer run)
+        by.setdefault((t.user_attrs["ladder"], t.user_attrs["rank"], t.user_attrs["seed"], t.user_attrs["slot"]),
+                      []).append(t)
     return by
 
 
@@ -156,7 +160,7 @@ def test_sweep_runs_on_slurm(cluster, tmp_path, cache, single):
 
     study = load(url, "onslurm")
     by = jobs(study)
-    assert sorted(rank for _, rank, _ in by) == [0, 8, 16, 32]
+    assert {rank for _, rank, _, _ in by} == {0, 8, 16, 32}
     for key, ts in by.items():
         assert len(ts) == 1 and len(finished(ts)) == 1, f"{key}: {[(t.number, t.state.name) for t in ts]}"
 
@@ -209,7 +213,7 @@ def test_cancelled_job_is_recorded_and_retried(cluster, tmp_path, cache, single)
     assert t.state == TrialState.FAIL
     assert t.user_attrs["failure_kind"] == "cancelled"
     assert f"SLURM job {job_id} CANCELLED" in t.user_attrs["fail_reason"]
-    key = (t.user_attrs["ladder"], t.user_attrs["rank"], t.user_attrs["seed"])
+    key = (t.user_attrs["ladder"], t.user_attrs["rank"], t.user_attrs["seed"], t.user_attrs["slot"])
     ts = jobs(study)[key]
     assert [x.number for x in ts][0] == number and len(ts) == 2, [(x.number, x.state.name) for x in ts]
     (again,) = finished(ts)
@@ -227,13 +231,15 @@ def test_job_past_its_time_limit_is_a_timeout(cluster, tmp_path, cache):
     rc, out, err = finish(start(tmp_path, _env(cluster, cache), *SLURM, f"hydra.sweeper.storage={url}",
                                 "hydra.sweeper.study_name=slow", "hydra.sweeper.max_rank=8",
                                 "trainer.max_steps=100000", "hydra.launcher.timeout_min=1",
-                                "hydra.launcher.signal_delay_s=5"), timeout=300)
+                                "hydra.launcher.signal_delay_s=5",
+                                "hydra.sweeper.n_jobs=1"),  # r=8's noise seeds wait for seed 0, so never run
+                 timeout=300)
     assert rc == 0, err[-3000:]
     from optuna.trial import TrialState
 
     by = jobs(load(url, "slow"))
-    assert [t.state for t in by[("default", 0, 0)]] == [TrialState.COMPLETE]
-    (t,) = by[("default", 8, 0)]  # not retried
+    assert [t.state for t in by[("default", 0, 0, 0)]] == [TrialState.COMPLETE]
+    (t,) = by[("default", 8, 0, 0)]  # not retried
     assert t.state == TrialState.FAIL and t.user_attrs["failure_kind"] == "timeout", t.user_attrs
     assert "time limit" in t.user_attrs["fail_reason"] and "timeout_min" in t.user_attrs["fail_reason"]
     assert "failed (timeout)" in out + err and "no rank completed" in out
@@ -324,22 +330,24 @@ def test_retries_are_capped():
     from ranksweep.launchers import MAX_RETRIES
 
     try:
+        from optuna.trial import TrialState
+
         from ranksweep.sweep.reader import job_status
-        from ranksweep.sweep.results import Trial
+        from ranksweep.sweep.results import JobStatus, Trial
     except ImportError:  # pragma: no cover - the sweep package is being restructured
         pytest.skip("ranksweep.sweep.reader.job_status moved")
 
     def failed(n: int, kind: str | None) -> Trial:
-        return Trial(number=n, ladder="default", rank=8, seed=0, state="FAIL",
+        return Trial(number=n, ladder="default", rank=8, seed=0, state=TrialState.FAIL,
                      attrs={"failure_kind": kind} if kind else {})
 
-    assert job_status([failed(0, "cancelled")])[0] == "todo"
-    assert job_status([failed(0, None)])[0] == "todo"  # a dead worker's trial, as before
-    assert job_status([failed(0, "timeout")])[0] == "failed"
+    assert job_status([failed(0, "cancelled")])[0] == JobStatus.TODO
+    assert job_status([failed(0, None)])[0] == JobStatus.TODO  # a dead worker's trial, as before
+    assert job_status([failed(0, "timeout")])[0] == JobStatus.FAILED
     lost = [failed(i, "preempted") for i in range(MAX_RETRIES + 1)]
-    assert job_status(lost[:-1])[0] == "todo"
+    assert job_status(lost[:-1])[0] == JobStatus.TODO
     status, last = job_status(lost)
-    assert status == "failed" and last.number == MAX_RETRIES
+    assert status == JobStatus.FAILED and last.number == MAX_RETRIES
 
 
 @needs_launcher

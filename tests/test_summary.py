@@ -9,13 +9,16 @@ import sys
 
 import pytest
 from helpers.curves import TABLE18_LOSS, TABLE18_RANKS
+from optuna.trial import TrialState
 
 from ranksweep.plot import base_off_axis, rank_curve_png
+from ranksweep.sweep.conclude import conclude
 from ranksweep.sweep.results import Ladder, Rung
+from ranksweep.sweep.rules.share import ShareRule
 from ranksweep.sweep.summary import SUMMARY_FILENAME, format_table, ladder_summary, write_summary
 
 
-def _rung(rank, values, state="COMPLETE", fail_reason=None, params_per_rank=98_304):
+def _rung(rank, values, state=TrialState.COMPLETE, fail_reason=None, params_per_rank=98_304):
     n = len(values)
     rung = Rung(rank=rank, state=state, values=list(values), alpha=2.0 * rank,
                 trial_numbers=list(range(rank, rank + max(n, 1))), trainable_params=params_per_rank * rank,
@@ -28,8 +31,10 @@ def _rung(rank, values, state="COMPLETE", fail_reason=None, params_per_rank=98_3
 
 
 def build_ladder(key, direction, objective, base, rungs, stop_reason, tolerance=0.05):
-    return Ladder(key=key, direction=direction, objective=objective, base=base,
-                  rungs=sorted(rungs, key=lambda r: r.rank), stop_reason=stop_reason).conclude(tolerance)
+    """A ladder concluded by the share rule (these ladders have no per-example results to compare)."""
+    return conclude(Ladder(key=key, direction=direction, objective=objective, base=base,
+                           rungs=sorted(rungs, key=lambda r: r.rank), stop_reason=stop_reason),
+                    ShareRule(direction, tolerance=tolerance))
 
 
 @pytest.fixture
@@ -52,8 +57,8 @@ def acc_ladder():
         _rung(16, [0.62]),
         _rung(32, [0.68]),
         _rung(64, [0.70]),
-        _rung(128, [], state="FAIL", fail_reason="CUDA out of memory"),
-        _rung(256, [0.30], state="PRUNED", fail_reason="pruned at step 40"),
+        _rung(128, [], state=TrialState.FAIL, fail_reason="CUDA out of memory"),
+        _rung(256, [0.30], state=TrialState.PRUNED, fail_reason="pruned at step 40"),
     ]
     return build_ladder(
         key="targets=all_linear quant=nf4",
@@ -68,9 +73,9 @@ def acc_ladder():
 def test_build_ladder_fills_recommendation(table18_ladder):
     rec = table18_ladder.recommendation
     assert rec.rank == 16
-    assert rec.knee == 16
+    assert rec.knee == 16  # the share rule's knee, in its own recommendation only
     assert rec.best_rank == 16
-    assert table18_ladder.knee == 16
+    assert table18_ladder.to_dict()["knee"] == 16
     assert "r=16" in rec.why
     assert [r.rank for r in table18_ladder.curve] == TABLE18_RANKS
 
@@ -90,12 +95,13 @@ def test_build_ladder_sorts_and_handles_no_complete():
         "minimize",
         "eval_loss",
         2.0,
-        [_rung(16, [], state="FAIL", fail_reason="nan loss"), _rung(8, [], state="FAIL", fail_reason="oom")],
+        [_rung(16, [], state=TrialState.FAIL, fail_reason="nan loss"),
+         _rung(8, [], state=TrialState.FAIL, fail_reason="oom")],
         "all rungs failed",
     )
     assert [r.rank for r in lad.curve] == [8, 16]
     assert lad.recommendation is None
-    assert lad.knee is None
+    assert lad.to_dict()["knee"] is None
     assert "no recommendation" in format_table([lad])
 
 
@@ -124,7 +130,7 @@ def test_write_summary_roundtrip(tmp_path, table18_ladder, acc_ladder):
 
 
 def test_write_summary_into_directory_and_nan(tmp_path):
-    rungs = [_rung(8, [1.0]), _rung(16, [0.9]), _rung(32, [float("nan")], state="FAIL", fail_reason="nan")]
+    rungs = [_rung(8, [1.0]), _rung(16, [0.9]), _rung(32, [float("nan")], state=TrialState.FAIL, fail_reason="nan")]
     rungs[2].mean = float("nan")
     lad = build_ladder("k", "minimize", "eval_loss", 2.0, rungs, "failed")
     path = write_summary(tmp_path, [lad])
@@ -186,3 +192,34 @@ def test_base_off_axis_rule():
     assert not base_off_axis(2.5, means)
     assert not base_off_axis(7.366, [2.0]), "one rank: no spread to compare with"
     assert not base_off_axis(7.366, [])
+
+
+def test_the_plot_marks_one_answer(table18_ladder):
+    """The recommended rank is the one rank marked: no knee beside it, even from the share rule's ladder."""
+    from ranksweep.plot import draw_ladder, new_figure
+
+    _, (ax,) = new_figure(4, 3)
+    draw_ladder(ax, table18_ladder, detail=True)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "recommended r=16" in labels and not any("knee" in label for label in labels)
+
+
+def test_a_rungs_row_is_built_once(acc_ladder):
+    """Ladder.rows: each rung's value, share and state, as the JSON, the text table and the model card show them."""
+    from ranksweep.export import _curve_table
+    from ranksweep.sweep.results import mean_std
+    from ranksweep.sweep.rules.share import gain_shares
+
+    rows = acc_ladder.rows()
+    assert [r.rank for r in rows] == [8, 16, 32, 64, 128, 256]
+    done = [r for r in rows if r.complete]
+    assert [r.share for r in done] == gain_shares(0.20, [0.50, 0.62, 0.68, 0.70], "maximize")
+    assert all(r.share is None for r in rows if not r.complete)
+    assert (rows[4].state, rows[4].reason) == (TrialState.FAIL, "CUDA out of memory")
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([1.5]) == (1.5, 0.0) and mean_std([]) == (None, None)
+    doc = acc_ladder.to_dict()["rungs"]
+    assert [d["mean"] for d in doc] == [r.mean for r in rows] and [d["std"] for d in doc] == [r.std for r in rows]
+    table = format_table([acc_ladder])
+    card = "\n".join(_curve_table(acc_ladder, 32))
+    for r in done:
+        assert f"{r.share * 100:.1f}%" in table and f"{100 * r.share:.1f}%" in card

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.run import BIN, TINY_SWEEP, curve, ranksweep, summary
+from helpers.run import BIN, TINY_SWEEP, Result, curve, inprocess, ranksweep, summary
 from helpers.run import env as _env
 from optuna.trial import TrialState
 
@@ -28,6 +28,12 @@ TINY = [*TINY_SWEEP, "hydra.sweeper.min_gain=0.0"]
 
 def sweep(cwd: Path, cache: Path, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     return ranksweep(cwd, "-m", *TINY, *args, cache=cache, timeout=timeout, **env)
+
+
+def refused(cwd: Path, cache: Path, *args: str) -> Result:
+    """A sweep refused before any trial: run by this process, through the command's entry point (the real
+    script's one line is test_bad_input.py's)."""
+    return inprocess(cwd, "-m", *TINY, *args, cache=cache)
 
 
 def load_study(cwd: Path, name: str) -> optuna.Study:
@@ -54,7 +60,10 @@ def test_sweep_end_to_end(full):
     base = [t for t in trials if t.user_attrs["role"] == "base"]
     rungs = [t for t in trials if t.user_attrs["role"] == "rung"]
     assert len(base) == 1 and base[0].state == TrialState.COMPLETE
-    assert [t.params["rank"] for t in rungs] == [8, 16, 32][: len(rungs)]
+    firsts = [t for t in rungs if t.user_attrs["seed"] == 0]
+    assert [t.params["rank"] for t in firsts] == [8, 16, 32][: len(firsts)]
+    # the noise seeds: the first rank again, at seeds 1 and 2
+    assert sorted((t.params["rank"], t.user_attrs["seed"]) for t in rungs if t not in firsts) == [(8, 1), (8, 2)]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in rungs)
     for t in rungs:
         a = t.user_attrs
@@ -63,7 +72,7 @@ def test_sweep_end_to_end(full):
         assert Path(a["wandb_run"]).is_dir()
         assert t.intermediate_values, "eval values reported during training"
     # trainable params double with the rank; alpha stays lora.alpha (alpha_rule=fixed: scale alpha/r)
-    by_rank = {t.params["rank"]: t for t in rungs}
+    by_rank = {t.params["rank"]: t for t in firsts}
     assert by_rank[16].user_attrs["trainable_params"] == 2 * by_rank[8].user_attrs["trainable_params"]
     assert by_rank[16].user_attrs["alpha"] == 16
     for t in rungs:  # what the paired comparisons and the budget reading need
@@ -78,9 +87,10 @@ def test_sweep_end_to_end(full):
     assert lad["base"] == pytest.approx(base[0].value)
     for rung in lad["rungs"]:
         t = by_rank[rung["rank"]]
-        assert rung["trial_numbers"] == [t.number]
+        seeds = sorted((x for x in rungs if x.params["rank"] == rung["rank"]), key=lambda x: x.user_attrs["seed"])
+        assert sorted(rung["trial_numbers"]) == sorted(x.number for x in seeds) and t.number in rung["trial_numbers"]
         if t.state == TrialState.COMPLETE:
-            assert rung["values"] == [pytest.approx(t.value)]
+            assert sorted(rung["values"]) == pytest.approx(sorted(x.value for x in seeds if x.value is not None))
             metrics = json.loads(Path(t.user_attrs["output_dir"], "metrics.json").read_text())
             assert metrics["eval_loss"] == pytest.approx(t.value)
     rec = lad["recommendation"]
@@ -189,7 +199,8 @@ def test_resume_after_sigkill_repeats_no_rank(tmp_path, cache, full):
     for number, (state, value) in before.items():  # nothing stored was lost or rewritten
         if state == TrialState.COMPLETE:
             assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
-    done = [(t.user_attrs["rank"], t.user_attrs["seed"]) for t in trials if t.state == TrialState.COMPLETE]
+    done = [(t.user_attrs["rank"], t.user_attrs["seed"], t.user_attrs["slot"]) for t in trials
+            if t.state == TrialState.COMPLETE]
     assert len(done) == len(set(done)), f"a completed rank ran twice: {done}"
     killed = [n for n, (state, _) in before.items() if state == TrialState.RUNNING]
     assert killed, f"no trial was running when the worker was killed: {before}"
@@ -234,7 +245,7 @@ def _sha(path: Path) -> str:
     ("lora.r=4,8", "lora.r"),
 ])
 def test_bad_sweep_input_is_one_line(tmp_path, cache, override, key):
-    proc = sweep(tmp_path, cache, override, timeout=120)
+    proc = refused(tmp_path, cache, override)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("ranksweep: error:"), proc.stderr[-2000:]
@@ -247,7 +258,7 @@ def test_reused_study_with_other_space_is_refused(full, cache):
     db = cwd / "outputs" / "ranksweep.db"
     before = [(t.number, t.state, t.value) for t in load_study(cwd, "full").get_trials()]
     summary_before = _sha(cwd / "outputs" / "sweeps" / "full" / "sweep_summary.json")
-    proc = sweep(cwd, cache, "hydra.sweeper.study_name=full", "lora.targets=attention,all_linear", timeout=120)
+    proc = refused(cwd, cache, "hydra.sweeper.study_name=full", "lora.targets=attention,all_linear")
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "hydra.sweeper.study_name" in lines[0] and "different search space" in lines[0]

@@ -7,8 +7,8 @@ The public API, re-exported from the modules that define it (imported lazily, so
 - :class:`RunConfig`, :func:`to_run_config`: the validated config;
 - :class:`SweepSettings`: every ``hydra.sweeper.*`` setting;
 - :class:`Ladder`, :class:`Rung`, :class:`Trial`, :func:`read_study`: a sweep's results, read from its study;
-- :class:`StopRule`, :func:`decide`, :func:`recommend`, :func:`find_knee`, :func:`rank_ladder`:
-  the ladder logic;
+- :class:`StopRule` (the protocol), :class:`MarginRule` (the default), :class:`ShareRule`, :class:`Step`,
+  :func:`decide`, :func:`rank_ladder`: when a ladder stops and which rank it recommends;
 - :func:`estimate`: a trial's peak memory before launching;
 - :class:`RanksweepError`, :class:`ConfigError`, :class:`DataError`: one-line user errors.
 """
@@ -25,17 +25,18 @@ _EXPORTS = {
     "TrialResult": "ranksweep.trial",
     "RunConfig": "ranksweep.config",
     "to_run_config": "ranksweep.config",
-    "StopRule": "ranksweep.sweep.ladder",
-    "decide": "ranksweep.sweep.ladder",
-    "recommend": "ranksweep.sweep.ladder",
-    "find_knee": "ranksweep.sweep.ladder",
+    "StopRule": "ranksweep.sweep.rules",
+    "MarginRule": "ranksweep.sweep.rules.margin",
+    "ShareRule": "ranksweep.sweep.rules.share",
+    "Step": "ranksweep.sweep.rules",
+    "decide": "ranksweep.sweep.rules",
     "rank_ladder": "ranksweep.sweep.ladder",
     "estimate": "ranksweep.memory",
     "SweepSettings": "ranksweep.sweep.settings",
     "Ladder": "ranksweep.sweep.results",
     "Rung": "ranksweep.sweep.results",
     "Trial": "ranksweep.sweep.results",
-    "read_study": "ranksweep.sweep.results",
+    "read_study": "ranksweep.sweep.reader",
     "RanksweepError": "ranksweep.errors",
     "ConfigError": "ranksweep.errors",
     "DataError": "ranksweep.errors",

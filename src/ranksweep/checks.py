@@ -1,61 +1,15 @@
-"""Checks across a whole run config, beyond each group's own ``validate``: every number finite and in
-range, keys that must agree, and a ``model.id`` folder that holds a model. Called by
-:meth:`ranksweep.config.RunConfig.validate`; every error is one line naming the key.
+"""Checks across a run config's groups, beyond each field's own check and each group's ``validate``
+(:mod:`ranksweep.config`): keys that must agree, and a ``model.id`` folder that holds a model. Called by
+:meth:`ranksweep.config.RunConfig.validate`; every error is one line naming the key. Imports no schema.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ranksweep.config import FAMILIES
 from ranksweep.errors import ConfigError
 from ranksweep.validation import require
-
-# Float fields their group's validate() does not bound: dotted key -> (minimum, maximum, minimum allowed).
-FLOAT_BOUNDS: dict[str, tuple[float, Optional[float], bool]] = {
-    "trainer.weight_decay": (0.0, None, True),
-    "trial.prune_after": (0.0, 1.0, True),
-    "trial.prune_margin": (0.0, None, True),
-    "model.params_b": (0.0, None, False),
-}
-SEED_MAX = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too)
-
-
-def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted key, value)`` of every leaf field of a dataclass, nested ones included."""
-    out: list[tuple[str, Any]] = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out += _fields(value, f"{prefix}{f.name}.")
-        else:
-            out.append((f"{prefix}{f.name}", value))
-    return out
-
-
-def check_numbers(run: Any) -> None:
-    """Every float field of every group finite (``nan``, ``inf`` are refused), every ``*seed`` in [0, 2**32)."""
-    for key, value in _fields(run):
-        if isinstance(value, float):
-            require(math.isfinite(value), f"{key} must be a finite number, got {value!r}")
-        if key.rsplit(".", 1)[-1].endswith("seed") and isinstance(value, int) and not isinstance(value, bool):
-            require(0 <= value <= SEED_MAX, f"{key} must be an integer in [0, {SEED_MAX}], got {value!r}")
-
-
-def check_bounds(run: Any) -> None:
-    """The ranges of :data:`FLOAT_BOUNDS`."""
-    for key, (low, high, closed) in FLOAT_BOUNDS.items():
-        value: Any = run
-        for part in key.split("."):
-            value = getattr(value, part, None)
-        if value is None or isinstance(value, bool):
-            continue
-        ok = (value >= low if closed else value > low) and (high is None or value <= high)
-        shown = f"{'[' if closed else '('}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
-        require(ok, f"{key} must be in {shown}, got {value!r}")
 
 
 def raw_text(data: Any) -> bool:
@@ -76,16 +30,11 @@ def check_cross_keys(run: Any) -> None:
 
 
 def check_model_id(model_id: Any) -> None:
-    """``tiny:<family>`` names a family; a local folder holds a model (config, weights, tokenizer), not only
-    an adapter: what ``from_pretrained`` would otherwise fail on after the data loaded, with a message about
-    sentencepiece."""
+    """A local folder holds a model (config, weights, tokenizer), not only an adapter: what ``from_pretrained``
+    would otherwise fail on after the data loaded, with a message about sentencepiece. (``tiny:<family>``
+    is checked on the field, :class:`ranksweep.config.ModelConfig`.)"""
     text = str(model_id)
-    if text.startswith("tiny:"):
-        family = text.split(":", 1)[1]
-        require(family in ("", *FAMILIES), f"model.id: tiny:<family> takes one of {', '.join(FAMILIES)}; "
-                 f"got {text!r}")
-        return
-    if text.startswith("embedded:") or "://" in text:
+    if text.startswith(("tiny:", "embedded:")) or "://" in text:
         return
     folder = Path(text).expanduser()
     if text.startswith((".", "/", "~")) and not folder.exists():

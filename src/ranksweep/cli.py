@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from ranksweep import compose
+from ranksweep import compose, quiet
 from ranksweep.errors import ConfigError, describe_failure
 from ranksweep.hub import offline_if_unreachable
 from ranksweep.urls import conceal, mask_secrets, reveal
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     offline_if_unreachable()  # before transformers / datasets are imported: they read it once
+    quiet.install()  # before bitsandbytes is imported: its harmless hub-kernel warning becomes one line of ours
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         # Imported here: `ranksweep report ...` must not pay for Hydra, torch or transformers.
         from ranksweep import commands

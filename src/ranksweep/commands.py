@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ranksweep.errors import RanksweepError, describe_failure
-from ranksweep.storage import DEFAULT_STORAGE_URL
+from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
 
-DEFAULT_STORAGE = DEFAULT_STORAGE_URL
 _TRACEBACKS = "HYDRA_FULL_ERROR" in os.environ
 
 
@@ -33,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
-        default=DEFAULT_STORAGE,
-        help=f"Optuna storage URL (default: {DEFAULT_STORAGE}, relative to the current dir)",
+        default=DEFAULT_STORAGE_URL,
+        help=f"Optuna storage URL (default: {DEFAULT_STORAGE_URL}, relative to the current dir)",
     )
 
 

@@ -157,12 +157,12 @@ def describe_error(exc: BaseException) -> str:
     from ranksweep.validation import describe_omegaconf_error
 
     if isinstance(exc, OmegaConfBaseException):
-        return describe_omegaconf_error(exc)
+        return describe_omegaconf_error(exc, suggest_key)
     if isinstance(exc, ConfigCompositionException):
         # Hydra wraps the OmegaConf error: as the cause (an override), or as the context (a config file).
         inner = exc.__cause__ or exc.__context__
         if isinstance(inner, OmegaConfBaseException) and getattr(inner, "full_key", None):
-            line = describe_omegaconf_error(inner)
+            line = describe_omegaconf_error(inner, suggest_key)
             where = re.match(r"In '([^']+)': ", str(exc))
             return f"{line} (in {where.group(1)})" if where else line
     text = " ".join(str(exc).split())
@@ -174,6 +174,17 @@ def describe_error(exc: BaseException) -> str:
         hint = missing("slurm")
         text += f" ({hint})" if hint else ""
     return text or type(exc).__name__
+
+
+def suggest_key(key: str) -> str:
+    """`` (did you mean ...?)`` for an unknown key of the run config, or of the sweeper's (``hydra.sweeper.*``)."""
+    from ranksweep.sweep import settings
+
+    if key.startswith(settings.SWEEPER):
+        return settings.suggest(key)
+    from ranksweep.config import suggest
+
+    return suggest(key)
 
 
 class MaskSavedSecrets:

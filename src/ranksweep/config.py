@@ -7,9 +7,11 @@ it, so composing a config type-checks every group option, overrides included
 (``lora.r=abc`` and ``lora.foo=1`` fail while Hydra composes).
 
 :func:`to_run_config` builds the dataclasses from a composed config (or a plain
-dict, for the Python API) and runs each ``validate`` (ranges, choices), so every
-error is one line that names the override key a user would type, e.g.
-``lora.r must be a positive integer, got -4``.
+dict, for the Python API) and validates it. Each field carries its own check
+(:func:`ranksweep.validation.checked`: range, choices, finite); a group's ``validate``
+runs them and then its rules across fields; :meth:`RunConfig.validate` adds the rules
+across groups (:mod:`ranksweep.checks`). Every error is one line that names the override
+key a user would type, e.g. ``lora.r must be a positive integer, got -4``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,28 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ranksweep.errors import ConfigError
-from ranksweep.validation import choice, describe_omegaconf_error, did_you_mean, positive_int, require, unknown_keys
+from ranksweep.objectives import OBJECTIVES
+from ranksweep.sweep.settings import PRUNERS, RUNG_PRUNERS
+from ranksweep.validation import (
+    checked,
+    choice,
+    describe_omegaconf_error,
+    did_you_mean,
+    finite,
+    is_int,
+    is_number,
+    leaf_keys,
+    listed,
+    not_empty,
+    number,
+    one_of,
+    optional,
+    positive_int,
+    require,
+    rule,
+    run_checks,
+    unknown_keys,
+)
 
 FAMILIES = ("llama", "qwen2", "phi3", "gemma2", "gemma3", "mistral")
 VARIANTS = ("base", "instruct")
@@ -35,9 +58,9 @@ SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 DATA_SOURCES = ("cmudict", "jsonl", "csv", "parquet", "hub")
 DATA_FORMATS = ("pairs", "text", "messages", "sharegpt", "prompt_completion", "alpaca")  # see data/rows.py
 METRICS = ("exact_match", "none")
-OBJECTIVES = ("eval_loss", "perplexity", "exact_match")
 LOSS_IMPLS = ("chunked", "plain")
 KERNELS = ("auto", "liger", "none")
+WANDB_MODES = ("offline", "online", "disabled")
 # trainer.optim -> (TrainingArguments.optim, the memory estimator's optimizer state)
 OPTIMS = {
     "adamw_torch": ("adamw_torch", "adamw"),
@@ -45,6 +68,34 @@ OPTIMS = {
     "paged_adamw_8bit": ("paged_adamw_8bit", "adamw_8bit"),
     "paged_adamw_32bit": ("paged_adamw_32bit", "adamw"),
 }
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
+SEED_MAX = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too)
+
+# Field checks the groups share. A float is finite first: nan and inf name that, not the range.
+numpy_seed = rule(lambda v: is_int(v) and 0 <= v <= SEED_MAX, f"must be an integer in [0, {SEED_MAX}]")
+positive = finite(number(above=0))
+non_negative = finite(number(at_least=0, below=math.inf))  # "must be in [0, inf)"
+auto_or_bool = rule(lambda v: str(v).lower() in ("auto", "true", "false"), "must be auto, true or false")
+
+
+def model_id(key: str, value: Any) -> None:
+    """Not empty; ``tiny:<family>`` names a family. (A folder's contents: :func:`ranksweep.checks.check_model_id`.)"""
+    not_empty(key, value)
+    text = str(value)
+    if text.startswith("tiny:"):
+        family = text.split(":", 1)[1]
+        require(family in ("", *FAMILIES), f"{key}: tiny:<family> takes one of {', '.join(FAMILIES)}; got {text!r}")
+
+
+def lora_targets(key: str, value: Any) -> None:
+    """A role or module names: a string (``q_proj+v_proj``), or a list of names (``[q_proj,v_proj]``)."""
+    if isinstance(value, (list, tuple)):  # Hydra's list syntax, a YAML list
+        require(all(isinstance(t, str) and t.strip() and "+" not in t for t in value),
+                f"{key}: a list takes module names or one role, got {list(value)!r}")
+        require(bool(value), f"{key} must not be empty")
+        return
+    require(isinstance(value, str), f"{key} must be a role or module names, got {value!r}")
+    require(bool(value.strip()), f"{key} must not be empty")
 
 
 @dataclass
@@ -57,26 +108,21 @@ class ModelConfig:
     """
 
     name: str = MISSING
-    id: str = MISSING
-    family: str = MISSING
-    variant: str = "instruct"
+    id: str = checked(MISSING, model_id)
+    family: str = checked(MISSING, listed(*FAMILIES))
+    variant: str = checked("instruct", listed(*VARIANTS))
     # auto: bfloat16 on a GPU that has it, float32 on CPU (bf16 matmuls are ~20x slower there).
-    dtype: str = "auto"
+    dtype: str = checked("auto", listed(*DTYPES))
     revision: Optional[str] = None
     trust_remote_code: bool = False
     # Parameters, for documentation and the cost axis of plots (billions).
-    params_b: Optional[float] = None
+    params_b: Optional[float] = checked(None, optional(finite(number(above=0, below=math.inf))))
     # Attention kernel handed to from_pretrained: auto (transformers' choice, sdpa where the family
     # supports it), sdpa, eager, flash_attention_2 / flash_attention_3 (CUDA, the flash-attn package).
-    attn_implementation: str = "auto"
+    attn_implementation: str = checked("auto", listed(*ATTN_IMPLEMENTATIONS))
 
     def validate(self) -> None:
-        choice("model.family", self.family, FAMILIES)
-        choice("model.variant", self.variant, VARIANTS)
-        choice("model.dtype", self.dtype, DTYPES)
-        require(bool(str(self.id).strip()), "model.id must not be empty")
-        choice("model.attn_implementation", self.attn_implementation,
-                ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"))
+        run_checks(self, "model.")
 
 
 @dataclass
@@ -84,64 +130,42 @@ class QuantConfig:
     """How the frozen base is stored: 4-bit (nf4/fp4), 8-bit (int8) or 16-bit (none)."""
 
     name: str = "nf4"
-    bits: int = 4
-    quant_type: str = "nf4"
+    bits: int = checked(4, one_of(4, 8, 16))
+    quant_type: str = "nf4"  # nf4 | fp4, checked when bits=4
     double_quant: bool = True
-    compute_dtype: str = "auto"  # as model.dtype
+    compute_dtype: str = checked("auto", listed(*DTYPES))  # as model.dtype
 
     def validate(self) -> None:
-        require(self.bits in (4, 8, 16), f"quant.bits must be 4, 8 or 16, got {self.bits!r}")
+        run_checks(self, "quant.")
         if self.bits == 4:
             choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
-        choice("quant.compute_dtype", self.compute_dtype, DTYPES)
 
 
 @dataclass
 class LoraConfig:
     """The adapter, and how its update is scaled as the rank changes.
 
-    peft multiplies the update ``B @ A`` by a scale: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA.
-    With Adam the scale and the learning rate act together, so the rule decides whether one learning
-    rate suits every rank:
-
-    - ``fixed`` (default): ``lora.alpha`` for every rank, scale ``alpha / r``. LoRA Without Regret
-      (Thinking Machines, 2025) trained r = 1..512 this way and found the best learning rate nearly
-      the same at every rank (the Tinker sweeps: never lower at the largest rank, at most one grid
-      step higher): the rule under which a ladder compares ranks, not learning rates.
-    - ``rslora``: ``lora.alpha`` for every rank, scale ``alpha / sqrt(r)`` (Kalajdzievski 2023,
-      arXiv 2312.03732: keeps learning stable as the rank grows).
-    - ``two_r``: ``alpha = 2r`` (the seed's heuristic; ``lora.alpha`` is ignored): a constant scale of
-      2, under which a higher rank takes larger effective steps at the same learning rate.
+    peft multiplies the update ``B @ A`` by ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA); ``alpha_rule``
+    picks ``alpha`` per rank: ``fixed`` (default, ``lora.alpha`` at every rank), ``rslora`` or ``two_r``
+    (``alpha = 2r``). Why ``fixed`` lets one learning rate serve every rank, with references:
+    docs/configuration.md, section Alpha.
     """
 
-    r: int = 8
-    alpha_rule: str = "fixed"
-    alpha: Optional[float] = 16.0
-    dropout: float = 0.05
-    bias: str = "none"
+    r: int = checked(8, positive_int)
+    alpha_rule: str = checked("fixed", listed(*ALPHA_RULES))
+    alpha: Optional[float] = checked(16.0, optional(positive))  # set for fixed and rslora; two_r ignores it
+    dropout: float = checked(0.05, finite(number(at_least=0, below=1)))
+    bias: str = checked("none", listed(*BIASES))
     # A role (attention, mlp, all_linear, qv) resolved per family, or module
     # names joined by '+', e.g. q_proj+v_proj, or listed as axolotl does: [q_proj,v_proj].
-    targets: Any = "all_linear"
+    targets: Any = checked("all_linear", lora_targets)
 
     def validate(self) -> None:
-        positive_int("lora.r", self.r)
-        choice("lora.alpha_rule", self.alpha_rule, ALPHA_RULES)
+        run_checks(self, "lora.")
         if self.alpha_rule in ("fixed", "rslora"):
             require(self.alpha is not None, f"lora.alpha must be set when lora.alpha_rule={self.alpha_rule}")
-        if self.alpha is not None:
-            require(
-                isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0,
-                f"lora.alpha must be a positive number, got {self.alpha!r}",
-            )
-        require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
-                 f"lora.dropout must be in [0, 1), got {self.dropout!r}")
-        choice("lora.bias", self.bias, BIASES)
-        if isinstance(self.targets, (list, tuple)):  # [q_proj,v_proj] (Hydra's list syntax, a YAML list)
-            require(all(isinstance(t, str) and t.strip() and "+" not in t for t in self.targets),
-                    f"lora.targets: a list takes module names or one role, got {list(self.targets)!r}")
+        if isinstance(self.targets, (list, tuple)):  # checked above; kept as one string, the '+' form
             self.targets = "+".join(t.strip() for t in self.targets)
-        require(isinstance(self.targets, str), f"lora.targets must be a role or module names, got {self.targets!r}")
-        require(bool(self.targets.strip()), "lora.targets must not be empty")
 
     @property
     def lora_alpha(self) -> float:
@@ -165,7 +189,7 @@ class DataConfig:
     """A single-task dataset: prompt -> response pairs, raw text, or conversations."""
 
     name: str = "cmudict"
-    source: str = "cmudict"
+    source: str = checked("cmudict", listed(*DATA_SOURCES))
     path: Optional[str] = None  # a file for jsonl/csv/parquet, a dataset id for hub
     split: str = "train"  # hub split
     subset: Optional[str] = None  # hub config name
@@ -175,17 +199,19 @@ class DataConfig:
     text_column: Optional[str] = None
     instruction: str = ""  # prepended to every prompt
     template: str = "{instruction}{prompt}\n"  # base models; instruct models use the chat template
-    max_examples: Optional[int] = None
-    eval_size: float = 0.1  # a fraction (< 1) or a count (>= 1)
-    seed: int = 0
-    metric: str = "exact_match"
-    metric_examples: int = 64  # eval examples generated for the task metric
-    max_new_tokens: int = 32
+    max_examples: Optional[int] = checked(None, optional(positive_int))
+    # A fraction (< 1) or a count (>= 1).
+    eval_size: float = checked(0.1, finite(rule(lambda v: is_number(v) and v > 0, "must be > 0")))
+    seed: int = checked(0, numpy_seed)
+    metric: str = checked("exact_match", listed(*METRICS))
+    # Eval examples generated for the task metric.
+    metric_examples: int = checked(64, rule(lambda v: is_int(v) and v >= 0, "must be >= 0"))
+    max_new_tokens: int = checked(32, positive_int)
     # What a row holds; auto tells it from the columns. pairs: prompt_column + response_column;
     # text: text_column (default "text"); messages: [{role, content}] (TRL, OpenAI); sharegpt:
     # conversations [{from, value}]; prompt_completion: TRL's prompt + completion (text or messages);
     # alpaca: instruction (+ input) -> output (axolotl, LLaMA-Factory).
-    format: str = "auto"
+    format: str = checked("auto", listed("auto", *DATA_FORMATS))
     messages_column: Optional[str] = None  # the conversation's column (null: messages / conversations)
     system_prompt: Optional[str] = None  # a system turn for every conversation (and pair) without one
     # A held-out eval set (the training data is then not split): a local file in any supported
@@ -194,10 +220,9 @@ class DataConfig:
     eval_split: Optional[str] = None
 
     def validate(self) -> None:
-        choice("data.source", self.source, DATA_SOURCES)
+        run_checks(self, "data.")
         if self.source != "cmudict":
             require(bool(self.path), f"data.path must be set for data.source={self.source}")
-        choice("data.format", self.format, ("auto", *DATA_FORMATS))
         require(not self.text_column or self.format in ("auto", "text"),
                  f"data.text_column={self.text_column} reads raw text, but data.format={self.format}; "
                  "unset one of them")
@@ -212,62 +237,60 @@ class DataConfig:
         require(not self.eval_split or self.source == "hub",
                  f"data.eval_split={self.eval_split} names a split of a hub dataset, but data.source={self.source}; "
                  "use data.eval_path for a local file")
-        if self.max_examples is not None:
-            positive_int("data.max_examples", self.max_examples)
-        require(self.eval_size > 0, f"data.eval_size must be > 0, got {self.eval_size!r}")
-        choice("data.metric", self.metric, METRICS)
-        require(self.metric_examples >= 0, f"data.metric_examples must be >= 0, got {self.metric_examples!r}")
-        positive_int("data.max_new_tokens", self.max_new_tokens)
 
 
 @dataclass
 class TrainerConfig:
+    """How a trial trains: steps or epochs, batch, optimizer, schedule, memory and speed switches."""
+
     # Optimizer steps; 0 = evaluate only. null when training by epochs (then computed from the
     # training set: see steps_for).
-    max_steps: Optional[int] = 60
+    max_steps: Optional[int] = checked(60, optional(rule(lambda v: is_int(v) and v >= 0,
+                                                          "must be a non-negative integer")))
     # Passes over the training set (a positive number, fractions allowed) instead of max_steps.
-    epochs: Optional[float] = None
+    epochs: Optional[float] = checked(None, optional(positive))
     # Checkpoint adapter, optimizer, scheduler, RNG and data position every N steps (null = off) into
     # trial.checkpoint_dir; a trial started on a folder holding checkpoints resumes from the last one.
-    save_every: Optional[int] = None
-    micro_batch: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-4
-    schedule: str = "linear"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_seq_len: int = 128
+    save_every: Optional[int] = checked(None, optional(positive_int))
+    micro_batch: int = checked(8, positive_int)
+    grad_accum: int = checked(1, positive_int)
+    lr: float = checked(2e-4, positive)
+    schedule: str = checked("linear", listed(*SCHEDULES))
+    warmup_ratio: float = checked(0.05, finite(number(at_least=0, below=1)))
+    weight_decay: float = checked(0.0, non_negative)
+    max_seq_len: int = checked(128, positive_int)
     # auto: off when the memory estimate without it fits memory_limit_gb (recomputation costs
     # ~30% of a step on a GPU), on when only it fits. true / false force it.
-    gradient_checkpointing: Any = "auto"
+    gradient_checkpointing: Any = checked("auto", auto_or_bool)
     # auto: keep dequantized copies of as many 4-bit layers as memory_limit_gb leaves room for
     # (bitsandbytes otherwise dequantizes every weight in every forward and backward; the values
     # are the same). true: every layer; false: none.
-    dequant_cache: Any = "auto"
+    dequant_cache: Any = checked("auto", auto_or_bool)
     # Concatenate each micro-batch into one row (positions restart per example): no padding FLOPs,
     # no attention across examples, the same loss.
     packing: bool = True
     # chunked: loss from hidden states, output head only on labelled positions, ce_chunk rows at a
     # time (no [tokens, vocab] fp32 logits); plain: the model's own loss.
-    loss_impl: str = "chunked"
-    ce_chunk: int = 1024
+    loss_impl: str = checked("chunked", listed(*LOSS_IMPLS))
+    ce_chunk: int = checked(1024, positive_int)
     # auto: Liger's fused RMSNorm/SwiGLU/RoPE on CUDA when liger-kernel is installed; liger; none.
-    kernels: str = "auto"
+    kernels: str = checked("auto", listed(*KERNELS))
     # adamw_torch, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit (bitsandbytes).
-    optim: str = "adamw_torch"
+    optim: str = checked("adamw_torch", listed(*OPTIMS))
     # torch.compile the model (off: on the measured CPU shapes it did not pay, see bench/RESULTS.md).
     compile: bool = False
     # Device memory a trial may use (GB); null = the device's (GPU total memory, CPU available RAM).
     # Sweeps skip ranks whose estimate exceeds it; checkpointing=auto decides by it.
-    memory_limit_gb: Optional[float] = None
-    eval_every: int = 20
-    eval_batch: int = 16
-    seed: int = 0
+    memory_limit_gb: Optional[float] = checked(None, optional(finite(rule(
+        lambda v: is_number(v) and v > 0, "must be a positive number of GB or null"))))
+    eval_every: int = checked(20, positive_int)
+    eval_batch: int = checked(16, positive_int)
+    seed: int = checked(0, numpy_seed)
     # auto = CUDA when available, else CPU.
-    device: str = "auto"
+    device: str = checked("auto", listed("auto", "cpu", "cuda"))
     # Keep the quantized base loaded between trials of one worker; each trial gets a fresh adapter.
     reuse_base: bool = True
-    log_every: int = 5
+    log_every: int = checked(5, positive_int)
 
     @property
     def caching(self) -> Optional[bool]:
@@ -291,51 +314,17 @@ class TrainerConfig:
         return max(math.ceil(float(self.epochs) * per_epoch), 1)  # type: ignore[arg-type]
 
     def validate(self) -> None:
-        require(
-            self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 0),
-            f"trainer.max_steps must be a non-negative integer, got {self.max_steps!r}",
-        )
+        run_checks(self, "trainer.")
         if self.epochs is not None:
-            require(isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0,
-                     f"trainer.epochs must be a positive number, got {self.epochs!r}")
             # max_steps=0 (evaluate only, the sweeper's base evaluation) goes with either.
             require(not self.max_steps,
                      f"trainer.epochs={self.epochs:g} and trainer.max_steps={self.max_steps} are both set; "
                      "train by epochs with trainer.max_steps=null, or by steps with trainer.epochs=null")
         require(self.max_steps is not None or self.epochs is not None,
                  "trainer.max_steps and trainer.epochs are both null; set one of them")
-        if self.save_every is not None:
-            positive_int("trainer.save_every", self.save_every)
-        positive_int("trainer.micro_batch", self.micro_batch)
-        positive_int("trainer.grad_accum", self.grad_accum)
-        require(math.isfinite(self.lr) and self.lr > 0, f"trainer.lr must be a positive number, got {self.lr!r}")
-        choice("trainer.schedule", self.schedule, SCHEDULES)
-        require(0 <= self.warmup_ratio < 1, f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        positive_int("trainer.max_seq_len", self.max_seq_len)
-        require(
-            str(self.gradient_checkpointing).lower() in ("auto", "true", "false"),
-            f"trainer.gradient_checkpointing must be auto, true or false, got {self.gradient_checkpointing!r}",
-        )
-        require(
-            str(self.dequant_cache).lower() in ("auto", "true", "false"),
-            f"trainer.dequant_cache must be auto, true or false, got {self.dequant_cache!r}",
-        )
-        choice("trainer.loss_impl", self.loss_impl, LOSS_IMPLS)
-        positive_int("trainer.ce_chunk", self.ce_chunk)
-        choice("trainer.kernels", self.kernels, KERNELS)
         require(not (self.kernels == "liger" and self.device == "cpu"),
                  "trainer.kernels=liger needs a CUDA device (Liger's kernels are Triton); "
                  "use trainer.kernels=auto or none with trainer.device=cpu")
-        choice("trainer.optim", self.optim, tuple(OPTIMS))
-        if self.memory_limit_gb is not None:
-            require(
-                math.isfinite(self.memory_limit_gb) and self.memory_limit_gb > 0,
-                f"trainer.memory_limit_gb must be a positive number of GB or null, got {self.memory_limit_gb!r}",
-            )
-        positive_int("trainer.eval_every", self.eval_every)
-        positive_int("trainer.eval_batch", self.eval_batch)
-        positive_int("trainer.log_every", self.log_every)
-        choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -351,7 +340,7 @@ class LoggerConfig:
     project: Optional[str] = None  # null: WANDB_PROJECT, else "ranksweep"
     entity: Optional[str] = None  # null: WANDB_ENTITY, else W&B's default entity
     # null: WANDB_MODE, else offline; logger.mode=online logs live.
-    mode: Optional[str] = None
+    mode: Optional[str] = checked(None, optional(listed(*WANDB_MODES)))
     group: Optional[str] = None
     run_name: Optional[str] = None
     tags: list[str] = field(default_factory=list)
@@ -373,12 +362,11 @@ class LoggerConfig:
                                    dir=self.dir or env.get("WANDB_DIR") or None)
 
     def validate(self) -> None:
-        modes = ("offline", "online", "disabled")
-        if self.mode is not None:
-            choice("logger.mode", self.mode, modes)
-            return
-        mode = self.effective().mode
-        require(mode in modes, f"logger.mode is unset and WANDB_MODE must be one of {', '.join(modes)}; got {mode!r}")
+        run_checks(self, "logger.")
+        if self.mode is None:  # then the environment's: WANDB_MODE, WANDB_DISABLED
+            mode = self.effective().mode
+            require(mode in WANDB_MODES,
+                    f"logger.mode is unset and WANDB_MODE must be one of {', '.join(WANDB_MODES)}; got {mode!r}")
 
 
 @dataclass
@@ -390,11 +378,14 @@ class TrialHandle:
     trial_number: Optional[int] = None
     # The parent rank's intermediate values, {step: value}, for rank-aware pruning.
     parent_trial_number: Optional[int] = None
-    prune_after: float = 0.75  # share of max_steps before pruning may happen
-    prune_margin: float = 0.1  # share of the parent's gain over the base
-    pruner: str = "parent"  # parent | none (cancellation of unneeded ranks works with both)
-    # Within a rank's search: sha (successive halving) | hyperband | none, over that rank's trials only.
-    rung_pruner: str = "none"
+    # Share of max_steps before pruning may happen.
+    prune_after: float = checked(0.75, finite(number(at_least=0, at_most=1)))
+    prune_margin: float = checked(0.1, non_negative)  # share of the parent's gain over the base
+    # parent | none (cancellation of unneeded ranks works with both): hydra.sweeper.pruner.
+    pruner: str = checked("parent", one_of(*PRUNERS))
+    # Within a rank's search: sha (successive halving) | none, over that rank's trials only:
+    # hydra.sweeper.rung_pruner (none for a single run, which has no search).
+    rung_pruner: str = checked("none", one_of(*RUNG_PRUNERS))
     # Where the trial's checkpoints go (trainer.save_every); a folder already holding checkpoints of the
     # same configuration is resumed from. null: <output_dir>/checkpoints. The sweeper passes the same
     # folder to the retry of a trial whose worker died.
@@ -402,10 +393,18 @@ class TrialHandle:
     # The combined digest of the data's content the sweep started with (ranksweep.data.identity): a trial
     # whose data holds something else fails, naming the file. null: not checked (a single run).
     data_digest: Optional[str] = None
+    # What this job is in its sweep: base, search (a searched rank's trial), rung (any other seed of a rank)
+    # or budget (the budget check's longer run, logged to W&B as r<rank>-longer). null: a single run.
+    role: Optional[str] = checked(None, optional(one_of("base", "search", "rung", "budget")))
+
+    def validate(self) -> None:
+        run_checks(self, "trial.")
 
 
 @dataclass
 class RunConfig:
+    """One trial's whole config: a field per group, and the keys at the top (``objective``...)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -413,20 +412,19 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trial: TrialHandle = field(default_factory=TrialHandle)
-    objective: str = "eval_loss"
+    objective: str = checked("eval_loss", listed(*OBJECTIVES))
     # Where converted models and tokenised data are cached.
     cache_dir: str = "${oc.env:RANKSWEEP_CACHE,${oc.env:HOME}/.cache/ranksweep}"
     # Output dir for the job; the CLI sets it to Hydra's job dir.
     output_dir: Optional[str] = None
 
     def validate(self) -> None:
-        from ranksweep.checks import check_bounds, check_cross_keys, check_model_id, check_numbers
+        """Each group's fields and rules, the top keys', then the rules across groups and ``model.id``'s folder."""
+        from ranksweep.checks import check_cross_keys, check_model_id
 
-        check_numbers(self)  # every float finite, every seed in numpy's range: before the groups' own checks
-        for group in GROUPS:
+        for group in (*GROUPS, "trial"):
             getattr(self, group).validate()
-        check_bounds(self)
-        choice("objective", self.objective, OBJECTIVES)
+        run_checks(self)
         check_cross_keys(self)
         check_model_id(self.model.id)
 
@@ -442,6 +440,28 @@ GROUPS = {
 
 
 SCHEMA_NAME = "_ranksweep_schema"
+
+# The names other tools give ranksweep's keys (transformers' TrainingArguments, peft, axolotl, TRL).
+ALIASES = {
+    "learning_rate": "trainer.lr", "per_device_train_batch_size": "trainer.micro_batch",
+    "micro_batch_size": "trainer.micro_batch", "batch_size": "trainer.micro_batch",
+    "gradient_accumulation_steps": "trainer.grad_accum", "num_train_epochs": "trainer.epochs",
+    "num_epochs": "trainer.epochs", "lr_scheduler_type": "trainer.schedule", "lr_scheduler": "trainer.schedule",
+    "max_seq_length": "trainer.max_seq_len", "sequence_len": "trainer.max_seq_len", "cutoff_len": "trainer.max_seq_len",
+    "max_length": "trainer.max_seq_len", "warmup_steps": "trainer.warmup_ratio", "save_steps": "trainer.save_every",
+    "eval_steps": "trainer.eval_every", "logging_steps": "trainer.log_every", "optimizer": "trainer.optim",
+    "lora_r": "lora.r", "rank": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "target_modules": "lora.targets", "lora_target_modules": "lora.targets", "use_rslora": "lora.alpha_rule=rslora",
+    "load_in_4bit": "quant=nf4", "load_in_8bit": "quant=int8", "bnb_4bit_quant_type": "quant.quant_type",
+    "bnb_4bit_compute_dtype": "quant.compute_dtype", "bnb_4bit_use_double_quant": "quant.double_quant",
+    "model_name_or_path": "model.id", "base_model": "model.id", "torch_dtype": "model.dtype",
+    "dataset_text_field": "data.text_column", "val_set_size": "data.eval_size",
+}
+
+
+def suggest(key: str) -> str:
+    """`` (did you mean trainer.lr?)`` for an unknown run config key, else ''."""
+    return did_you_mean(key, leaf_keys(RunConfig), ALIASES)
 
 
 def register_configs() -> None:
@@ -466,12 +486,12 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     raw.pop("hydra", None)  # type: ignore[union-attr]
     unknown = unknown_keys(raw, RunConfig)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}{did_you_mean(unknown[0])}")
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}{suggest(unknown[0])}")
     try:
         merged = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k in keys})
         run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
-        raise ConfigError(describe_omegaconf_error(exc)) from exc
+        raise ConfigError(describe_omegaconf_error(exc, suggest)) from exc
     run.validate()
     from ranksweep.checks import raw_text
 

@@ -276,20 +276,15 @@ def _front_matter(cfg: dict[str, Any], merged: bool) -> list[str]:
 
 
 def _curve_table(lad: Ladder, rank: int) -> list[str]:
-    from ranksweep.sweep.ladder import gain_shares
-
-    done = lad.complete
-    shares = dict(zip((r.rank for r in done), gain_shares(lad.base, [float(r.mean) for r in done],  # type: ignore[arg-type]
-                                                          lad.direction)))
     rows = [f"| rank | alpha | {lad.objective} (mean ± std) | gain over previous rank (95% CI) | share of gain "
             "| trainable params | state |", "|---:|---:|---:|---:|---:|---:|---|"]
-    for r in lad.curve:
+    for r in lad.rows():
         value = "-" if r.mean is None else f"{r.mean:.4f} ± {(r.std or 0.0):.4f}"
-        share = shares.get(r.rank)
         rows.append(f"| {'**' + str(r.rank) + '**' if r.rank == rank else r.rank} | "
                     f"{'-' if r.alpha is None else f'{r.alpha:g}'} | {value} | "
                     f"{r.gain.short() if r.gain is not None else '-'} | "
-                    f"{'-' if share is None else f'{100 * share:.1f}%'} | {_fmt(r.trainable_params)} | {r.state} |")
+                    f"{'-' if r.share is None else f'{100 * r.share:.1f}%'} | {_fmt(r.trainable_params)} | "
+                    f"{r.state.name} |")
     if lad.base is not None:
         rows.append(f"| base | - | {lad.base:.4f} | - | - | 0 | untrained |")
     return rows

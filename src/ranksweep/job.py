@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ranksweep.config import RunConfig
 from ranksweep.errors import TrialFailed, TrialPruned
+from ranksweep.sweep import keys
 from ranksweep.trial import TrialResult, run_trial
 
 log = logging.getLogger("ranksweep")
@@ -199,17 +200,18 @@ def run_job(run: RunConfig, out_dir: str, resolved: Optional[dict] = None, claim
         if not isinstance(exc, TrialPruned):
             _BASE.clear()  # a failed trial may leave the base in any state: load a fresh one next time
         if reporter is not None and getattr(exc, "kind", None) != "taken_over":  # a finished trial is not ours
-            reporter.set_attrs({"duration_s": time.perf_counter() - t0, "output_dir": out_dir,
-                                "fail_reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"})
+            reporter.set_attrs({keys.DURATION_S: time.perf_counter() - t0, keys.OUTPUT_DIR: out_dir,
+                                keys.FAIL_REASON: f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"})
         raise
     m = result.metrics
     if reporter is not None:
-        reporter.set_attrs({
-            "output_dir": out_dir, "wandb_run": m.get("wandb_run"), "trainable_params": m["trainable_params"],
-            "peak_mem_gb": m["peak_mem_gb"], "duration_s": time.perf_counter() - t0, "alpha": m["alpha"],
-            "tokens_per_s": m["tokens_per_s"], "eval_loss": m["eval_loss"], "exact_match": m.get("exact_match"),
-            "lr": m.get("lr"), "supervised_tokens": m.get("supervised_tokens"), "steps": m.get("steps"),
-            "eval_examples": m.get("eval_examples"), "adapter": m.get("adapter"),
+        reporter.set_attrs({  # the trial's metrics (metrics.json) of the same names, and where it ran
+            keys.OUTPUT_DIR: out_dir, keys.WANDB_RUN: m.get("wandb_run"), keys.TRAINABLE_PARAMS: m["trainable_params"],
+            keys.PEAK_MEM_GB: m["peak_mem_gb"], keys.DURATION_S: time.perf_counter() - t0, keys.ALPHA: m["alpha"],
+            keys.TOKENS_PER_S: m["tokens_per_s"], keys.EVAL_LOSS: m["eval_loss"],
+            keys.EXACT_MATCH: m.get("exact_match"), keys.LR: m.get("lr"),
+            keys.SUPERVISED_TOKENS: m.get("supervised_tokens"), keys.STEPS: m.get("steps"),
+            keys.EVAL_EXAMPLES: m.get("eval_examples"), keys.ADAPTER: m.get("adapter"),
         })
     print(_summary(m, out_dir), flush=True)
     return result.objective

@@ -232,6 +232,10 @@ def load_base(cfg: ModelConfig, quant: QuantConfig, device: str, cache_dir: str)
     """Load tokenizer and frozen base model in the chosen bits. Returns (model, tokenizer, path)."""
     from transformers import AutoModelForCausalLM
 
+    from ranksweep import quiet
+
+    quiet.install()  # bitsandbytes' harmless hub-kernel warning (API use; the command installs it at start)
+
     path = resolve_model_path(cfg, cache_dir)
     try:
         tok = load_tokenizer(path, cfg)

@@ -1,7 +1,8 @@
 """One drawing of a ladder, and the number formats every view of a sweep shares.
 
 :func:`draw_ladder` draws one :class:`~ranksweep.sweep.results.Ladder` on a matplotlib ``Axes``: the
-rank curve on a log2 axis with its seed spread, the base model, the knee and the recommended rank.
+rank curve on a log2 axis with its seed spread, the base model and the recommended rank (one answer per
+ladder: the stop rule's).
 The sweep's PNG (:func:`rank_curve_png`), the HTML report's per-ladder figure and its comparison
 overlay all call it; they differ only in the options they pass. matplotlib is used through private
 ``Figure`` objects (no pyplot state, backend or rcParams touched).
@@ -77,9 +78,9 @@ def draw_ladder(ax: Any, lad: Ladder, *, color: str = "C0", label: Optional[str]
 
     Always: each COMPLETE rank's mean with a seed-std error bar, the base (a line, or named in the
     legend when :func:`base_off_axis`), the recommended rank (a star), pruned/failed ranks with a
-    value (grey crosses). With ``detail``: the min-max band over seeds, each seed's value, the knee
-    (open circle) and a dotted line at the recommendation. With ``cost_ax`` (a twin y axis): the
-    trainable parameters in millions.
+    value (grey crosses). With ``detail``: the min-max band over seeds, each seed's value, the margin band
+    and a dotted line at the recommendation. With ``cost_ax`` (a twin y axis): the trainable parameters in
+    millions.
     """
     name = label or lad.label
     done = lad.complete
@@ -103,9 +104,6 @@ def draw_ladder(ax: Any, lad: Ladder, *, color: str = "C0", label: Optional[str]
             ax.axhspan(min(best.mean, edge), max(best.mean, edge), color=color, alpha=0.08, lw=0,  # type: ignore[arg-type]
                        label=f"within the margin ({lad.margin:.3g}) of the best")
         by_rank = dict(zip(xs, ys))
-        if detail and lad.knee in by_rank:
-            ax.plot([lad.knee], [by_rank[lad.knee]], marker="o", ms=15, mfc="none", mec=color, mew=1.8, ls="none",
-                    label=f"knee r={lad.knee}")
         rec = lad.recommendation.rank if lad.recommendation else None
         if rec in by_rank:
             ax.plot([rec], [by_rank[rec]], marker="*", ms=18, color="gold", mec=color, mew=1.5, ls="none",
@@ -174,7 +172,7 @@ def rank_title(ladders: Sequence[Ladder]) -> str:
     def rec(lad: Ladder) -> str:
         if lad.recommendation is None:
             return "no completed rank"
-        return f"r={lad.recommendation.rank}" + (", bound by the training budget" if lad.budget else "")
+        return f"r={lad.recommendation.rank}" + (", bound by the training budget" if lad.budget_bound else "")
 
     if not ladders:
         return "Recommended rank: no ladders"

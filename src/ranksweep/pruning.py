@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial
 
 from ranksweep.errors import TrialFailed
 from ranksweep.storage import open_storage
+from ranksweep.sweep import keys
 
 
 class ParentRankPruner(BasePruner):
@@ -37,14 +38,14 @@ class ParentRankPruner(BasePruner):
         self.compare = compare
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if trial.user_attrs.get("cancel_reason"):  # the ladder stopped below this speculative rank
+        if trial.user_attrs.get(keys.CANCEL_REASON):  # the ladder stopped below this speculative rank
             return True
         if not self.compare:
             return False
         step = trial.last_step
         if step is None or step < self.after_step:
             return False
-        parent_no = trial.user_attrs.get("parent_trial_number")
+        parent_no = trial.user_attrs.get(keys.PARENT_TRIAL_NUMBER)
         if parent_no is None:
             return False
         parent = next((t for t in study.get_trials(deepcopy=False) if t.number == int(parent_no)), None)
@@ -55,7 +56,7 @@ class ParentRankPruner(BasePruner):
         # Intermediate values are eval losses (lower is better) whatever the study's objective,
         # so the comparison ignores the study's direction; the margin is a share of the parent's
         # loss gain over the base's eval loss (user attribute base_eval_loss).
-        base = trial.user_attrs.get("base_eval_loss")
+        base = trial.user_attrs.get(keys.BASE_EVAL_LOSS)
         slack = 0.0
         if base is not None and math.isfinite(float(base)):
             slack = self.margin * abs(float(base) - theirs)
@@ -76,19 +77,19 @@ class RankPruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if self.parent.prune(study, trial):
-            return self._by(study, trial, "cancelled" if trial.user_attrs.get("cancel_reason") else "parent")
-        if self.rung is None or trial.user_attrs.get("role") != "search":
+            return self._by(study, trial, "cancelled" if trial.user_attrs.get(keys.CANCEL_REASON) else "parent")
+        if self.rung is None or trial.user_attrs.get(keys.ROLE) != "search":
             return False
         from ranksweep.sweep.search import RungView
 
-        view = RungView(study, str(trial.user_attrs.get("ladder")), int(trial.user_attrs.get("rank", 0)),
+        view = RungView(study, str(trial.user_attrs.get(keys.LADDER)), int(trial.user_attrs.get(keys.RANK, 0)),
                         direction="minimize")
         return bool(self.rung.prune(view, trial)) and self._by(study, trial, "rung")  # type: ignore[arg-type]
 
     @staticmethod
     def _by(study: optuna.Study, trial: FrozenTrial, who: str) -> bool:
         """Record which rule pruned the trial (``pruned_by``: parent, rung or cancelled) and say so."""
-        study._storage.set_trial_user_attr(trial._trial_id, "pruned_by", who)
+        study._storage.set_trial_user_attr(trial._trial_id, keys.PRUNED_BY, who)
         return True
 
 
@@ -144,6 +145,7 @@ class OptunaReporter:
         return bool(self.trial.should_prune())
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Set the trial's user attributes ``attrs``, each named by a :mod:`ranksweep.sweep.keys` constant."""
         with self._ours():
             for key, value in attrs.items():
                 self.trial.set_user_attr(key, value)
@@ -164,5 +166,5 @@ class OptunaReporter:
         if t.state == optuna.trial.TrialState.RUNNING:
             return None
         return (f"trial {t.number} is {t.state.name} in the study"
-                + (f" ({t.user_attrs['fail_reason']})" if t.user_attrs.get("fail_reason") else "")
+                + (f" ({t.user_attrs[keys.FAIL_REASON]})" if t.user_attrs.get(keys.FAIL_REASON) else "")
                 + ": another worker runs its job now; this one stops")

@@ -17,10 +17,9 @@ from typing import Any, Optional
 
 from ranksweep.errors import ConfigError, StorageDamaged
 from ranksweep.journal_lock import RECORD_START
-from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
 from ranksweep.urls import journal_path, mask_secrets, reveal, sqlite_path
 
-__all__ = ["DEFAULT_STORAGE_URL", "check_journal", "check_optuna_sqlite", "check_readable", "check_storage_file",
+__all__ = ["check_journal", "check_optuna_sqlite", "check_readable", "check_storage_file",
            "open_storage"]
 
 

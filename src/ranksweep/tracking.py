@@ -99,8 +99,10 @@ def artifact_name(study: Optional[str], model: Any, targets: Any, quant: Any) ->
 
 
 def adapter_aliases(run: RunConfig) -> list[str]:
-    """``r16`` (``r16-s1`` for a further seed) and, in a sweep, ``trial-N``."""
-    out = [f"r{run.lora.r}" + (f"-s{run.trainer.seed}" if run.trainer.seed else "")]
+    """``r16`` (``r16-s1`` for a further seed, ``r16-longer`` for the budget check's longer run) and, in a sweep,
+    ``trial-N``."""
+    out = [f"r{run.lora.r}" + ("-longer" if run.trial.role == "budget" else
+                               f"-s{run.trainer.seed}" if run.trainer.seed else "")]
     if run.trial.trial_number is not None:
         out.append(f"trial-{run.trial.trial_number}")
     return out
@@ -255,15 +257,14 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
         return [iv.est, iv.lo, iv.hi] if iv is not None else [None, None, None]
 
     rows = [[lad.key, r.rank, math.log2(r.rank), r.mean, r.std or 0.0, *bounds(r.gain), *bounds(r.vs_best),
-             r.best_lr, r.lr_at_edge or "", len(r.lrs), r.still_falling, r.effective_rank, r.similarity,
-             r.trainable_params or 0, r.supervised_tokens or 0, r.state, ", ".join(r.fingerprints)]
-            for lad in ladders for r in lad.curve if r.mean is not None]
+             r.best_lr, r.lr_at_edge or "", r.lrs_tried, r.rung.still_falling, r.rung.effective_rank,
+             r.rung.similarity, r.trainable_params or 0, r.rung.supervised_tokens or 0, r.state.name,
+             ", ".join(r.fingerprints)]
+            for lad in ladders for r in lad.rows() if r.mean is not None]  # each rung's row (Ladder.rows)
     with masked_argv(), _init_errors(cfg):  # W&B keeps the command line: a masked copy
         run = wandb.init(**init_args(cfg, sweep_dir), group=s.study_name, name=f"{s.study_name}-summary",
                          job_type="sweep-summary", tags=["sweep-summary"], reinit="finish_previous",
-                         config={"study_name": s.study_name, "objective": s.objective, "ranks": s.ranks,
-                                 "min_gain": s.min_gain, "patience": s.patience,
-                                 "ladders": [lad.key for lad in ladders]},
+                         config={**s.to_record(), "ladders": [lad.key for lad in ladders]},  # storage masked
                          settings=wandb.Settings(console="off", x_disable_stats=True))
     table = wandb.Table(columns=["ladder", "rank", "log2_rank", s.objective, "std", "gain", "gain_lo", "gain_hi",
                                  "vs_best", "vs_best_lo", "vs_best_hi", "best_lr", "lr_at_edge", "lrs_tried",
@@ -280,8 +281,11 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
         run.summary[f"{prefix}recommendation"] = rec.why if rec else None
         run.summary[f"{prefix}stop_reason"] = lad.stop_reason
         run.summary[f"{prefix}margin"] = lad.margin
-        run.summary[f"{prefix}budget_bound"] = lad.budget is not None
+        run.summary[f"{prefix}budget_bound"] = lad.budget_bound
         run.summary[f"{prefix}budget"] = lad.budget
+        run.summary[f"{prefix}noise"] = lad.noise
+        if lad.budget_check is not None:
+            run.summary[f"{prefix}budget_check"] = lad.budget_check.to_dict()
         for r in lad.complete:
             if r.best_lr is not None:
                 run.summary[f"{prefix}best_lr/r{r.rank}"] = r.best_lr

@@ -1,7 +1,11 @@
-"""One-line checks that name the key a user would type: shared by the run config
-(:mod:`ranksweep.config`, :mod:`ranksweep.checks`) and the sweeper's settings
-(:mod:`ranksweep.sweep.settings`). OmegaConf types a value; it has no ranges, choices or
-messages in a user's words, which is what is kept here. Imports nothing heavy.
+"""One-line checks that name the key a user would type, and the machinery to hang them on dataclass
+fields: shared by the run config (:mod:`ranksweep.config`) and the sweeper's settings
+(:mod:`ranksweep.sweep.settings`). A field declares its check with :func:`checked`; a schema's
+``validate`` runs them (:func:`run_checks`) and then its rules across fields. OmegaConf types a
+value; it has no ranges, choices or messages in a user's words, which is what is kept here.
+
+Pure and schema-free: it imports neither schema (each passes its own names, e.g. to
+:func:`did_you_mean`), and nothing heavy.
 """
 
 from __future__ import annotations
@@ -42,10 +46,43 @@ def not_empty(key: str, value: Any) -> None:
     require(value is not None and bool(str(value).strip()), f"{key} must not be empty")
 
 
-def one_of(*choices: str) -> Check:
+def one_of(*choices: Any) -> Check:
     """``key must be a, b or c, got 'd'``."""
-    words = " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+    names = [str(c) for c in choices]
+    words = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     return lambda key, value: require(value in choices, f"{key} must be {words}, got {value!r}")
+
+
+def listed(*choices: str) -> Check:
+    """``key must be one of a, b, c; got 'd'`` (:func:`choice` as a field check)."""
+    return lambda key, value: choice(key, value, choices)
+
+
+def rule(ok: Callable[[Any], bool], says: str) -> Check:
+    """``key <says>, got <value>`` unless ``ok(value)``: a check with its own wording."""
+    return lambda key, value: require(ok(value), f"{key} {says}, got {value!r}")
+
+
+def optional(check: Check) -> Check:
+    """``check``, with null allowed."""
+    return lambda key, value: None if value is None else check(key, value)
+
+
+def finite(check: Check) -> Check:
+    """``key must be a finite number, got nan`` for nan and infinities, before ``check``'s own range."""
+    def run(key: str, value: Any) -> None:
+        require(not (isinstance(value, float) and not math.isfinite(value)), f"{key} must be a finite number, "
+                f"got {value!r}")
+        check(key, value)
+    return run
+
+
+def all_of(*checks: Check) -> Check:
+    """Each check in turn: the first that fails names the problem."""
+    def run(key: str, value: Any) -> None:
+        for check in checks:
+            check(key, value)
+    return run
 
 
 def integer(at_least: int) -> Check:
@@ -98,77 +135,50 @@ def unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
     return out
 
 
-def describe_omegaconf_error(exc: Exception) -> str:
-    """One line for an OmegaConf error, starting with the key: ``lora.r: 'abc' is not an integer``."""
+def describe_omegaconf_error(exc: Exception, suggest: Optional[Callable[[str], str]] = None) -> str:
+    """One line for an OmegaConf error, starting with the key: ``lora.r: 'abc' is not an integer``.
+    ``suggest(key)`` adds a guess to an unknown key (the schema's :func:`did_you_mean`)."""
     key = getattr(exc, "full_key", None)
     msg = str(getattr(exc, "msg", None) or exc).splitlines()[0]
     for pattern, repl in _OMEGACONF_MESSAGES:
         msg = re.sub(pattern, repl, msg)
-    if key and msg == "unknown config key":
-        msg += did_you_mean(str(key))
+    if key and msg == "unknown config key" and suggest is not None:
+        msg += suggest(str(key))
     return f"{key}: {msg}" if key else msg
 
 
-# The names other tools give ranksweep's keys (transformers' TrainingArguments, peft, axolotl, TRL).
-ALIASES = {
-    "learning_rate": "trainer.lr", "per_device_train_batch_size": "trainer.micro_batch",
-    "micro_batch_size": "trainer.micro_batch", "batch_size": "trainer.micro_batch",
-    "gradient_accumulation_steps": "trainer.grad_accum", "num_train_epochs": "trainer.epochs",
-    "num_epochs": "trainer.epochs", "lr_scheduler_type": "trainer.schedule", "lr_scheduler": "trainer.schedule",
-    "max_seq_length": "trainer.max_seq_len", "sequence_len": "trainer.max_seq_len", "cutoff_len": "trainer.max_seq_len",
-    "max_length": "trainer.max_seq_len", "warmup_steps": "trainer.warmup_ratio", "save_steps": "trainer.save_every",
-    "eval_steps": "trainer.eval_every", "logging_steps": "trainer.log_every", "optimizer": "trainer.optim",
-    "lora_r": "lora.r", "rank": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
-    "target_modules": "lora.targets", "lora_target_modules": "lora.targets", "use_rslora": "lora.alpha_rule=rslora",
-    "load_in_4bit": "quant=nf4", "load_in_8bit": "quant=int8", "bnb_4bit_quant_type": "quant.quant_type",
-    "bnb_4bit_compute_dtype": "quant.compute_dtype", "bnb_4bit_use_double_quant": "quant.double_quant",
-    "model_name_or_path": "model.id", "base_model": "model.id", "torch_dtype": "model.dtype",
-    "dataset_text_field": "data.text_column", "val_set_size": "data.eval_size",
-}
+def did_you_mean(key: str, names: typing.Sequence[str], aliases: typing.Mapping[str, str], prefix: str = "") -> str:
+    """`` (did you mean trainer.lr?)`` for a key that is another tool's name or a typo of one of ``names``, else ''.
 
-
-# hydra-optuna-sweeper's names and other ways to say ours.
-SWEEPER_ALIASES = {"n_trials": "search_budget", "search_space": "search", "min_rank": "start_rank",
-                   "seeds": "seeds_per_rank", "n_seeds": "seeds_per_rank", "metric": "objective",
-                   "threshold": "margin", "early_stopping_patience": "patience"}
-SWEEPER = "hydra.sweeper."
-
-
-def did_you_mean(key: str) -> str:
-    """`` (did you mean trainer.lr?)`` for a key another tool's name or a typo of one of ours, else ''."""
+    ``names``: the schema's dotted keys; ``aliases``: other tools' names for them (the last part of a key ->
+    what to type instead); ``prefix``: where the schema sits on the command line (``hydra.sweeper.``), taken
+    off ``key`` and put back on the guess. Tried in turn: an alias, a close name in the key's own group, a
+    closer one anywhere, a name the key begins (4 characters at least)."""
     import difflib
 
-    last = key.rsplit(".", 1)[-1]
-    if key.startswith(SWEEPER):
-        from ranksweep.sweep.settings import SweepSettings
-
-        names = [f.name for f in dataclasses.fields(SweepSettings)]
-        near = ([SWEEPER_ALIASES[last]] if SWEEPER_ALIASES.get(last) in names else
-                difflib.get_close_matches(last, names, n=1, cutoff=0.7)
-                or [n for n in names if len(last) >= 4 and n.startswith(last)][:1])
-        return f" (did you mean {SWEEPER}{near[0]}?)" if near else ""
-    from ranksweep.config import RunConfig
-
-    if last in ALIASES:
-        return f" (did you mean {ALIASES[last]}?)"
-    known = [k for k, _ in _leaf_keys(RunConfig)]
-    group = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    for pool, cutoff in (([k for k in known if k.startswith(group) and "." not in k[len(group):]], 0.75),
-                         (known, 0.85)):
+    rel = key[len(prefix):] if prefix and key.startswith(prefix) else key
+    group, _, last = rel.rpartition(".")
+    group = f"{group}." if group else ""
+    if last in aliases:
+        return f" (did you mean {prefix}{aliases[last]}?)"
+    siblings = [k for k in names if k.startswith(group) and "." not in k[len(group):]]
+    for pool, cutoff in ((siblings, 0.75), (names, 0.85)):
         near = difflib.get_close_matches(last, [k.rsplit(".", 1)[-1] for k in pool], n=1, cutoff=cutoff)
         if near:
-            return f" (did you mean {next(k for k in pool if k.rsplit('.', 1)[-1] == near[0])}?)"
-    return ""
+            return f" (did you mean {prefix}{next(k for k in pool if k.rsplit('.', 1)[-1] == near[0])}?)"
+    begun = [k for k in siblings if len(last) >= 4 and k[len(group):].startswith(last)]
+    return f" (did you mean {prefix}{begun[0]}?)" if begun else ""
 
 
-def _leaf_keys(schema: type, prefix: str = "") -> list[tuple[str, Any]]:
+def leaf_keys(schema: type, prefix: str = "") -> list[str]:
+    """The dotted keys of a dataclass schema's leaf fields, nested groups included (``lora.r``)."""
     hints = typing.get_type_hints(schema)
-    out: list[tuple[str, Any]] = []
+    out: list[str] = []
     for f in dataclasses.fields(schema):
         if dataclasses.is_dataclass(hints[f.name]):
-            out += _leaf_keys(hints[f.name], f"{prefix}{f.name}.")
+            out += leaf_keys(hints[f.name], f"{prefix}{f.name}.")
         else:
-            out.append((f"{prefix}{f.name}", hints[f.name]))
+            out.append(f"{prefix}{f.name}")
     return out
 
 

@@ -1,7 +1,8 @@
-"""Helpers shared by the tests: paths, composed configs, a learnable toy dataset, what each LoRA role means,
-the environment for child processes. Modules beside this one: :mod:`.run` (the real command in a
-subprocess), :mod:`.curves`, :mod:`.planted`, :mod:`.synthetic_app`, :mod:`.postgres`, :mod:`.slurm`,
-:mod:`.report_dom`. Fixtures stay in ``tests/conftest.py``.
+"""Helpers shared by the tests: paths, the tiny overrides (defined once, here), composed configs, a learnable
+toy dataset, what each LoRA role means, the environment for child processes. Modules beside this one:
+:mod:`.run` (the command: the real one in a subprocess, or its entry point in this process), :mod:`.curves`,
+:mod:`.planted`, :mod:`.synthetic_app`, :mod:`.postgres`, :mod:`.slurm`, :mod:`.report_dom`. Fixtures stay in
+``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ SWEEPS = REPO / "sweeps"  # the sweep presets, the group `sweep` (+sweep=NAME; r
 FAMILIES = ("llama", "qwen2", "phi3", "gemma2", "gemma3", "mistral")
 PYTHON = sys.executable
 
-# A tiny single run, shrunk further: small data, few generated examples, no tracker.
-TINY_OVERRIDES = (
-    "model=tiny_llama",
-    "trainer=tiny",
-    "data.max_examples=200",
-    "data.eval_size=20",
-    "data.metric_examples=8",
-    "logger=none",
-)
+# The tiny overrides, defined here once; a test that needs something else adds overrides after them (a later
+# value of the same key wins; a sweep is better off adding keys than repeating one).
+# A tiny single run: the tiny Llama, small data, few generated examples, no tracker (20 steps: trainer=tiny).
+TINY_RUN = ("model=tiny_llama", "trainer=tiny", "data.max_examples=200", "data.eval_size=20",
+            "data.metric_examples=8", "logger=none")
+TINY_OVERRIDES = TINY_RUN  # its former name
+# A tiny sweep: r = 8, 16, 32 on the tiny Llama, 12 steps a trial (a few seconds each); W&B as the env says.
+TINY_SWEEP = ("model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
+              "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4", "hydra.sweeper.max_rank=32")
+# Shrunk further, for commands that only need to get as far as a bad input, or to a 2-step adapter: 60
+# examples, no tracker, the trainer left to the test (SHRUNK_SWEEP's is the default unless it adds one).
+SHRUNK = ("model=tiny_llama", "logger=none", "data.max_examples=60", "data.eval_size=10", "data.metric_examples=2")
+SHRUNK_RUN = (*SHRUNK, "trainer=tiny", "trainer.max_steps=2")
+SHRUNK_SWEEP = ("-m", *SHRUNK, "hydra.sweeper.max_rank=8")  # r = 8 only
 
 
 def compose(*overrides: str, return_hydra_config: bool = False):
@@ -84,7 +90,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
     # The command must keep stderr clean by itself: don't lend it this session's switches.
-    for key in ("HYDRA_FULL_ERROR", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+    # WANDB_SERVICE: a W&B service this session started is not the child's (conftest shuts it down).
+    for key in ("HYDRA_FULL_ERROR", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS",
+                "WANDB_SERVICE"):
         env.pop(key, None)
     env.update(extra)
     return env

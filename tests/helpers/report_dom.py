@@ -105,8 +105,10 @@ def check_verdict(block: str, lad: dict) -> None:
     sweep's summary has them."""
     text = text_of(block)
     assert lad["recommendation"]["why"] in text and lad["stop_reason"] in text
-    assert lad["budget"], "a tiny sweep is bound by its training budget"
-    box = re.search(r'<div class="warning budget"[^>]*>(.*?)</div>', block, re.S)
-    assert box and lad["budget"] in text_of(box.group(1))
+    assert lad["budget"], "a tiny sweep has a budget reading"
+    box = re.search(r'<div class="(warning|reading) budget"[^>]*>(.*?)</div>', block, re.S)
+    assert box and lad["budget"] in text_of(box.group(2))
+    # a warning exactly when the answer is bound by the training budget; a verdict that holds is a reading
+    assert (box.group(1) == "warning") == lad["budget_bound"] == ("bound by the training budget" in lad["budget"])
     ev = re.search(r'<span class="eval-set" data-n="(\d+)" data-fingerprint="([^"]*)"', block)
     assert ev and (int(ev[1]), ev[2]) == (lad["eval_set"]["n"], lad["eval_set"]["fingerprint"])

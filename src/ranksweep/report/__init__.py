@@ -5,7 +5,7 @@ stylesheet and the few lines of JavaScript (table sorting, an error hook) are in
 package's templates, and nothing is loaded from the network. It shows, per study:
 
 * per ladder, the objective against the rank on a log2 axis with the spread across seeds, the
-  base model, the knee and the recommended rank (:func:`ranksweep.plot.draw_ladder`);
+  base model and the recommended rank (:func:`ranksweep.plot.draw_ladder`);
 * cost against quality: wall time, peak memory, trainable parameters and adapter size
   (``adapter/adapter_model.safetensors``) against the objective;
 * the eval curves (Optuna's intermediate values);
@@ -15,7 +15,7 @@ package's templates, and nothing is loaded from the network. It shows, per study
 With two or more ladders or studies, an overview table and one overlay chart per metric compare
 them side by side, followed by one section per study.
 
-Layers: :mod:`.load` (the study, its trials and ladders, from :mod:`ranksweep.sweep.results`),
+Layers: :mod:`.load` (the study, its trials and ladders, read by :mod:`ranksweep.sweep.reader`),
 :mod:`.figures` (matplotlib to SVG), :mod:`.html` (the Jinja2 templates in ``templates/``).
 """
 
@@ -26,9 +26,9 @@ from ranksweep.report.load import (
     StudyData,
     TrialRow,
     check_storage,
+    load_existing_study,
     load_study_data,
     open_existing_storage,
-    open_study,
     sweep_dirs,
     wandb_run_dirs,
 )
@@ -38,9 +38,9 @@ __all__ = [
     "TrialRow",
     "check_storage",
     "default_report_path",
+    "load_existing_study",
     "load_study_data",
     "open_existing_storage",
-    "open_study",
     "render_report",
     "sweep_dirs",
     "wandb_run_dirs",

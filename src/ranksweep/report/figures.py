@@ -16,8 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from optuna.trial import TrialState
+
 from ranksweep.plot import base_off_axis, better, draw_ladder, log2_axis, new_figure, params_formatter
 from ranksweep.report.load import StudyData, TrialRow
+from ranksweep.sweep import keys
 from ranksweep.sweep.results import Ladder, Rung
 from ranksweep.sweep.rules import Doubling
 
@@ -29,9 +32,9 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 COSTS = (  # (key of TrialRow.cost, axis label)
-    ("duration_s", "wall time (s)"),
-    ("peak_mem_gb", "peak memory (GB)"),
-    ("trainable_params", "trainable parameters"),
+    (keys.DURATION_S, "wall time (s)"),
+    (keys.PEAK_MEM_GB, "peak memory (GB)"),
+    (keys.TRAINABLE_PARAMS, "trainable parameters"),
     ("adapter_mb", "adapter size (MB)"),
 )
 
@@ -114,7 +117,7 @@ def gain_figure(figs: Figures, data: StudyData, lad: Ladder, doublings: Sequence
     if not ds:
         return None
     fig, (ax,) = new_figure(4.6, 3.5)
-    pct = round(data.spec.judge.confidence * 100) if data.spec and data.spec.judge else 95
+    pct = round(lad.comparison.confidence * 100) if lad.comparison is not None else 95
     for above in (True, False):
         pick = [d for d in ds if d.above == above]
         if not pick:
@@ -160,7 +163,7 @@ def _searched(data: StudyData, lad: Ladder) -> list[tuple[Rung, list[TrialRow]]]
     out = []
     for rung in lad.curve:
         rows = [r for r in data.rank_rows(lad.key, rung.rank) if r.role == "search"
-                and "trainer.lr" in (r.attrs.get("searched") or []) and r.trial.lr and r.value is not None]
+                and "trainer.lr" in (r.attrs.get(keys.SEARCHED) or []) and r.trial.lr and r.last_value is not None]
         if rows:
             out.append((rung, rows))
     return out
@@ -184,17 +187,18 @@ def search_figure(figs: Figures, data: StudyData, lad: Ladder) -> Optional[Svg]:
     fig, (ax,) = new_figure(5.6, 3.7)
     ranks = [rung.rank for rung, _ in per_rank]
     losses = lad.objective == "eval_loss"
-    done_y = [float(r.value) for _, rows in per_rank for r in rows if r.state == "COMPLETE"]  # type: ignore[arg-type]
+    done_y = [float(r.last_value) for _, rows in per_rank for r in rows  # type: ignore[arg-type]
+              if r.state == TrialState.COMPLETE]
     limits = _y_limits(done_y)
     bests: list[tuple[float, float]] = []
     off = False
     for rung, rows in per_rank:
         color = _rank_color(rung.rank, ranks)
-        done = [r for r in rows if r.state == "COMPLETE"]
-        ax.scatter([r.trial.lr for r in done], [r.value for r in done], s=26, color=color, zorder=3,
+        done = [r for r in rows if r.state == TrialState.COMPLETE]
+        ax.scatter([r.trial.lr for r in done], [r.last_value for r in done], s=26, color=color, zorder=3,
                    label=f"r={rung.rank}")
         if losses:
-            off = _pruned_points(ax, [r for r in rows if r.state != "COMPLETE"], color, limits) or off
+            off = _pruned_points(ax, [r for r in rows if r.state != TrialState.COMPLETE], color, limits) or off
         best = rung.best
         if best is not None and best.lr and best.objective is not None:
             bests.append((best.lr, best.objective))
@@ -235,10 +239,10 @@ def _pruned_points(ax: Any, rows: Sequence[TrialRow], color: Any, limits: Option
     """Pruned trials, hollow, at their last eval; above ``limits``: a hollow triangle on the top edge.
     Whether any was above."""
     top = limits[1] if limits is not None else math.inf
-    inside = [r for r in rows if float(r.value) <= top]  # type: ignore[arg-type]
-    off = [r for r in rows if float(r.value) > top]  # type: ignore[arg-type]
+    inside = [r for r in rows if float(r.last_value) <= top]  # type: ignore[arg-type]
+    off = [r for r in rows if float(r.last_value) > top]  # type: ignore[arg-type]
     if inside:
-        ax.scatter([r.trial.lr for r in inside], [r.value for r in inside], s=26, facecolors="none",
+        ax.scatter([r.trial.lr for r in inside], [r.last_value for r in inside], s=26, facecolors="none",
                    edgecolors=[color], lw=1.2, zorder=3)
     if off:
         ax.scatter([r.trial.lr for r in off], [top] * len(off), s=30, marker="^", facecolors="none",
@@ -266,15 +270,15 @@ def _rank_means(points: Sequence[tuple[float, float, int]]) -> list[tuple[float,
 
 def _cost_axes(ax: Any, rows: Sequence[TrialRow], key: str, color: str, name: str) -> list[float]:
     """One ladder on one cost's axes: a point per seed, a line through each rank's mean; the means drawn."""
-    pts = sorted(((c, float(r.value), r.rank, r.state) for r in rows if r.value is not None
+    pts = sorted(((c, float(r.last_value), r.rank, r.state) for r in rows if r.last_value is not None
                   for c in [r.cost(key)] if c is not None), key=lambda p: (p[2], p[0]))
     if not pts:
         return []
-    ok = [p for p in pts if p[3] == "COMPLETE"]
+    ok = [p for p in pts if p[3] == TrialState.COMPLETE]
     ax.scatter([p[0] for p in ok], [p[1] for p in ok], color=color, s=16, alpha=0.6, zorder=3)
     means = _rank_means([(p[0], p[1], p[2]) for p in ok])
     ax.plot([m[0] for m in means], [m[1] for m in means], color=color, marker="o", lw=1.4, label=name)
-    other = [p for p in pts if p[3] != "COMPLETE"]
+    other = [p for p in pts if p[3] != TrialState.COMPLETE]
     if other:
         ax.plot([p[0] for p in other], [p[1] for p in other], color="grey", marker="x", ls="none")
     for x, y, rank in means:
@@ -286,7 +290,7 @@ def cost_figure(figs: Figures, data: StudyData, colors: dict[str, str]) -> Svg:
     """The objective against each cost (wall time, peak memory, trainable parameters, adapter size)."""
     fig, axes = new_figure(10.5, 6.6, ncols=2, nrows=2)
     rungs = value_rows(data)
-    base = {r.ladder: r.value for r in data.trials if r.role == "base" and r.value is not None}
+    base = {r.ladder: r.last_value for r in data.trials if r.role == "base" and r.last_value is not None}
     for ax, (key, label) in zip(axes, COSTS):
         drawn = False
         for ladder, color in colors.items():

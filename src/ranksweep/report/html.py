@@ -18,15 +18,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from optuna.trial import TrialState
+
 from ranksweep.errors import RanksweepError
 from ranksweep.files import atomic_write_text
 from ranksweep.fmt import fmt_params, fmt_pct, fmt_time, fmt_value
 from ranksweep.report import figures
 from ranksweep.report.load import StudyData, TrialRow, load_study_data, trial_steps
-from ranksweep.storage import DEFAULT_STORAGE_URL
-from ranksweep.sweep.ladder import Recommendation
+from ranksweep.sweep import keys
 from ranksweep.sweep.results import Ladder, Rung
-from ranksweep.sweep.rules import Doubling, doublings
+from ranksweep.sweep.rules import Doubling, Recommendation
+from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
 
 __all__ = ["FORMATS", "LadderView", "Link", "RungRow", "StudyView", "default_report_path", "render_report",
            "study_view", "write_report"]
@@ -166,19 +168,18 @@ def _within(lad: Ladder, r: Rung) -> Optional[bool]:
 
 def rung_rows(data: StudyData, lad: Ladder) -> list[RungRow]:
     """The evidence table of one ladder: a row per rank of its curve."""
-    judge = data.spec.judge if data.spec is not None else None
-    judged = {d.rank: d for d in doublings([r.step() for r in lad.curve], judge)} if judge is not None else {}
+    judged = {d.rank: d for d in lad.comparison.doublings} if lad.comparison is not None else {}
     rec = lad.recommendation
     out = []
     for rung in lad.curve:
         rows = data.rank_rows(lad.key, rung.rank)
         pruned: dict[str, int] = {}
         for r in rows:
-            if r.state == "PRUNED":
-                who = str(r.attrs.get("pruned_by") or "other")
+            if r.state == TrialState.PRUNED:
+                who = str(r.trial.pruned_by or "other")
                 pruned[who] = pruned.get(who, 0) + 1
         out.append(RungRow(rung=rung, trials=len(rows), pruned=dict(sorted(pruned.items())),
-                           failed=sum(r.state == "FAIL" for r in rows),
+                           failed=sum(r.state == TrialState.FAIL for r in rows),
                            steps=sum(trial_steps(r) or 0 for r in rows), doubling=judged.get(rung.rank),
                            within_margin=_within(lad, rung), recommended=rec is not None and rec.rank == rung.rank,
                            best=rec is not None and rec.best_rank == rung.rank))
@@ -194,16 +195,8 @@ def settings_rows(data: StudyData) -> list[tuple[str, str]]:
     """The settings the "how to read this" note lists: the stop rule's, then the search's."""
     spec, space = data.spec, data.space
     out: list[tuple[str, str]] = []
-    if spec is not None and spec.judge is not None:
-        j = spec.judge
-        margin = (f"{j.margin * 100:g}% of the best rank's value (relative)" if j.relative
-                  else f"{j.margin:g} {data.objective} (absolute)")
-        out += [("stop rule", "margin"), ("margin", margin), ("confidence", f"{j.confidence * 100:g}%"),
-                ("bootstrap replicates", str(j.n_boot)), ("patience", f"{spec.patience} doubling(s)")]
-    elif spec is not None:
-        out += [("stop rule", "share of the gain over the base"), ("min gain", f"{spec.rule.min_gain:g}"),
-                ("tolerance", f"{spec.tolerance:g}"), ("patience", f"{spec.patience} doubling(s)")]
     if spec is not None:
+        out += spec.rule.describe(data.objective)
         out.append(("seeds per rank", str(spec.seeds)))
     search = dict(space.get("search") or {})
     if search:
@@ -216,22 +209,23 @@ def settings_rows(data: StudyData) -> list[tuple[str, str]]:
 
 def failure_reason(r: TrialRow) -> str:
     """Why a trial did not complete, in words."""
-    if r.state == "PRUNED":
+    if r.state == TrialState.PRUNED:
         if r.trial.fail_reason:
             return str(r.trial.fail_reason)
-        who, last = r.attrs.get("pruned_by"), f"; last eval {fmt_value(r.value)}" if r.value is not None else ""
+        who = r.trial.pruned_by
+        last = f"; last eval {fmt_value(r.last_value)}" if r.last_value is not None else ""
         if who == "rung":
             steps = trial_steps(r)
             return (f"stopped by successive halving within r={r.rank}'s search"
                     f"{f' at step {steps}' if steps is not None else ''}: behind the rank's better values{last}")
         if who == "cancelled":
-            return f"cancelled: {r.attrs.get('cancel_reason') or 'the ladder stopped below this rank'}{last}"
-        if r.value is None:
+            return f"cancelled: {r.trial.cancel_reason or 'the ladder stopped below this rank'}{last}"
+        if r.last_value is None:
             return "pruned"
-        parent = r.attrs.get("parent_trial_number")
+        parent = r.trial.parent_trial_number
         return (f"behind its parent rank{f' (trial {parent})' if parent is not None else ''} late in training; "
-                f"last eval {fmt_value(r.value)}")
-    if r.state == "FAIL":
+                f"last eval {fmt_value(r.last_value)}")
+    if r.state == TrialState.FAIL:
         return str(r.trial.fail_reason or "no reason recorded (worker killed? heartbeat went stale)")
     return "not finished (running, or its worker died)"
 
@@ -246,7 +240,7 @@ def _trial_header(data: StudyData) -> list[str]:
 def _counts(data: StudyData) -> str:
     counts: dict[str, int] = {}
     for r in data.trials:
-        counts[r.state] = counts.get(r.state, 0) + 1
+        counts[r.state.name] = counts.get(r.state.name, 0) + 1
     return ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
 
 
@@ -268,7 +262,7 @@ def study_view(data: StudyData) -> StudyView:
         data=data, ladders=ladder_views(data), counts=_counts(data),
         recommended={r.number for r in rows if r.number in chosen and (r.ladder, r.rank) in rec},
         chosen=chosen, settings=settings_rows(data), trial_header=_trial_header(data),
-        failures=[(r, failure_reason(r)) for r in rows if r.state != "COMPLETE"],
+        failures=[(r, failure_reason(r)) for r in rows if r.state != TrialState.COMPLETE],
         output_links={r.number: Link.to(r.output_dir, r.output_dir.name if r.output_dir else "-") for r in rows},
         wandb_links={r.number: Link.to(r.wandb_dir, r.wandb_dir.name) if r.wandb_dir else
                      (Link(r.wandb_run, r.wandb_run) if r.wandb_run else None) for r in rows},
@@ -303,6 +297,7 @@ def _environment() -> Any:
     env.filters["fmt"] = lambda v, kind="value": FORMATS[kind](float(v))
     env.filters["param"] = param_text
     env.globals["steps"] = trial_steps
+    env.globals["keys"] = keys  # user attributes by name: r.number_attr(keys.ALPHA)
     return env
 
 

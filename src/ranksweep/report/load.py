@@ -1,6 +1,6 @@
 """What the report reads: a study opened with one-line errors, its trials and its ladders.
 
-The ladders come from :func:`ranksweep.sweep.results.read_study`, the reader the sweeper plans
+The ladders come from :func:`ranksweep.sweep.reader.read_study`, the reader the sweeper plans
 with, so a report of a running or interrupted sweep is current. Stop-rule settings come from the
 study (the sweeper stores them), else from the sweep's ``sweep_summary.json``, else the defaults.
 Each ladder is then annotated with its adapters' own evidence (:func:`ranksweep.sweep.conclude.annotate`
@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ranksweep.errors import RanksweepError
-from ranksweep.storage import DEFAULT_STORAGE_URL
-from ranksweep.sweep import conclude
-from ranksweep.sweep.reader import Spec, spec_of_study
-from ranksweep.sweep.results import Ladder, Trial, read_study
+from ranksweep.sweep import conclude, keys
+from ranksweep.sweep.reader import Spec, read_study, spec_of_study
+from ranksweep.sweep.results import Ladder, Trial
+from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
 from ranksweep.sweep.summary import SUMMARY_FILENAME
 from ranksweep.urls import journal_path, mask_secrets, sqlite_path, storage_root
 
-__all__ = ["ADAPTER_FILE", "StudyData", "TrialRow", "check_storage", "evidence_reader", "load_study_data",
-           "open_existing_storage", "open_study", "sweep_dirs", "trial_steps", "wandb_run_dirs"]
+__all__ = ["ADAPTER_FILE", "StudyData", "TrialRow", "check_storage", "evidence_reader", "load_existing_study",
+           "load_study_data", "open_existing_storage", "sweep_dirs", "trial_steps", "wandb_run_dirs"]
 
 ADAPTER_FILE = Path("adapter") / "adapter_model.safetensors"
 KEY = "--storage"
@@ -57,8 +57,9 @@ class TrialRow:
     intermediate = property(lambda self: self.trial.intermediate)
 
     @property
-    def value(self) -> Optional[float]:
-        """The objective, or a pruned trial's last eval (shown and plotted, never decided on)."""
+    def last_value(self) -> Optional[float]:
+        """The objective, or a pruned trial's last eval (shown and plotted, never decided on): the trial's
+        :attr:`~ranksweep.sweep.results.Trial.last_value`."""
         return self.trial.last_value
 
     def number_attr(self, key: str) -> Optional[float]:
@@ -100,7 +101,7 @@ class StudyData:
     def rank_rows(self, key: str, rank: int) -> list[TrialRow]:
         """Every trial that trained ``rank`` on ladder ``key`` (search slots, further seeds, retries)."""
         return [r for r in self.trials if r.ladder == key and r.rank == rank and r.role != "base"
-                and not r.attrs.get("claim_lost")]
+                and not r.trial.claim_lost]
 
 
 # ----------------------------------------------------------------------------- the storage
@@ -132,7 +133,7 @@ def open_existing_storage(url: str) -> Any:
     return open_storage(str(url), key=KEY)
 
 
-def open_study(study_name: str, storage_url: str = DEFAULT_STORAGE_URL) -> Any:
+def load_existing_study(study_name: str, storage_url: str = DEFAULT_STORAGE_URL) -> Any:
     """Load an existing study; a missing storage file, a corrupt one or an unknown study is one line."""
     import optuna
 
@@ -208,7 +209,7 @@ def trial_row(t: Trial, roots: Sequence[Path]) -> TrialRow:
 
 def trial_steps(r: TrialRow) -> Optional[int]:
     """The optimizer steps a trial ran: its recorded ``steps``, else its last eval step (a pruned trial)."""
-    got = r.number_attr("steps")
+    got = r.number_attr(keys.STEPS)
     if got is not None:
         return int(got)
     return max(r.intermediate) if r.intermediate else None
@@ -254,7 +255,7 @@ def _find_summary(study_name: str, dirs: Sequence[Path]) -> tuple[Optional[Path]
 
 
 def _note(study: Any, summary_path: Optional[Path]) -> str:
-    if study.user_attrs.get("ranksweep_settings"):
+    if study.user_attrs.get(keys.STUDY_SETTINGS):
         return "built from the study, with the stop-rule settings its sweeper stored there"
     if summary_path is not None:
         return f"built from the study, with the stop-rule settings of {summary_path}"
@@ -268,7 +269,7 @@ def _note(study: Any, summary_path: Optional[Path]) -> str:
 def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE_URL, adapters: bool = True) -> StudyData:
     """Everything the report shows for one study; a missing or empty study is a one-line error. With
     ``adapters``, each rung's adapter is compared with the previous rank's (read from disk)."""
-    study = open_study(study_name, storage_url)
+    study = load_existing_study(study_name, storage_url)
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     if not frozen:
         raise RanksweepError(f"study {study_name!r} in {mask_secrets(str(storage_url))} has no trials")
@@ -276,12 +277,12 @@ def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE_URL, ada
     roots = _roots(storage_url)
     dirs = sweep_dirs(study_name, storage_url, trials)
     summary_path, doc = _find_summary(study_name, dirs)
-    keys = [str(lad.get("key")) for lad in doc.get("ladders", []) if isinstance(lad, dict) and lad.get("key")]
+    order = [str(lad.get("key")) for lad in doc.get("ladders", []) if isinstance(lad, dict) and lad.get("key")]
     meta = dict(doc.get("sweep") or {})
-    ladders = read_study(study, meta, keys)
+    ladders = read_study(study, meta, order)
     for lad in ladders if adapters else ():
         conclude.annotate(lad, evidence_reader(roots))
-    space = dict(study.user_attrs.get("ranksweep_space") or {})
+    space = dict(study.user_attrs.get(keys.STUDY_SPACE) or {})
     objective = str(space.get("objective") or (ladders[0].objective if ladders else "objective"))
     runs: list[Path] = []
     for d in dirs:
@@ -290,7 +291,7 @@ def load_study_data(study_name: str, storage_url: str = DEFAULT_STORAGE_URL, ada
                      direction=study.direction.name.lower(), objective=objective, space=space,
                      trials=[trial_row(t, roots) for t in trials], ladders=ladders, summary_path=summary_path,
                      summary_note=_note(study, summary_path), sweep_dirs=[d for d in dirs if d.is_dir()],
-                     summary_runs=runs, spec=spec_of_study(study, meta, keys))
+                     summary_runs=runs, spec=spec_of_study(study, meta, order))
 
 
 def wandb_run_dirs(study_name: str, storage_url: str = DEFAULT_STORAGE_URL) -> list[Path]:

@@ -19,7 +19,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from ranksweep.locks import study_lock
-from ranksweep.sweep import plan
+from ranksweep.sweep import keys, plan
 from ranksweep.sweep.heartbeat import fail_stale, first_beat
 from ranksweep.sweep.reader import Spec, index_trials, read_ladders
 from ranksweep.sweep.record import check_failures
@@ -87,8 +87,8 @@ class Claimer:
                     claims.append(claim)
                     continue
                 blocked[item.ladder] = item.rank  # recorded, not run: the ladder ends at the last rank that fits
-                claim.trial.set_user_attr("failure_kind", "infeasible")
-                claim.trial.set_user_attr("fail_reason", reason)
+                claim.trial.set_user_attr(keys.FAILURE_KIND, "infeasible")
+                claim.trial.set_user_attr(keys.FAIL_REASON, reason)
                 self.study.tell(claim.trial, state=TrialState.FAIL)
                 log.warning("trial %d (%s r=%d) skipped: %s", claim.trial.number, item.ladder, item.rank, reason)
                 self.skipped = True
@@ -96,13 +96,13 @@ class Claimer:
 
     def _cancel(self, lad: Ladder) -> None:
         for t in plan.unneeded_running(lad):
-            if "cancel_reason" not in t.attrs:
-                self.storage.set_trial_user_attr(t.trial_id, "cancel_reason",
+            if keys.CANCEL_REASON not in t.attrs:
+                self.storage.set_trial_user_attr(t.trial_id, keys.CANCEL_REASON,
                                                  f"not needed: the ladder stopped at r={lad.stop_rank}")
                 log.info("trial %d (r=%s) cancelled: the ladder stopped at r=%s", t.number, t.rank, lad.stop_rank)
 
     def _parent(self, item: plan.Item, lad: Ladder, created: dict) -> Optional[int]:
-        if item.rank == 0 or item.rank == self.spec.ranks[0]:
+        if item.rank == 0 or item.rank == self.spec.ranks[0] or item.budget_check:  # a budget check is not pruned
             return None
         t = plan.parent_of(lad, item, self.spec.ranks)
         if t is not None:
@@ -117,21 +117,22 @@ class Claimer:
         values = dict(c.split("=", 1) for c in item.combo)
         for k, dist in self.axes.items():
             self.storage.set_trial_param(tid, k, dist.to_internal_repr(values[k]), dist)
-        self.storage.set_trial_param(tid, "rank", float(item.rank), RANK_DIST)
-        self.storage.set_trial_param(tid, "seed", float(item.seed), SEED_DIST)
+        self.storage.set_trial_param(tid, keys.RANK_PARAM, float(item.rank), RANK_DIST)
+        self.storage.set_trial_param(tid, keys.SEED_PARAM, float(item.seed), SEED_DIST)
         values = self._searched(item, trial, lad)
         claim = Claim(item, trial, self._parent(item, lad, created), values)
-        attrs: dict[str, Any] = {"ladder": item.ladder, "rank": item.rank, "seed": item.seed, "slot": item.slot,
-                                 "role": "base" if item.rank == 0 else "search" if item.search else "rung",
-                                 "searched": sorted(values),
-                                 "worker": f"{socket.gethostname()}:{os.getpid()}",
-                                 "output_dir": str(self.sweep_dir / claim.subdir)}
+        attrs: dict[str, Any] = {keys.LADDER: item.ladder, keys.RANK: item.rank, keys.SEED: item.seed,
+                                 keys.SLOT: item.slot,
+                                 keys.ROLE: item.role,
+                                 keys.SEARCHED: sorted(values),
+                                 keys.WORKER: f"{socket.gethostname()}:{os.getpid()}",
+                                 keys.OUTPUT_DIR: str(self.sweep_dir / claim.subdir)}
         if claim.parent is not None:
-            attrs["parent_trial_number"] = claim.parent
+            attrs[keys.PARENT_TRIAL_NUMBER] = claim.parent
         if lad.base is not None:
-            attrs["base_value"] = lad.base
-            if lad.base_trial is not None and lad.base_trial.attrs.get("eval_loss") is not None:
-                attrs["base_eval_loss"] = lad.base_trial.attrs["eval_loss"]  # the pruner's reference
+            attrs[keys.BASE_VALUE] = lad.base
+            if lad.base_trial is not None and lad.base_trial.attrs.get(keys.EVAL_LOSS) is not None:
+                attrs[keys.BASE_EVAL_LOSS] = lad.base_trial.attrs[keys.EVAL_LOSS]  # the pruner's reference
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         created[item.key] = trial.number

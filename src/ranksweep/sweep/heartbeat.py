@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
+from ranksweep.sweep import keys
+
 log = logging.getLogger("ranksweep.sweep")
 
 
@@ -39,7 +41,7 @@ class AttrHeartbeat:
     def _run(self) -> None:
         while True:
             try:
-                self.storage.set_trial_user_attr(self.trial_id, "heartbeat_at", time.time())
+                self.storage.set_trial_user_attr(self.trial_id, keys.HEARTBEAT_AT, time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
                 return  # another worker declared this one dead; recording the job says so
             if self.stop.wait(self.interval):
@@ -71,7 +73,7 @@ def first_beat(storage: Any, trial_id: int) -> None:
     if is_rdb(storage):
         storage.record_heartbeat(trial_id)
     else:
-        storage.set_trial_user_attr(trial_id, "heartbeat_at", time.time())
+        storage.set_trial_user_attr(trial_id, keys.HEARTBEAT_AT, time.time())
 
 
 def fail_stale(study: optuna.Study, storage: Any, grace: float) -> None:
@@ -88,14 +90,14 @@ def fail_stale(study: optuna.Study, storage: Any, grace: float) -> None:
         stale = set(storage._get_stale_trial_ids(study._study_id))
     else:
         stale = {t._trial_id for t in running
-                 if t.user_attrs.get("heartbeat_at") is not None
-                 and time.time() - float(t.user_attrs["heartbeat_at"]) > grace}
+                 if t.user_attrs.get(keys.HEARTBEAT_AT) is not None
+                 and time.time() - float(t.user_attrs[keys.HEARTBEAT_AT]) > grace}
     for t in running:
         if t._trial_id not in stale:
             continue
         try:
             storage.set_trial_user_attr(
-                t._trial_id, "fail_reason", f"worker {t.user_attrs.get('worker')} stopped (no heartbeat)")
+                t._trial_id, keys.FAIL_REASON, f"worker {t.user_attrs.get(keys.WORKER)} stopped (no heartbeat)")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # its worker finished it meanwhile (alive after all), or another worker failed it

@@ -25,12 +25,12 @@ from typing import Any, Iterable, Optional
 
 from ranksweep.errors import ConfigError
 from ranksweep.files import atomic_write_json
+from ranksweep.sweep import keys
 from ranksweep.urls import journal_path, mask_secrets, sqlite_path
 
-__all__ = ["IDENTITY_ATTR", "MARKER", "bind_folder", "bind_study", "check_label", "check_name", "open_folder",
+__all__ = ["MARKER", "bind_folder", "bind_study", "check_label", "check_name", "open_folder",
            "storage_identity", "trial_identity"]
 
-IDENTITY_ATTR = "ranksweep_identity"
 MARKER = ".ranksweep-study.json"
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Set per job by the sweeper, or local to a machine: not part of what a ladder trains.
@@ -87,7 +87,7 @@ def bind_study(study: Any, identities: dict[str, dict[str, Any]], name: str, dat
     ``data``: each ladder's :class:`ranksweep.data.identity.DataIdentity` (what its files hold), stored beside
     its config; a resume whose data changed is refused, naming the file. A study stored before data was
     part of its identity gets it recorded."""
-    stored = dict(study.user_attrs.get(IDENTITY_ATTR) or {})
+    stored = dict(study.user_attrs.get(keys.STUDY_IDENTITY) or {})
     changed = False
     for ladder, flat in identities.items():
         old = stored.get(ladder)
@@ -108,7 +108,7 @@ def bind_study(study: Any, identities: dict[str, dict[str, Any]], name: str, dat
         elif was.get("digest") != now.digest:
             _refuse_data(was.get("sources") or {}, now, ladder, name)
     if changed:
-        study.set_user_attr(IDENTITY_ATTR, stored)
+        study.set_user_attr(keys.STUDY_IDENTITY, stored)
 
 
 def _refuse_data(was: dict[str, Any], now: Any, ladder: str, name: str) -> None:

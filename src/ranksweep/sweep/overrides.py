@@ -107,6 +107,9 @@ def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, 
     """The overrides of one job: the ladder's, its rank and seed, its searched values, and the handle
     on its Optuna trial (with ``data_digest``, what its data must hold: the study's)."""
     ov = list(space.fixed) + list(item.combo) + [f"{k}={_value(v)}" for k, v in (values or {}).items()]
+    if item.overrides:  # what this job trains differently (a budget check's steps) replaces the ladder's
+        own = {o.split("=", 1)[0].lstrip("+~") for o in item.overrides}
+        ov = [o for o in ov if o.split("=", 1)[0].lstrip("+~") not in own] + list(item.overrides)
     ov += [
         f"lora.r={item.rank if item.rank > 0 else s.start_rank}",
         f"trainer.seed={space.seed_base + item.seed}",
@@ -116,7 +119,8 @@ def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, 
         f"trial.trial_number={number}",
         f"trial.prune_after={s.prune_after}",
         f"trial.prune_margin={s.prune_margin}",
-        f"trial.pruner={s.pruner}",
+        f"trial.pruner={'none' if item.budget_check else s.pruner}",
+        f"trial.role={item.role}",
         f"trial.rung_pruner={s.rung_pruner if item.search else 'none'}",
         f"logger.group={quote(s.study_name)}",
         f"hydra.sweep.subdir={quote(subdir)}",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ranksweep.sweep.results import Ladder, Rung, Trial
+from ranksweep.sweep.results import BUDGET_SLOT, JobStatus, Ladder, Rung, Trial
 
 
 @dataclass(frozen=True)
@@ -24,24 +24,38 @@ class Item:
     slot: int = 0
     search: bool = False
     params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # What this job trains differently from its ladder (a budget check's longer run: trainer.max_steps=N)
+    overrides: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
     @property
     def key(self) -> tuple[str, int, int, int]:
         return (self.ladder, self.rank, self.seed, self.slot)
 
     @property
+    def budget_check(self) -> bool:
+        return self.slot == BUDGET_SLOT
+
+    @property
+    def role(self) -> str:
+        """Its ``role`` attribute and ``trial.role``: base, search (a searched rank's trials), budget (the budget
+        check's longer run) or rung (any other seed of a rank)."""
+        return "base" if self.rank == 0 else "search" if self.search else "budget" if self.budget_check else "rung"
+
+    @property
     def subdir(self) -> str:
         if self.rank == 0:
             return "base"
+        if self.budget_check:
+            return f"r{self.rank}-longer"
         return f"r{self.rank}-s{self.seed}" + (f"-t{self.slot}" if self.search else "")
 
 
 def _rung_items(lad: Ladder, rung: Rung, searching: bool) -> tuple[list[Item], bool]:
     """The claimable jobs of one rung, and whether any of its jobs runs now."""
     items: list[Item] = []
-    running = any(j.status == "running" for j in rung.jobs)
+    running = any(j.status == JobStatus.RUNNING for j in rung.jobs)
     for j in rung.jobs:
-        if j.status != "todo":
+        if j.status != JobStatus.TODO:
             continue
         if j.search:
             items.append(Item(lad.key, lad.combo, rung.rank, j.seed, j.slot, search=searching))
@@ -63,11 +77,14 @@ def candidates(ladders: Sequence[Ladder], parallel: int,
     running = False
     for lad in ladders:
         if lad.done:
+            check = _budget_items(lad)
+            running = running or check[1]
+            out += [(item, len(lad.rungs)) for item in check[0]]
             continue
-        if lad.base_status == "todo":
+        if lad.base_status == JobStatus.TODO:
             out.append((Item(lad.key, lad.combo, 0, 0), -1))
             continue
-        if lad.base_status == "running":
+        if lad.base_status == JobStatus.RUNNING:
             running = True
             continue
         by_rank = {r.rank: r for r in lad.rungs}
@@ -79,12 +96,28 @@ def candidates(ladders: Sequence[Ladder], parallel: int,
     return out, running
 
 
+def _budget_items(lad: Ladder) -> tuple[list[Item], bool]:
+    """A stopped ladder's budget-check jobs still to run (the rank's best values, ``steps`` steps, no
+    pruning), and whether one runs now."""
+    bc = lad.budget_check
+    if bc is None:
+        return [], False
+    by_rank = {r.rank: r for r in lad.rungs}
+    items = []
+    for rank, job in zip((bc.lower, bc.upper), bc.jobs):
+        best = by_rank[rank].best
+        if job.status == JobStatus.TODO and best is not None:
+            items.append(Item(lad.key, lad.combo, rank, 0, BUDGET_SLOT, params=dict(best.searched),
+                              overrides=(f"trainer.max_steps={bc.steps}", "trainer.epochs=null")))
+    return items, any(j.status == JobStatus.RUNNING for j in bc.jobs)
+
+
 def unneeded_running(lad: Ladder) -> list[Trial]:
     """Running trials of ranks past the stop rank: speculation the stop rule made unnecessary."""
     if not lad.done or lad.stop_rank is None:
         return []
     return [j.trial for r in lad.rungs if r.rank > lad.stop_rank for j in r.jobs
-            if j.status == "running" and j.trial is not None]
+            if j.status == JobStatus.RUNNING and j.trial is not None]
 
 
 def parent_of(lad: Ladder, item: Item, ranks: Sequence[int]) -> Optional[Trial]:
@@ -98,8 +131,9 @@ def parent_of(lad: Ladder, item: Item, ranks: Sequence[int]) -> Optional[Trial]:
     if item.seed == 0:
         if prev.best is not None:
             return prev.best
-        return next((j.trial for j in prev.jobs if j.search and j.status == "running" and j.trial), None)
-    return next((j.trial for j in prev.jobs if j.seed == item.seed and j.status in ("done", "running")), None)
+        return next((j.trial for j in prev.jobs if j.search and j.status == JobStatus.RUNNING and j.trial), None)
+    return next((j.trial for j in prev.jobs if j.seed == item.seed
+                 and j.status in (JobStatus.DONE, JobStatus.RUNNING)), None)
 
 
 def warm_start(lad: Ladder, item: Item, ranks: Sequence[int]) -> Optional[dict[str, Any]]:

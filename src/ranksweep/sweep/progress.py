@@ -7,7 +7,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ranksweep.sweep.results import Ladder, Trial
+from optuna.trial import TrialState
+
+from ranksweep.sweep import keys
+from ranksweep.sweep.results import JobStatus, Ladder, Trial
 
 log = logging.getLogger("ranksweep.sweep")
 
@@ -20,11 +23,11 @@ class Progress:
     def line(self, trials: Sequence[Trial], ladders: Sequence[Ladder], rank: int,
              ladder: str) -> tuple[str, int, int, float]:
         """The progress line after a job of ``ladder`` at ``rank`` ended; also (done+failed, to go, eta s)."""
-        done = [t for t in trials if t.finished and "ladder" in t.attrs]
-        failed = sum(1 for t in trials if t.state == "FAIL" and t.failure_kind)
+        done = [t for t in trials if t.finished and keys.LADDER in t.attrs]
+        failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.failure_kind)
         # At least: each open ladder's base, or its next rank for every seed.
-        ahead = sum(1 if lad.base_status != "done" else self.seeds for lad in ladders if not lad.done)
-        secs = [d for d in (t.number_attr("duration_s") for t in done) if d is not None]
+        ahead = sum(1 if lad.base_status != JobStatus.DONE else self.seeds for lad in ladders if not lad.done)
+        secs = [d for d in (t.number_attr(keys.DURATION_S) for t in done) if d is not None]
         eta = (sum(secs) / len(secs)) * ahead / max(self.n_jobs, 1) if secs and ahead else 0.0
         what = "base" if rank == 0 else f"r={rank}"
         text = (f"sweep {self.study_name}: {len(done)} done, {failed} failed, >= {ahead} to go; last {what} "

@@ -2,9 +2,10 @@
 
 A pure function of the trials, so every worker, a resumed run and the final summary reach the same
 decisions from the same shared results. A trial belongs to the job ``(ladder, rank, seed, slot)``
-named by its user attributes; rank 0 is the ladder's untrained base. The stop rule is applied to
-growing prefixes of finished ranks in ladder order, so results that arrive out of order
-(speculative ranks, several workers) give the same stop rank as one worker running them in order.
+named by its user attributes; rank 0 is the ladder's untrained base. The stop rule
+(:mod:`ranksweep.sweep.rules`) is applied to growing prefixes of finished ranks in ladder order, so
+results that arrive out of order (speculative ranks, several workers) give the same stop rank as one
+worker running them in order.
 """
 
 from __future__ import annotations
@@ -14,31 +15,49 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from optuna.trial import TrialState
+
 from ranksweep.launchers import MAX_RETRIES, RETRY_KINDS
-from ranksweep.sweep import ladder as ladder_mod
-from ranksweep.sweep.results import Job, Ladder, Rung, Trial
-from ranksweep.sweep.rules import Judge, decide_margin
-from ranksweep.sweep.stats import KINDS, Examples
+from ranksweep.objectives import kind_of
+from ranksweep.sweep.conclude import conclude, settle_budget
+from ranksweep.sweep.keys import (
+    ADAPTER,
+    ALPHA,
+    DURATION_S,
+    LADDER,
+    PEAK_MEM_GB,
+    RANK,
+    STEPS,
+    STUDY_SETTINGS,
+    STUDY_SPACE,
+    SUPERVISED_TOKENS,
+    TRAINABLE_PARAMS,
+)
+from ranksweep.sweep.results import BUDGET_SLOT, BudgetCheck, Job, JobStatus, Ladder, Rung, Trial, mean_std
+from ranksweep.sweep.rules import Step, StopRule, decide
+from ranksweep.sweep.rules.margin import MarginRule
+from ranksweep.sweep.rules.share import ShareRule
+from ranksweep.sweep.stats import Examples
 
 JobKey = tuple[str, int, int, int]
+RULES = {"margin": MarginRule, "share": ShareRule}  # hydra.sweeper.stop_rule -> the rule
 
 
 @dataclass(frozen=True)
 class Spec:
-    """How to read a study: its ladders and the rules its sweeper followed."""
+    """How to read a study: its ladders, its stop rule and the rest of what its sweeper followed."""
 
     ladders: tuple[tuple[str, tuple[str, ...]], ...]  # (key, combo) per ladder
     ranks: tuple[int, ...]
     seeds: int
-    rule: ladder_mod.StopRule
+    rule: StopRule
     direction: str
     objective: str
     max_rank: int
     factor: int
-    tolerance: float
-    judge: Optional[Judge] = None  # the margin rule; None: the share rule
     budget: int = 1  # search trials per rank
-    patience: int = 2
+    noise_seeds: int = 0  # extra seeds of the first rank's best values (the training noise)
+    budget_check: float = 0.0  # the factor of the steps the recommended rank and its neighbour are rerun at
 
 
 def index_trials(trials: Sequence[Any]) -> dict[JobKey, list[Trial]]:
@@ -46,12 +65,12 @@ def index_trials(trials: Sequence[Any]) -> dict[JobKey, list[Trial]]:
     idx: dict[JobKey, list[Trial]] = {}
     for t in trials:
         t = t if isinstance(t, Trial) else Trial.from_frozen(t)
-        if "ladder" in t.attrs and not t.attrs.get("claim_lost"):
+        if LADDER in t.attrs and not t.claim_lost:
             idx.setdefault((t.ladder, t.rank, t.seed, t.slot), []).append(t)
     return idx
 
 
-def job_status(ts: Sequence[Trial]) -> tuple[str, Optional[Trial]]:
+def job_status(ts: Sequence[Trial]) -> tuple[JobStatus, Optional[Trial]]:
     """``done`` / ``running`` / ``failed`` / ``todo`` for one job, from all its trials.
 
     A trial that FAILED because its worker died (no ``failure_kind``) leaves the job ``todo``: it is
@@ -61,17 +80,17 @@ def job_status(ts: Sequence[Trial]) -> tuple[str, Optional[Trial]]:
     """
     for t in ts:
         if t.finished:
-            return "done", t
+            return JobStatus.DONE, t
     for t in ts:
-        if t.state in ("RUNNING", "WAITING"):
-            return "running", t
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            return JobStatus.RUNNING, t
     for t in ts:  # data that changed during the sweep (DataChanged): run again once it is restored
-        if t.state == "FAIL" and t.failure_kind and t.failure_kind not in (*RETRY_KINDS, "data_changed"):
-            return "failed", t
-    lost = [t for t in ts if t.state == "FAIL" and t.failure_kind in RETRY_KINDS]  # the scheduler took it away
+        if t.state == TrialState.FAIL and t.failure_kind and t.failure_kind not in (*RETRY_KINDS, "data_changed"):
+            return JobStatus.FAILED, t
+    lost = [t for t in ts if t.state == TrialState.FAIL and t.failure_kind in RETRY_KINDS]  # the scheduler took it away
     if len(lost) > MAX_RETRIES:
-        return "failed", lost[-1]
-    return "todo", None
+        return JobStatus.FAILED, lost[-1]
+    return JobStatus.TODO, None
 
 
 def _examples(ts: Sequence[Trial], objective: str) -> Optional[tuple[Examples, dict[str, Any]]]:
@@ -81,7 +100,7 @@ def _examples(ts: Sequence[Trial], objective: str) -> Optional[tuple[Examples, d
     nums, dens, prints = zip(*got)  # type: ignore[misc]
     if len(set(prints)) > 1 or len({len(d) for d in dens}) > 1:
         return None  # not the same eval examples: no paired comparison
-    return (Examples.of(nums, dens[0], KINDS.get(objective, "loss"), fingerprint=prints[0]),
+    return (Examples.of(nums, dens[0], kind_of(objective), fingerprint=prints[0]),
             {"fingerprint": prints[0], "n": len(dens[0])})
 
 
@@ -93,29 +112,29 @@ def build_rung(rank: int, jobs: list[Job], spec: Spec) -> Rung:
     chosen = ([best] + [j.trial for j in jobs if not j.search and j.trial is not None and j.trial.objective
                         is not None]) if best is not None else []
     rung.values = [float(t.objective) for t in chosen]  # type: ignore[arg-type]
-    rung.mean = sum(rung.values) / len(rung.values) if rung.values else None
-    rung.std = (math.sqrt(sum((v - rung.mean) ** 2 for v in rung.values) / (len(rung.values) - 1))
-                if len(rung.values) > 1 else (0.0 if rung.values else None))
+    rung.mean, rung.std = mean_std(rung.values)
     states = {t.state for t in ts}
-    rung.state = ("COMPLETE" if rung.mean is not None else "PRUNED" if "PRUNED" in states
-                  else "FAIL" if "FAIL" in states else sorted(states)[0] if states else "WAITING")
+    rung.state = (TrialState.COMPLETE if rung.mean is not None else TrialState.PRUNED if TrialState.PRUNED in states
+                  else TrialState.FAIL if TrialState.FAIL in states
+                  else min(states, key=lambda st: st.name) if states else TrialState.WAITING)
     shown = chosen or ts
     first = (best or (ts[0] if ts else None))
     rung.seeds = [t.seed for t in chosen]
     rung.trial_numbers = [t.number for t in ts]
-    rung.alpha = first.attrs.get("alpha") if first else None
-    rung.trainable_params = first.attrs.get("trainable_params") if first else None
-    rung.duration_s = sum(t.number_attr("duration_s") or 0.0 for t in ts)
-    rung.peak_mem_gb = max([t.number_attr("peak_mem_gb") or 0.0 for t in ts] or [0.0])
-    rung.fail_reason = "; ".join(str(t.fail_reason) for t in ts if t.state == "FAIL" and t.fail_reason) or None
+    rung.alpha = first.attrs.get(ALPHA) if first else None
+    rung.trainable_params = first.attrs.get(TRAINABLE_PARAMS) if first else None
+    rung.duration_s = sum(t.number_attr(DURATION_S) or 0.0 for t in ts)
+    rung.peak_mem_gb = max([t.number_attr(PEAK_MEM_GB) or 0.0 for t in ts] or [0.0])
+    rung.fail_reason = "; ".join(str(t.fail_reason) for t in ts
+                                 if t.state == TrialState.FAIL and t.fail_reason) or None
     rung.output_dirs = [t.output_dir for t in shown]
     rung.wandb_runs = [t.wandb_run for t in shown]
     rung.lrs = [lr for lr in (j.trial.lr for j in jobs if j.search and j.trial is not None) if lr is not None]
     if best is not None:
         rung.best_params = best.searched
         rung.best_lr = best.lr
-        rung.supervised_tokens = best.attrs.get("supervised_tokens")
-        rung.effective_rank = (best.attrs.get("adapter") or {}).get("effective_rank")
+        rung.supervised_tokens = best.attrs.get(SUPERVISED_TOKENS)
+        rung.effective_rank = (best.attrs.get(ADAPTER) or {}).get("effective_rank")
         rung.lr_at_edge = _edge(best, rung.lrs)
         ex = _examples(chosen, spec.objective)
         rung.examples = ex[0] if ex else None
@@ -124,7 +143,7 @@ def build_rung(rank: int, jobs: list[Job], spec: Spec) -> Rung:
             rung.note = (f"its seeds were evaluated on different eval examples (fingerprints "
                          f"{', '.join(rung.eval_fingerprints)}): not compared")
     elif ts and rung.finished:
-        rung.note = ("every trial pruned" if "PRUNED" in states else "every trial failed")
+        rung.note = ("every trial pruned" if TrialState.PRUNED in states else "every trial failed")
     return rung
 
 
@@ -142,8 +161,31 @@ def _edge(best: Trial, tried: Sequence[float]) -> Optional[str]:
 
 
 def _jobs(key: str, rank: int, idx: dict[JobKey, list[Trial]], spec: Spec) -> list[Job]:
+    """A rung's jobs: its search slots at seed 0, then its further seeds (the first rank also runs the noise
+    seeds that measure the training noise)."""
+    seeds = max(spec.seeds, 1 + spec.noise_seeds) if rank == spec.ranks[0] else spec.seeds
     jobs = [Job(0, k, *job_status(idx.get((key, rank, 0, k), [])), search=True) for k in range(spec.budget)]
-    return jobs + [Job(s, 0, *job_status(idx.get((key, rank, s, 0), []))) for s in range(1, spec.seeds)]
+    return jobs + [Job(s, 0, *job_status(idx.get((key, rank, s, 0), []))) for s in range(1, seeds)]
+
+
+def _budget_check(lad: Ladder, idx: dict[JobKey, list[Trial]], spec: Spec) -> Optional[BudgetCheck]:
+    """The budget check a stopped ladder runs (None: off, not stopped, a rule without intervals, or fewer than
+    two ranks with values): its recommended rank and the rank below it (above it, for the smallest) rerun at
+    ``budget_check`` times the steps the recommended rank's best trial trained."""
+    rec = lad.recommendation
+    if spec.budget_check <= 0 or not lad.done or rec is None or lad.comparison is None:
+        return None
+    ranks = [r.rank for r in lad.complete]
+    if rec.rank not in ranks or len(ranks) < 2:
+        return None
+    i = ranks.index(rec.rank)
+    lower, upper = (ranks[i - 1], ranks[i]) if i > 0 else (ranks[0], ranks[1])
+    best = next(r for r in lad.complete if r.rank == rec.rank).best
+    steps = best.number_attr(STEPS) if best is not None else None
+    if not steps:
+        return None
+    jobs = [Job(0, BUDGET_SLOT, *job_status(idx.get((lad.key, r, 0, BUDGET_SLOT), []))) for r in (lower, upper)]
+    return BudgetCheck(spec.budget_check, int(round(spec.budget_check * steps)), lower, upper, rec.rank, jobs)
 
 
 def _stop(lad: Ladder, reason: str, rank: Optional[int]) -> Ladder:
@@ -155,15 +197,18 @@ def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]]
     """Where one ladder stands: its base, each rank's jobs, and whether the stop rule fired."""
     lad = Ladder(key=key, combo=combo, direction=spec.direction, objective=spec.objective)
     lad.base_status, lad.base_trial = job_status(idx.get((key, 0, 0, 0), []))
-    if lad.base_status == "failed":
+    if lad.base_status == JobStatus.FAILED:
         why = lad.base_trial.fail_reason if lad.base_trial else "?"
         return _stop(lad, f"base evaluation failed: {why}", None)
-    lad.rungs = [build_rung(r, _jobs(key, r, idx, spec) if lad.base_status == "done" else [], spec)
+    lad.rungs = [build_rung(r, _jobs(key, r, idx, spec) if lad.base_status == JobStatus.DONE else [], spec)
                  for r in spec.ranks]
-    if lad.base_status != "done":
+    if lad.base_status != JobStatus.DONE:
         return lad
     lad.base = lad.base_trial.objective if lad.base_trial else None
-    steps = []
+    ex = _examples([lad.base_trial], spec.objective) if lad.base_trial is not None and lad.base is not None else None
+    lad.base_step = Step(0, lad.base, ex[0] if ex else None, [] if lad.base is None else [lad.base], "",
+                         (ex[1]["fingerprint"],) if ex and ex[1]["fingerprint"] else ())
+    steps: list[Step] = []
     for rung in lad.rungs:
         if not rung.finished:
             break
@@ -175,24 +220,12 @@ def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]]
         if step.value is None and not any(s.value is not None for s in steps):
             continue  # nothing to compare it with yet: a rank whose every trial failed is skipped
         steps.append(step)
-        decision = _decide(lad, steps, spec)
+        decision = decide(spec.rule, steps, lad.base_step, spec.max_rank, spec.factor)
         if decision.stop:
             return _stop(lad, decision.reason, rung.rank)
     if all(r.finished for r in lad.rungs):
         return _stop(lad, f"reached max_rank={spec.max_rank}", spec.ranks[-1])
     return lad
-
-
-def _decide(lad: Ladder, steps: list, spec: Spec) -> ladder_mod.Decision:
-    if spec.judge is not None:
-        return decide_margin(steps, spec.judge, spec.patience, spec.max_rank, spec.factor)
-    have = [s for s in steps if s.value is not None]
-    if steps[-1].value is None:
-        return ladder_mod.Decision(False, "continue", None, lad.shares)
-    decision = ladder_mod.decide(spec.rule, lad.base, [s.rank for s in have], [s.seed_values for s in have],
-                                 spec.direction, spec.max_rank, spec.factor)
-    lad.shares = decision.shares
-    return decision
 
 
 def read_ladders(trials: Sequence[Any], spec: Spec) -> list[Ladder]:
@@ -203,43 +236,41 @@ def read_ladders(trials: Sequence[Any], spec: Spec) -> list[Ladder]:
         lad = read_ladder(key, combo, idx, spec)
         if not lad.stop_reason:
             lad.stop_reason = "incomplete"
-        out.append(lad.conclude(spec.tolerance, spec.judge))
+        lad = conclude(lad, spec.rule)
+        lad.budget_check = _budget_check(lad, idx, spec)
+        out.append(settle_budget(lad, spec.rule))
     return out
 
 
 def spec_of_study(study: Any, meta: Optional[dict[str, Any]] = None, keys: Sequence[str] = ()) -> Spec:
-    """How a study is read: its ladders and the rules its sweeper stored (study attribute
-    ``ranksweep_settings``), else ``meta`` (the ``sweep`` block of ``sweep_summary.json``), else the
-    defaults, with max_rank the largest rank that ran. ``keys`` orders the ladders first."""
+    """How a study is read: the settings its sweeper stored (study attribute ``ranksweep_settings``), else
+    ``meta`` (the ``sweep`` block of ``sweep_summary.json``), older records completed by the study's
+    ``ranksweep_space``, else the defaults (:meth:`SweepSettings.from_record`); the study's direction, and
+    max_rank the largest rank that ran. ``keys`` orders the ladders first."""
     from ranksweep.sweep.settings import SweepSettings
 
-    space = dict(study.user_attrs.get("ranksweep_space") or {})
-    meta = {**(meta or {}), **(study.user_attrs.get("ranksweep_settings") or {})}
-    d = SweepSettings()
-    known = {k: v for k, v in meta.items() if k in SweepSettings.__dataclass_fields__}
-    s = SweepSettings(**{**known, "start_rank": int(space.get("start_rank", d.start_rank)),
-                         "factor": int(space.get("factor", d.factor)),
-                         "seeds_per_rank": int(space.get("seeds_per_rank", d.seeds_per_rank)),
-                         "objective": str(space.get("objective", meta.get("objective", d.objective))),
-                         "direction": study.direction.name.lower(), "search": space.get("search") or {},
-                         "search_budget": int(space.get("search_budget", meta.get("search_budget", 1)))})
+    space = dict(study.user_attrs.get(STUDY_SPACE) or {})
+    record = {**(meta or {}), **(study.user_attrs.get(STUDY_SETTINGS) or {})}
+    s = SweepSettings.from_record(record, space)
+    s.direction = study.direction.name.lower()
     trials = study.get_trials(deepcopy=False)
-    s.max_rank = max([s.start_rank, *[int(r) for r in meta.get("ranks") or []],
-                      *[int(t.user_attrs.get("rank", 0) or 0) for t in trials]])
+    s.max_rank = max([s.start_rank, *[int(r) for r in record.get("ranks") or []],
+                      *[int(t.user_attrs.get(RANK, 0) or 0) for t in trials]])
     order = [k for k in keys if k]
     order += [k for k in space.get("ladders") or [] if k not in order]
-    order += [k for k in dict.fromkeys(t.user_attrs.get("ladder") for t in trials) if k and k not in order]
+    order += [k for k in dict.fromkeys(t.user_attrs.get(LADDER) for t in trials) if k and k not in order]
     return spec_of(s, [(k, () if k == "default" else tuple(k.split(" "))) for k in order])
 
 
 def spec_of(s: Any, ladders: Sequence[tuple[str, tuple[str, ...]]]) -> Spec:
-    """The reading rules of :class:`~ranksweep.sweep.settings.SweepSettings` ``s``."""
-    judge = None if s.stop_rule == "share" else Judge(s.direction, s.margin, s.margin_type == "relative",
-                                                      s.confidence, s.bootstrap)
+    """The reading rules of :class:`~ranksweep.sweep.settings.SweepSettings` ``s``: its stop rule built from
+    ``s.stop_rule`` and that rule's settings, its ladder and its search budget."""
+    if s.stop_rule not in RULES:
+        raise ValueError(f"stop_rule must be one of {', '.join(RULES)}, got {s.stop_rule!r}")
     return Spec(ladders=tuple(ladders), ranks=tuple(s.ranks), seeds=s.seeds_per_rank,
-                rule=ladder_mod.StopRule(min_gain=s.min_gain, patience=s.patience), direction=s.direction,
-                objective=s.objective, max_rank=s.max_rank, factor=s.factor, tolerance=s.tolerance, judge=judge,
-                budget=s.budget, patience=s.patience)
+                rule=RULES[s.stop_rule].from_settings(s), direction=s.direction, objective=s.objective,
+                max_rank=s.max_rank, factor=s.factor, budget=s.budget, noise_seeds=int(getattr(s, "noise_seeds", 0)),
+                budget_check=float(getattr(s, "budget_check", 0.0)))
 
 
 def read_study(study: Any, meta: Optional[dict[str, Any]] = None, keys: Sequence[str] = ()) -> list[Ladder]:

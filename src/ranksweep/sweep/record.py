@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ranksweep.errors import RanksweepError, SweepAborted, TrialPruned
+from ranksweep.sweep import keys
 from ranksweep.sweep.results import Trial
 
 log = logging.getLogger("ranksweep.sweep")
@@ -47,8 +48,8 @@ def record(study: optuna.Study, trial: optuna.trial.Trial, ret: Any) -> None:
         known = describe_job_failure(exc)
         if known is not None:
             kind, reason = known[0], known[1]
-        trial.set_user_attr("failure_kind", kind)
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(keys.FAILURE_KIND, kind)
+        trial.set_user_attr(keys.FAIL_REASON, reason)
         study.tell(trial, state=TrialState.FAIL)
         log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
         if isinstance(exc, RanksweepError):
@@ -60,7 +61,8 @@ def check_failures(trials: Sequence[Trial], max_failure_rate: float) -> None:
     from ranksweep.launchers import RETRY_KINDS
 
     # Ranks that do not fit and jobs the scheduler took away (run again) are not the trials' failures.
-    failed = [t for t in trials if t.state == "FAIL" and t.failure_kind not in (None, "infeasible", *RETRY_KINDS)]
+    failed = [t for t in trials
+              if t.state == TrialState.FAIL and t.failure_kind not in (None, "infeasible", *RETRY_KINDS)]
     finished = [t for t in trials if t.finished] + failed
     if len(failed) >= 2 and len(failed) / max(len(finished), 1) > max_failure_rate:
         last = failed[-1].fail_reason or "?"

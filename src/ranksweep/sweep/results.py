@@ -4,22 +4,41 @@ A sweep is a list of ladders (one per combination of the non-rank overrides); a 
 evaluation and a list of rungs (one per rank); a rung holds its jobs: the search trials at seed 0
 (one without ``hydra.sweeper.search``) and one trial per further seed, trained with the best
 values the search found. The sweeper plans with this model; ``sweep_summary.json``, the text
-table, the PNG, the HTML report and the W&B summary run all read it. :mod:`.reader` builds it
-from an Optuna study (:func:`read_study`).
+table, the PNG, the HTML report and the W&B summary run all read it, each rung's row computed once
+(:meth:`Ladder.rows`). :mod:`.reader` builds it from an Optuna study; :mod:`.conclude` fills in what
+the stop rule concludes.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ranksweep.sweep import ladder as ladder_mod
-from ranksweep.sweep.rules import Step
-from ranksweep.sweep.stats import KINDS, Examples, Interval
+from optuna.trial import TrialState
 
-FINISHED_STATES = ("COMPLETE", "PRUNED")
+from ranksweep.objectives import kind_of
+from ranksweep.sweep import keys
+from ranksweep.sweep.rules import Comparison, Recommendation, Step
+from ranksweep.sweep.rules.share import gain_shares
+from ranksweep.sweep.stats import Examples, Interval
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class JobStatus(str, enum.Enum):
+    """Where one job stands, read from all its trials (:func:`ranksweep.sweep.reader.job_status`). A ``str``:
+    each compares equal to its text."""
+
+    TODO = "todo"  # no trial yet, or only ones that are run again (a dead worker's, a preempted one)
+    RUNNING = "running"
+    DONE = "done"  # a trial COMPLETE or PRUNED
+    FAILED = "failed"  # a real failure: final
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -30,7 +49,7 @@ class Trial:
     ladder: str
     rank: int  # 0: the untrained base
     seed: int
-    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    state: TrialState
     value: Optional[float] = None  # the objective, COMPLETE trials only
     params: dict[str, Any] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -42,21 +61,21 @@ class Trial:
     def from_frozen(cls, t: Any) -> Trial:
         a = dict(t.user_attrs)
         ranges = {k: (float(d.low), float(d.high)) for k, d in t.distributions.items()
-                  if k not in ("rank", "seed") and hasattr(d, "low")}
-        return cls(number=int(t.number), ladder=str(a.get("ladder", "?")),
-                   rank=int(a.get("rank", t.params.get("rank", 0)) or 0),
-                   seed=int(a.get("seed", t.params.get("seed", 0)) or 0), state=t.state.name,
+                  if k not in (keys.RANK_PARAM, keys.SEED_PARAM) and hasattr(d, "low")}
+        return cls(number=int(t.number), ladder=str(a.get(keys.LADDER, "?")),
+                   rank=int(a.get(keys.RANK, t.params.get(keys.RANK_PARAM, 0)) or 0),
+                   seed=int(a.get(keys.SEED, t.params.get(keys.SEED_PARAM, 0)) or 0), state=t.state,
                    value=float(t.value) if t.value is not None else None, params=dict(t.params), attrs=a,
                    intermediate={int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
                    trial_id=int(t._trial_id), ranges=ranges)
 
     @property
     def role(self) -> str:
-        return str(self.attrs.get("role") or ("base" if self.rank == 0 else "rung"))
+        return str(self.attrs.get(keys.ROLE) or ("base" if self.rank == 0 else "rung"))
 
     @property
     def slot(self) -> int:
-        return int(self.attrs.get("slot", 0) or 0)
+        return int(self.attrs.get(keys.SLOT, 0) or 0)
 
     @property
     def finished(self) -> bool:
@@ -65,31 +84,38 @@ class Trial:
     @property
     def objective(self) -> Optional[float]:
         """The trial's objective: COMPLETE trials only (a pruned trial's partial value is not a result)."""
-        return self.value if self.state == "COMPLETE" and self.value is not None and math.isfinite(self.value) else None
+        ok = self.state == TrialState.COMPLETE and self.value is not None and math.isfinite(self.value)
+        return self.value if ok else None
 
     @property
     def last_value(self) -> Optional[float]:
         """The objective, or a pruned trial's last eval (for plots, never for decisions)."""
         if self.objective is not None:
             return self.objective
-        return self.intermediate[max(self.intermediate)] if self.state == "PRUNED" and self.intermediate else None
+        pruned = self.state == TrialState.PRUNED and self.intermediate
+        return self.intermediate[max(self.intermediate)] if pruned else None
 
     @property
     def searched(self) -> dict[str, Any]:
         """The values this trial's search proposed (its params besides the ladder's)."""
-        return {k: self.params[k] for k in self.attrs.get("searched") or [] if k in self.params}
+        return {k: self.params[k] for k in self.attrs.get(keys.SEARCHED) or [] if k in self.params}
 
     # User attributes the sweeper and the job set, read as fields.
-    failure_kind = property(lambda self: self.attrs.get("failure_kind"))
+    failure_kind = property(lambda self: self.attrs.get(keys.FAILURE_KIND))
     # The fingerprint of the tokenised eval examples it was evaluated on ("" when not stored).
-    eval_fingerprint = property(lambda self: str((self.attrs.get("eval_examples") or {}).get("fingerprint") or ""))
-    fail_reason = property(lambda self: self.attrs.get("fail_reason"))
-    output_dir = property(lambda self: self.attrs.get("output_dir"))
-    wandb_run = property(lambda self: self.attrs.get("wandb_run"))
+    eval_fingerprint = property(lambda self: str((self.attrs.get(keys.EVAL_EXAMPLES) or {}).get("fingerprint") or ""))
+    fail_reason = property(lambda self: self.attrs.get(keys.FAIL_REASON))
+    output_dir = property(lambda self: self.attrs.get(keys.OUTPUT_DIR))
+    wandb_run = property(lambda self: self.attrs.get(keys.WANDB_RUN))
+    pruned_by = property(lambda self: self.attrs.get(keys.PRUNED_BY))  # parent | rung | cancelled
+    cancel_reason = property(lambda self: self.attrs.get(keys.CANCEL_REASON))
+    parent_trial_number = property(lambda self: self.attrs.get(keys.PARENT_TRIAL_NUMBER))
+    # A claim an older sweeper lost to another worker: not one of its job's trials.
+    claim_lost = property(lambda self: bool(self.attrs.get(keys.CLAIM_LOST)))
 
     @property
     def lr(self) -> Optional[float]:
-        v = self.params.get("trainer.lr", self.attrs.get("lr"))
+        v = self.params.get("trainer.lr", self.attrs.get(keys.LR))
         return float(v) if v is not None else None
 
     def number_attr(self, key: str) -> Optional[float]:
@@ -102,8 +128,8 @@ class Trial:
 
     def examples(self, objective: str) -> Optional[tuple[list[float], list[float], str]]:
         """``(num, den, fingerprint)`` of the per-example results behind ``objective``, if stored."""
-        ex = self.attrs.get("eval_examples") or {}
-        if objective == "exact_match":
+        ex = self.attrs.get(keys.EVAL_EXAMPLES) or {}
+        if kind_of(objective) == "accuracy":  # one 0/1 per generated example
             num, den = ex.get("correct"), None
             den = [1.0] * len(num) if isinstance(num, list) else None
         else:
@@ -119,16 +145,50 @@ class Job:
 
     seed: int
     slot: int
-    status: str  # todo | running | done | failed
+    status: JobStatus
     trial: Optional[Trial] = None
     search: bool = False
 
 
-def _std(values: Sequence[float]) -> Optional[float]:
+BUDGET_SLOT = -1  # the slot of a budget-check job (rank r, seed 0, trained longer): no rung's search slot
+
+
+@dataclass
+class BudgetCheck:
+    """The budget check of a stopped ladder: the rank it recommended and its neighbour (the rank below it, or
+    above the smallest), trained again at ``factor`` times the steps (``steps``), and whether the verdict
+    between them holds there. ``sweep_rank`` is the rank the ladder recommended at its own steps."""
+
+    factor: float
+    steps: int
+    lower: int
+    upper: int
+    sweep_rank: int
+    jobs: list[Job] = field(default_factory=list)  # lower's, upper's
+    gain: Optional[Interval] = None  # how much better upper is than lower at `steps`
+    margin: Optional[float] = None
+    verdict: str = ""  # holds | flips | inconclusive | failed; "" while its jobs run
+
+    @property
+    def pending(self) -> bool:
+        return any(j.status in (JobStatus.TODO, JobStatus.RUNNING) for j in self.jobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factor": self.factor, "steps": self.steps, "ranks": [self.lower, self.upper],
+                "sweep_rank": self.sweep_rank, "gain": _iv(self.gain), "margin": self.margin,
+                "verdict": self.verdict or None,
+                "values": {str(r): (j.trial.objective if j.trial is not None else None)
+                           for r, j in zip((self.lower, self.upper), self.jobs)},
+                "trials": [j.trial.number if j.trial is not None else None for j in self.jobs]}
+
+
+def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    """A rung's value and spread: the mean of its seeds' values and their sample standard deviation (0.0 for
+    one value; both None for none)."""
     if not values:
-        return None
+        return None, None
     m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
 
 
 @dataclass
@@ -137,7 +197,7 @@ class Rung:
     is the rung's value. Everything else describes its trials (cost, learning rates, budget)."""
 
     rank: int
-    state: str = "COMPLETE"  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    state: TrialState = TrialState.COMPLETE
     values: list[float] = field(default_factory=list)
     mean: Optional[float] = None
     std: Optional[float] = None
@@ -170,10 +230,11 @@ class Rung:
     jobs: list[Job] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.mean is None and self.values:
-            self.mean = sum(self.values) / len(self.values)
+        mean, std = mean_std(self.values)
+        if self.mean is None:
+            self.mean = mean
         if self.std is None and self.mean is not None:
-            self.std = _std(self.values)
+            self.std = std
 
     @property
     def trials(self) -> list[Trial]:
@@ -192,7 +253,7 @@ class Rung:
 
     @property
     def search_finished(self) -> bool:
-        return all(j.status in ("done", "failed") for j in self.jobs if j.search)
+        return all(j.status in (JobStatus.DONE, JobStatus.FAILED) for j in self.jobs if j.search)
 
     @property
     def finished(self) -> bool:
@@ -203,16 +264,16 @@ class Rung:
             return False
         if self.best is None:  # no seed to replicate: the further seeds never run
             return True
-        return all(j.status in ("done", "failed") for j in self.jobs)
+        return all(j.status in (JobStatus.DONE, JobStatus.FAILED) for j in self.jobs)
 
     @property
     def infeasible(self) -> bool:
-        return bool(self.jobs) and all(j.status == "failed" and j.trial is not None
+        return bool(self.jobs) and all(j.status == JobStatus.FAILED and j.trial is not None
                                        and j.trial.failure_kind == "infeasible" for j in self.jobs if j.search)
 
     @property
     def complete(self) -> bool:
-        return self.state == "COMPLETE" and self.mean is not None
+        return self.state == TrialState.COMPLETE and self.mean is not None
 
     @property
     def fingerprints(self) -> list[str]:
@@ -230,24 +291,63 @@ class Rung:
     def step(self) -> Step:
         return Step(self.rank, self.mean, self.examples, list(self.values), self.note, tuple(self.fingerprints))
 
+
+def _iv(iv: Optional[Interval]) -> Optional[dict[str, float]]:
+    return None if iv is None else {"est": iv.est, "lo": iv.lo, "hi": iv.hi}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One rung as every table of a ladder shows it, computed once (:meth:`Ladder.rows`): the summary JSON
+    (:meth:`to_dict`), the text table, the model card's table and the W&B table each format these fields."""
+
+    rank: int
+    alpha: Optional[float]
+    mean: Optional[float]  # the rung's value (mean over seeds) and its spread
+    std: Optional[float]
+    values: tuple[float, ...]
+    share: Optional[float]  # its share of the gain over the base (COMPLETE rungs only; see gain_shares)
+    gain: Optional[Interval]  # over the previous rank, with its interval (from the stop rule)
+    vs_best: Optional[Interval]
+    best_lr: Optional[float]
+    lr_at_edge: Optional[str]
+    lrs_tried: int  # learning rates its trials trained at
+    trainable_params: Optional[int]
+    duration_s: Optional[float]
+    state: TrialState  # written as its name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)
+    complete: bool
+    reason: str  # its note, else its fail reason ("" when neither)
+    fingerprints: tuple[str, ...]  # of the eval examples behind its value
+    rung: Rung = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, r: Rung, share: Optional[float]) -> Row:
+        return cls(rank=r.rank, alpha=r.alpha, mean=r.mean, std=r.std, values=tuple(r.values),
+                   share=share if r.complete else None, gain=r.gain, vs_best=r.vs_best, best_lr=r.best_lr,
+                   lr_at_edge=r.lr_at_edge, lrs_tried=len(r.lrs), trainable_params=r.trainable_params,
+                   duration_s=r.duration_s, state=r.state, complete=r.complete, reason=r.note or r.fail_reason or "",
+                   fingerprints=tuple(r.fingerprints), rung=r)
+
+    @property
+    def eval_fingerprint(self) -> Optional[str]:
+        """The one fingerprint of the eval examples behind its value (None: not stored, or its seeds differ)."""
+        return self.fingerprints[0] if len(self.fingerprints) == 1 else None
+
     def to_dict(self) -> dict[str, Any]:
         """The rung as written to ``sweep_summary.json``."""
-        g = self.gain
+        r = self.rung
         return {"rank": self.rank, "alpha": self.alpha, "values": list(self.values), "mean": self.mean,
-                "std": self.std, "seeds": list(self.seeds), "trial_numbers": list(self.trial_numbers),
+                "std": self.std, "seeds": list(r.seeds), "trial_numbers": list(r.trial_numbers),
                 "trainable_params": self.trainable_params, "duration_s": self.duration_s,
-                "peak_mem_gb": self.peak_mem_gb, "state": self.state, "fail_reason": self.fail_reason,
-                "output_dirs": list(self.output_dirs), "wandb_runs": list(self.wandb_runs), "lrs": list(self.lrs),
-                "best_params": dict(self.best_params), "best_lr": self.best_lr, "lr_at_edge": self.lr_at_edge,
-                "supervised_tokens": self.supervised_tokens, "still_falling": self.still_falling,
-                "separation_step": self.separation_step,
-                "gain": None if g is None else {"est": g.est, "lo": g.lo, "hi": g.hi},
-                "vs_best": None if self.vs_best is None else {"est": self.vs_best.est, "lo": self.vs_best.lo,
-                                                              "hi": self.vs_best.hi},
-                "effective_rank": self.effective_rank, "similarity": self.similarity,
-                "extra_energy": self.extra_energy, "eval_examples": self.examples.n if self.examples else None,
-                "eval_fingerprint": self.eval_fingerprint, "eval_fingerprints": self.fingerprints,
-                "note": self.note or None}
+                "peak_mem_gb": r.peak_mem_gb, "state": self.state.name, "fail_reason": r.fail_reason,
+                "output_dirs": list(r.output_dirs), "wandb_runs": list(r.wandb_runs), "lrs": list(r.lrs),
+                "best_params": dict(r.best_params), "best_lr": self.best_lr, "lr_at_edge": self.lr_at_edge,
+                "supervised_tokens": r.supervised_tokens, "still_falling": r.still_falling,
+                "separation_step": r.separation_step, "gain": _iv(self.gain), "vs_best": _iv(self.vs_best),
+                "effective_rank": r.effective_rank, "similarity": r.similarity,
+                "extra_energy": r.extra_energy, "eval_examples": r.examples.n if r.examples else None,
+                "eval_fingerprint": self.eval_fingerprint, "eval_fingerprints": list(self.fingerprints),
+                "note": r.note or None}
 
 
 @dataclass
@@ -261,15 +361,18 @@ class Ladder:
     rungs: list[Rung] = field(default_factory=list)
     stop_reason: str = ""
     combo: tuple[str, ...] = ()
-    base_status: str = "done"
+    base_status: JobStatus = JobStatus.DONE
     base_trial: Optional[Trial] = None
     done: bool = False
     stop_rank: Optional[int] = None
-    shares: list[Optional[float]] = field(default_factory=list)
-    recommendation: Optional[ladder_mod.Recommendation] = None
+    recommendation: Optional[Recommendation] = None
     budget: Optional[str] = None  # why the answer is bound by the training budget, when it is
     margin: Optional[float] = None  # the margin of the recommendation, in the objective's units
     eval_set: Optional[dict[str, Any]] = None  # which examples every rung evaluated on
+    comparison: Optional[Comparison] = field(default=None, repr=False, compare=False)  # the stop rule's intervals
+    base_step: Optional[Step] = field(default=None, repr=False, compare=False)  # the base as the rules see it
+    budget_check: Optional[BudgetCheck] = None  # the longer rerun of the recommended rank and its neighbour
+    noise: Optional[str] = None  # what the intervals cover, in words
 
     @property
     def label(self) -> str:
@@ -287,38 +390,40 @@ class Ladder:
         return [r for r in self.curve if r.complete]
 
     @property
+    def budget_bound(self) -> bool:
+        """The answer is bound by the training budget: the budget line says so (a verdict that holds at more
+        steps, or a check still running, is a reading, not a warning)."""
+        return bool(self.budget) and "bound by the training budget" in str(self.budget)
+
+    @property
     def pending(self) -> list[int]:
         """Needed ranks not finished yet, in ladder order (empty once the ladder is done)."""
         return [] if self.done else [r.rank for r in self.rungs if not r.finished]
 
     @property
-    def knee(self) -> Optional[int]:
-        return self.recommendation.knee if self.recommendation else None
-
-    @property
     def kind(self) -> str:
-        return KINDS.get(self.objective, "loss")
+        return kind_of(self.objective)
 
-    def conclude(self, tolerance: float = 0.05, judge: Any = None) -> Ladder:
-        """Fill the recommendation from the COMPLETE rungs: the margin rule with ``judge``
-        (:class:`ranksweep.sweep.rules.Judge`), else the share rule with ``tolerance``."""
-        from ranksweep.sweep.conclude import conclude
-
-        return conclude(self, tolerance, judge)
+    def rows(self) -> list[Row]:
+        """Each rung of the curve as the tables show it; the shares of the gain over the base computed here."""
+        done = self.complete
+        shares = dict(zip((r.rank for r in done), gain_shares(self.base, [float(r.mean) for r in done],  # type: ignore[arg-type]
+                                                              self.direction)))
+        return [Row.of(r, shares.get(r.rank)) for r in self.curve]
 
     def to_dict(self) -> dict[str, Any]:
         """The ladder as written to ``sweep_summary.json``."""
         rec = self.recommendation
         return {"key": self.key, "direction": self.direction, "objective": self.objective, "base": self.base,
-                "rungs": [r.to_dict() for r in self.curve], "stop_reason": self.stop_reason,
+                "rungs": [row.to_dict() for row in self.rows()], "stop_reason": self.stop_reason,
                 "recommendation": None if rec is None else {
                     "rank": rec.rank, "knee": rec.knee, "best_rank": rec.best_rank,
                     "tolerance_abs": rec.tolerance_abs, "why": rec.why},
-                "knee": self.knee, "budget": self.budget, "margin": self.margin, "eval_set": self.eval_set}
-
-
-def read_study(study: Any, meta: Optional[dict[str, Any]] = None, keys: Sequence[str] = ()) -> list[Ladder]:
-    """The ladders of an Optuna study, as the sweeper reads them (see :mod:`ranksweep.sweep.reader`)."""
-    from ranksweep.sweep.reader import read_study as _read
-
-    return _read(study, meta, keys)
+                "knee": rec.knee if rec else None, "budget": self.budget,
+                "budget_bound": self.budget_bound, "margin": self.margin,
+                "eval_set": self.eval_set,
+                "budget_check": self.budget_check.to_dict() if self.budget_check is not None else None,
+                "noise": None if self.comparison is None or self.comparison.noise is None else {
+                    "sd": self.comparison.noise.sd, "dof": self.comparison.noise.dof,
+                    "source": self.comparison.noise.source},
+                "noise_text": self.noise}

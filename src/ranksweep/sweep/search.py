@@ -23,6 +23,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.study import StudyDirection
 
 from ranksweep.errors import ConfigError
+from ranksweep.sweep import keys
 
 K = "hydra.sweeper.search"
 
@@ -76,8 +77,8 @@ class RungView:
         self._direction = direction
 
     def _mine(self, trials: list) -> list:
-        return [t for t in trials if t.user_attrs.get("ladder") == self._ladder
-                and int(t.user_attrs.get("rank", -1)) == self._rank and t.user_attrs.get("role") == "search"]
+        return [t for t in trials if t.user_attrs.get(keys.LADDER) == self._ladder
+                and int(t.user_attrs.get(keys.RANK, -1)) == self._rank and t.user_attrs.get(keys.ROLE) == "search"]
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
         return self._mine(self._study.get_trials(deepcopy=deepcopy, states=states))

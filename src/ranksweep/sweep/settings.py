@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 from ranksweep.errors import ConfigError
+from ranksweep.objectives import OBJECTIVES, direction_of
+from ranksweep.urls import mask_secrets
 from ranksweep.validation import (
-    SWEEPER,
     checked,
     did_you_mean,
     integer,
@@ -22,18 +23,23 @@ from ranksweep.validation import (
     not_empty,
     number,
     one_of,
+    optional,
     positive_int,
     require,
     run_checks,
 )
 
+# The Optuna storage when none is given: the sweeper's, the subcommands' (--storage) and the report's.
 DEFAULT_STORAGE_URL = "sqlite:///outputs/ranksweep.db"
-OBJECTIVES = {"eval_loss": "minimize", "perplexity": "minimize", "exact_match": "maximize"}
 PRUNERS = ("parent", "none")
 STOP_RULES = ("margin", "share")
 SAMPLERS = ("tpe", "random")
 RUNG_PRUNERS = ("sha", "none")
-K = SWEEPER
+SWEEPER = K = "hydra.sweeper."
+# hydra-optuna-sweeper's names and other ways to say ours (for did_you_mean).
+ALIASES = {"n_trials": "search_budget", "search_space": "search", "min_rank": "start_rank",
+           "seeds": "seeds_per_rank", "n_seeds": "seeds_per_rank", "metric": "objective",
+           "threshold": "margin", "early_stopping_patience": "patience"}
 share = number(at_least=0, below=1)
 fraction = number(at_least=0, at_most=1)
 
@@ -50,9 +56,10 @@ class SweepSettings:
     start_rank: int = checked(8, positive_int)
     factor: int = checked(2, integer(at_least=2))
     max_rank: int = 512  # >= start_rank: checked in validate()
-    # margin (default): continue while a doubling's improvement is confidently (paired bootstrap over
-    # the eval examples) above `margin`; stop after `patience` doublings that are not; recommend the
-    # smallest rank whose upper bound on (its value - the best) is within the margin.
+    # margin (default): continue while a doubling's improvement is confidently (paired bootstrap over the
+    # eval examples and the training noise) above `margin`; stop after `patience` doublings that are not (one
+    # whose estimate is above it is not counted); recommend the smallest rank whose upper bound on (its
+    # value - the best) is within the margin.
     # share (the seed's rule): a doubling must add min_gain of the total gain over the base; the
     # recommendation is the smallest rank within `tolerance` of that gain.
     stop_rule: str = checked("margin", one_of(*STOP_RULES))
@@ -63,6 +70,14 @@ class SweepSettings:
     bootstrap: int = checked(2000, integer(at_least=100))
     patience: int = checked(2, positive_int)
     seeds_per_rank: int = checked(1, positive_int)
+    # Extra seeds of the first rank's best values: the training noise they show (with every rank's further
+    # seeds) widens every interval, so that another seed cannot undo a "confident" verdict. With
+    # seeds_per_rank=1 at least one is needed.
+    noise_seeds: int = checked(2, integer(at_least=0))
+    # Rerun the recommended rank and the rank it beat (or the rank above the smallest) at this many times the
+    # steps once the ladder stops, and say whether the verdict holds: a short run ranks learning speed, not
+    # capacity. 0: off; else at least 1.5.
+    budget_check: float = checked(3.0, number(at_least=0))
     min_gain: float = checked(0.05, share)
     tolerance: float = checked(0.05, share)
     # Search per rank, the Hydra-Optuna way: {trainer.lr: "tag(log, interval(5e-5, 5e-3))",
@@ -73,7 +88,9 @@ class SweepSettings:
     search_budget: int = checked(6, positive_int)
     sampler: str = checked("tpe", one_of(*SAMPLERS))
     rung_pruner: str = checked("sha", one_of(*RUNG_PRUNERS))  # sha: successive halving among the rank's trials
-    direction: str = checked("minimize", one_of("minimize", "maximize"))
+    # null: the objective's own (ranksweep.objectives: maximize for exact_match, minimize for the losses),
+    # filled in when the settings are made. Older commands and configs give it: accepted when it agrees.
+    direction: Optional[str] = checked(None, optional(one_of("minimize", "maximize")))
     objective: str = checked("eval_loss", one_of(*OBJECTIVES))
     # Abort when more than this share of finished trials failed (at least 2 failures).
     max_failure_rate: float = checked(0.5, fraction)
@@ -97,17 +114,54 @@ class SweepSettings:
     # How often to look again while another worker holds a trial this one needs.
     poll_s: float = checked(5.0, number(above=0))
 
+    def __post_init__(self) -> None:
+        if self.direction is None and self.objective in OBJECTIVES:
+            self.direction = direction_of(self.objective)
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> SweepSettings:
         """Settings from the plugin's keyword arguments (Hydra's ``_target_`` and friends dropped)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(k for k in params if k not in names and not k.startswith("_"))
         if unknown:
-            raise ConfigError(f"{K}{unknown[0]}: not a ranksweep sweeper setting{did_you_mean(K + unknown[0])}")
+            raise ConfigError(f"{K}{unknown[0]}: not a ranksweep sweeper setting{suggest(K + unknown[0])}")
         s = cls(**{k: v for k, v in params.items() if k in names})
         s.params = {str(k): str(v) for k, v in (s.params or {}).items()}
         s.search = {str(k): str(v) for k, v in (s.search or {}).items()}
         s.validate()
+        return s
+
+    def to_record(self) -> dict[str, Any]:
+        """The settings as they are saved (the study's ``ranksweep_settings``, the ``sweep`` block of
+        ``sweep_summary.json``, the W&B summary run's config): every field, plus ``ranks`` (the ladder they
+        make), with secrets masked (the storage URL's password). :meth:`from_record` reads it back."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(storage=self.storage_url, search=dict(self.search or {}), params=dict(self.params or {}),
+                   ranks=self.ranks)
+        return mask_secrets(out)
+
+    @classmethod
+    def from_record(cls, record: Optional[dict[str, Any]], space: Optional[dict[str, Any]] = None) -> SweepSettings:
+        """Settings read back from :meth:`to_record`'s record, or an older one: keys it does not know are
+        ignored, missing ones defaulted. Older records held only the stop rule: ``space`` (the study's
+        ``ranksweep_space``: start_rank, factor, seeds_per_rank, objective, search) fills in the rest, and
+        a record with ``ranks`` but no ``start_rank``/``factor``/``max_rank`` gets them from those ranks.
+        Not validated: a record is what a sweep ran with, read whatever the checks say today."""
+        record = dict(record or {})
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in (space or {}).items() if k in names}
+        values.update({k: v for k, v in record.items() if k in names})
+        ranks = [int(r) for r in record.get("ranks") or [] if isinstance(r, (int, float))]
+        if ranks:
+            values.setdefault("start_rank", ranks[0])
+            if len(ranks) > 1 and ranks[0] > 0:
+                values.setdefault("factor", ranks[1] // ranks[0])
+            values.setdefault("max_rank", ranks[-1])
+        for name in ("noise_seeds", "budget_check"):  # a sweep recorded before these ran without them
+            values.setdefault(name, 0)
+        s = cls(**values)
+        s.search = {str(k): str(v) for k, v in (s.search or {}).items()}
+        s.params = {str(k): str(v) for k, v in (s.params or {}).items()}
         return s
 
     @property
@@ -131,9 +185,19 @@ class SweepSettings:
         run_checks(self, K)
         require(is_int(self.max_rank) and self.max_rank >= self.start_rank,
                 f"{K}max_rank must be >= {K}start_rank ({self.start_rank}), got {self.max_rank!r}")
-        want = OBJECTIVES[self.objective]
+        want = direction_of(self.objective)
         require(self.direction == want,
                 f"{K}direction must be {want} for objective={self.objective}, got {self.direction}")
+        require(self.seeds_per_rank >= 2 or self.noise_seeds >= 1,
+                f"{K}noise_seeds must be >= 1 with {K}seeds_per_rank=1: without a second seed no interval covers "
+                f"the training noise, so no verdict could be confident; got {self.noise_seeds!r}")
+        require(self.budget_check == 0 or self.budget_check >= 1.5,
+                f"{K}budget_check must be 0 (off) or at least 1.5 (times the steps), got {self.budget_check!r}")
         require(is_int(self.grace_period) and self.grace_period > self.heartbeat_interval,
                 f"{K}grace_period must be an integer above heartbeat_interval ({self.heartbeat_interval}), "
                 f"got {self.grace_period!r}")
+
+
+def suggest(key: str) -> str:
+    """`` (did you mean hydra.sweeper.max_rank?)`` for an unknown ``hydra.sweeper.*`` key, else ''."""
+    return did_you_mean(key, [f.name for f in fields(SweepSettings)], ALIASES, prefix=K)

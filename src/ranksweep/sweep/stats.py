@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
-
-KINDS = {"eval_loss": "loss", "perplexity": "perplexity", "exact_match": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -34,9 +33,9 @@ class Examples:
 
     num: np.ndarray
     den: np.ndarray
-    kind: str = "loss"  # loss | perplexity | accuracy
+    kind: str = "loss"  # loss | perplexity | accuracy: the objective's (ranksweep.objectives.kind_of)
     # The trials' fingerprint of the tokenised eval examples ("": not known): two Examples are paired only
-    # on the same one (see ranksweep.sweep.rules.Judge).
+    # on the same one (see ranksweep.sweep.rules.margin.MarginRule).
     fingerprint: str = ""
 
     @classmethod
@@ -87,27 +86,29 @@ _CACHE: dict[tuple, Interval] = {}
 
 
 def paired_difference(a: Examples, b: Examples, *, orient: float, confidence: float = 0.95, n_boot: int = 2000,
-                      seed: int = 0) -> Interval:
+                      seed: int = 0, resample_seeds: bool = True) -> Interval:
     """See :func:`_paired_difference`; the same comparison asked again (every read of a study asks) is
     answered from a cache."""
-    key = (a.num.tobytes(), b.num.tobytes(), a.den.tobytes(), orient, confidence, n_boot, seed)
+    key = (a.num.tobytes(), b.num.tobytes(), a.den.tobytes(), orient, confidence, n_boot, seed, resample_seeds)
     got = _CACHE.get(key)
     if got is None:
         if len(_CACHE) > 4096:
             _CACHE.clear()
         got = _CACHE[key] = _paired_difference(a, b, orient=orient, confidence=confidence, n_boot=n_boot,
-                                               seed=seed)
+                                               seed=seed, resample_seeds=resample_seeds)
     return got
 
 
 def _paired_difference(a: Examples, b: Examples, *, orient: float, confidence: float, n_boot: int,
-                       seed: int) -> Interval:
+                       seed: int, resample_seeds: bool = True) -> Interval:
     """``orient * (value(b) - value(a))`` with a paired percentile-bootstrap interval.
 
     ``orient`` is +1 where bigger is better and -1 where smaller is better, so a positive result means
     ``b`` is better. Seeds are paired by index (the fewer of the two sets is used); examples by
     position, so both must come from the same eval examples (checked by count here, by fingerprint
-    where they are read). The draw is seeded: every worker reaches the same interval.
+    where they are read). The draw is seeded: every worker reaches the same interval. With
+    ``resample_seeds=False`` only the examples are redrawn (the training noise is added by
+    :func:`with_training_noise` instead).
     """
     if a.n != b.n:
         raise ValueError(f"paired comparison needs the same eval examples, got {a.n} and {b.n}")
@@ -126,7 +127,7 @@ def _paired_difference(a: Examples, b: Examples, *, orient: float, confidence: f
         tot = counts @ den
         fa = a._transform((counts @ na.T) / tot[:, None])  # [k, S]
         fb = b._transform((counts @ nb.T) / tot[:, None])
-        if s > 1:  # resample the seeds too, the same seeds for both rungs
+        if s > 1 and resample_seeds:  # resample the seeds too, the same seeds for both rungs
             pick = rng.integers(0, s, size=(k, s))
             rows = np.arange(k)[:, None]
             fa, fb = fa[rows, pick], fb[rows, pick]
@@ -158,3 +159,52 @@ def _t_quantile(p: float, dof: int) -> float:
     from scipy.stats import t
 
     return float(t.ppf(p, dof))
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Training noise: the variance of one training run's value from one seed to another, estimated with
+    ``dof`` degrees of freedom (``math.inf``: given, not estimated); ``source`` says from what."""
+
+    var: float
+    dof: float
+    source: str
+    negatives: tuple[tuple[int, int], ...] = ()  # the (rank, 2*rank) doublings that were counted as noise
+
+    @property
+    def sd(self) -> float:
+        return math.sqrt(self.var)
+
+
+def pooled_noise(groups: Sequence[tuple[str, Sequence[float]]]) -> Optional[Noise]:
+    """The pooled seed-to-seed variance of ``(label, values)`` groups that ran more than one seed (each
+    group: one rank's seeds of the same values), or None when none did."""
+    num, dof, used = 0.0, 0, []
+    for label, values in groups:
+        if len(values) > 1:
+            mu = sum(values) / len(values)
+            num += sum((v - mu) ** 2 for v in values)
+            dof += len(values) - 1
+            used.append(f"{len(values)} seeds of {label}")
+    if not dof:
+        return None
+    return Noise(num / dof, float(dof), ", ".join(used))
+
+
+def with_training_noise(iv: Interval, noise: Noise, n_a: int, n_b: int, confidence: float) -> Interval:
+    """``iv`` (over the eval examples only) widened by the training noise of two values averaged over
+    ``n_a`` and ``n_b`` seeds: standard errors add in quadrature, the quantile is Student's t at the
+    Welch-Satterthwaite degrees of freedom (the examples' part counted as exact), so a noise level
+    estimated from few seeds widens the interval accordingly."""
+    from scipy.stats import norm, t
+
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    se_ex = max(iv.hi - iv.lo, 0.0) / (2 * z)
+    v_train = noise.var * (1.0 / n_a + 1.0 / n_b)
+    if v_train <= 0:
+        return iv
+    total = se_ex ** 2 + v_train
+    dof = noise.dof * (total / v_train) ** 2 if math.isfinite(noise.dof) else math.inf
+    q = z if not math.isfinite(dof) else float(t.ppf(1 - (1 - confidence) / 2, dof))
+    half = q * math.sqrt(total)
+    return Interval(iv.est, iv.est - half, iv.est + half)

@@ -1,7 +1,8 @@
 """What a sweep leaves behind: ``sweep_summary.json``, the rank-curve PNG and a text table.
 
-All three read the ladders of :mod:`ranksweep.sweep.results`; the PNG is drawn by
-:func:`ranksweep.plot.rank_curve_png`, the same drawing the HTML report uses.
+All three read the ladders of :mod:`ranksweep.sweep.results` (the JSON and the table each rung's row,
+:meth:`~ranksweep.sweep.results.Ladder.rows`); the PNG is drawn by :func:`ranksweep.plot.rank_curve_png`,
+the same drawing the HTML report uses.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from typing import Any, Optional
 
 from ranksweep.files import atomic_write_json, jsonable
 from ranksweep.fmt import fmt_params, fmt_pct, fmt_time, fmt_value
-from ranksweep.sweep.ladder import gain_shares
-from ranksweep.sweep.results import Ladder
+from ranksweep.sweep.results import Ladder, Row
 from ranksweep.sweep.settings import SweepSettings
-from ranksweep.urls import mask_secrets
 
 __all__ = ["SUMMARY_FILENAME", "format_table", "ladder_summary", "sweep_meta", "write_outputs", "write_summary"]
 
@@ -27,10 +26,9 @@ SCHEMA_VERSION = 1
 
 
 def sweep_meta(s: SweepSettings) -> dict[str, Any]:
-    """The ``sweep`` block of the summary: the study and the rules the ladders followed."""
-    return {"study_name": s.study_name, "storage": mask_secrets(s.storage_url), "ranks": s.ranks,
-            "min_gain": s.min_gain, "patience": s.patience, "seeds_per_rank": s.seeds_per_rank,
-            "tolerance": s.tolerance, "objective": s.objective, "direction": s.direction}
+    """The ``sweep`` block of the summary: the study and the rules the ladders followed, as the study records
+    them (:meth:`SweepSettings.to_record`: every setting, ``ranks``, the storage URL masked)."""
+    return s.to_record()
 
 
 def ladder_summary(ladders: Sequence[Ladder], meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -75,11 +73,11 @@ def write_outputs(sweep_dir: Path, ladders: Sequence[Ladder], s: SweepSettings) 
     return outputs
 
 
-def _lr(r) -> str:
+def _lr(r: Row) -> str:
     if r.best_lr is None:
         return "-"
     return f"{r.best_lr:.1e}" + (f" ({r.lr_at_edge} edge)" if r.lr_at_edge else "") + (
-        f" of {len(r.lrs)}" if len(r.lrs) > 1 else "")
+        f" of {r.lrs_tried}" if r.lrs_tried > 1 else "")
 
 
 def format_table(ladders: Sequence[Ladder]) -> str:
@@ -88,26 +86,24 @@ def format_table(ladders: Sequence[Ladder]) -> str:
     Columns: rank | alpha | the rank's value (mean ± std over seeds) | its gain over the previous rank
     with a 95% interval (margin rule) | share of the gain over the base | the best learning rate found
     (with how many were tried, and a flag when it sits at the search range's edge) | params | time |
-    state. The share is :func:`ranksweep.sweep.ladder.gain_shares` over the COMPLETE rungs.
+    state. Each row is the rung's :class:`~ranksweep.sweep.results.Row`.
     """
     out: list[str] = []
     for lad in ladders:
-        done = lad.complete
-        shares = dict(zip((r.rank for r in done), gain_shares(lad.base, [float(r.mean) for r in done],  # type: ignore[arg-type]
-                                                              lad.direction)))
-        gains = any(r.gain is not None for r in lad.curve)
+        lines = lad.rows()
+        gains = any(r.gain is not None for r in lines)
         header = ("rank", "alpha", "mean ± std") + (("gain (95% CI)",) if gains else ()) + (
             "share", "best lr", "params", "time", "state")
         base_txt = f", base {fmt_value(lad.base)}" if lad.base is not None else ""
         out.append(f"[{lad.label}] {lad.objective} ({lad.direction}{base_txt})")
         rows: list[tuple[str, ...]] = [header]
-        for r in lad.curve:
+        for r in lines:
             obj = "-" if r.mean is None else f"{fmt_value(r.mean)} ± {fmt_value(r.std or 0.0)}"
-            share = fmt_pct(shares.get(r.rank)) if r.complete else "-"
+            share = fmt_pct(r.share) if r.complete else "-"
             gain = (r.gain.short() if r.gain is not None else "-",) if gains else ()
             rows.append((str(r.rank), f"{r.alpha:g}" if r.alpha is not None else "-", obj, *gain, share, _lr(r),
                          fmt_params(r.trainable_params), fmt_time(r.duration_s),
-                         r.state + (f" ({r.note or r.fail_reason})" if r.note or r.fail_reason else "")))
+                         r.state.name + (f" ({r.reason})" if r.reason else "")))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
         for row in rows:
             out.append("  " + " | ".join([c.rjust(w) for c, w in zip(row[:-1], widths)] + [row[-1]]))
@@ -115,9 +111,8 @@ def format_table(ladders: Sequence[Ladder]) -> str:
         out.append(f"  recommended r={rec.rank}: {rec.why}" if rec else "  no recommendation: no rank completed")
         if lad.budget:
             out.append(f"  budget: {lad.budget}")
-        if any(r.gain is not None for r in lad.curve) and all(len(r.values) == 1 for r in lad.complete):
-            out.append("  noise: one seed per rank, so the intervals cover the eval examples, not the training "
-                       "noise of another seed (hydra.sweeper.seeds_per_rank=2 adds it)")
+        if gains and lad.noise:
+            out.append(f"  noise: {lad.noise}")
         edges = [r.rank for r in lad.complete if r.lr_at_edge]
         if edges:
             out.append("  learning rate: the best value sits at the edge of the search range for "

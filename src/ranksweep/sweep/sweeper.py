@@ -2,9 +2,9 @@
 
 For every combination of the other sweep overrides (``lora.targets=attention,all_linear``) there
 is one *ladder*: the untrained base is evaluated once, then ranks ``start_rank * factor**k`` are
-trained until the stop rule of :mod:`ranksweep.sweep.ladder` fires. Each job is one Optuna trial;
-the study holds its params (the axes, ``rank``, ``seed``), its objective, its intermediate eval
-values and user attributes. Rerunning the same command resumes from the study.
+trained until the stop rule (:mod:`ranksweep.sweep.rules`, by default the margin rule) fires. Each job
+is one Optuna trial; the study holds its params (the axes, ``rank``, ``seed``), its objective, its
+intermediate eval values and user attributes. Rerunning the same command resumes from the study.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from optuna.distributions import CategoricalDistribution
 
 from ranksweep.errors import ConfigError
 from ranksweep.storage import check_readable, check_storage_file, open_storage
-from ranksweep.sweep import identity
+from ranksweep.sweep import identity, keys
 from ranksweep.sweep import summary as summary_mod
 from ranksweep.sweep.claim import Claim, Claimer
 from ranksweep.sweep.heartbeat import heartbeat
@@ -47,14 +47,15 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log lines say what happens
 
-SPACE_ATTR = "ranksweep_space"
 
-
-def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str, dict],
-               data: Optional[dict[str, Any]] = None) -> optuna.Study:
+def create_or_resume_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str, dict],
+                           data: Optional[dict[str, Any]] = None) -> optuna.Study:
     """Create or load the study, refusing one that holds another sweep (other direction, search space,
-    trial config, data content) or a damaged storage; record the stop-rule settings for readers of the study."""
+    trial config, data content) or a damaged storage; record the settings (:meth:`SweepSettings.to_record`)
+    for readers of the study."""
     name = s.study_name
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log lines say what happens (set per sweep:
+    # something else in this process may have changed it since import)
     check_readable(storage, name, s.storage_url)  # a damaged storage is never written to
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction=s.direction,
@@ -65,12 +66,12 @@ def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str
     if study.direction.name.lower() != s.direction:
         raise ConfigError(f"hydra.sweeper.study_name: study {name!r} exists with direction "
                           f"{study.direction.name.lower()}; use a new study_name")
-    stored = study.user_attrs.get(SPACE_ATTR)
+    stored = study.user_attrs.get(keys.STUDY_SPACE)
     if stored is None:
         if study.get_trials(deepcopy=False):
             raise ConfigError(f"hydra.sweeper.study_name: study {name!r} already holds trials "
                               "that ranksweep did not create; use a new study_name")
-        study.set_user_attr(SPACE_ATTR, space)
+        study.set_user_attr(keys.STUDY_SPACE, space)
     elif (was := _spelled(stored)) != (now := _spelled(space)):
         diff = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
         raise ConfigError(
@@ -78,11 +79,8 @@ def open_study(storage: Any, s: SweepSettings, space: dict, identities: dict[str
             f"{', '.join(diff)}; stored {json.dumps({k: stored.get(k) for k in diff})}); "
             "rerun with the same overrides to resume, or pick a new study_name")
     identity.bind_study(study, identities, name, data)  # the same trial config and data as the study's first run
-    # The stop-rule settings, for readers of the study (report); they may change between runs.
-    study.set_user_attr("ranksweep_settings", {
-        "ranks": s.ranks, "max_rank": s.max_rank, "min_gain": s.min_gain, "patience": s.patience,
-        "tolerance": s.tolerance, "direction": s.direction, "stop_rule": s.stop_rule, "margin": s.margin,
-        "margin_type": s.margin_type, "confidence": s.confidence, "bootstrap": s.bootstrap})
+    # The settings, for readers of the study (report, SweepSettings.from_record); they may change between runs.
+    study.set_user_attr(keys.STUDY_SETTINGS, s.to_record())
     return study
 
 
@@ -111,9 +109,9 @@ class RankSweep:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     # -- the study -------------------------------------------------------------------------
-    def _open_study(self, space: dict, identities: dict[str, dict]) -> optuna.Study:
+    def _create_or_resume_study(self, space: dict, identities: dict[str, dict]) -> optuna.Study:
         self.storage = open_storage(self.s.storage_url, heartbeat=(self.s.heartbeat_interval, self.s.grace_period))
-        return open_study(self.storage, self.s, space, identities, self.data_ids)
+        return create_or_resume_study(self.storage, self.s, space, identities, self.data_ids)
 
     # -- jobs ------------------------------------------------------------------------------
     def _run_config(self, item: Item, values: Optional[dict] = None) -> Any:
@@ -204,7 +202,7 @@ class RankSweep:
         check_storage_file(reveal(self.s.storage_url))  # a file that is not Optuna's: refused before any write
         where = identity.storage_identity(self.s.storage_url)
         identity.open_folder(self.sweep_dir, where, self.s.study_name)  # another study's folder: refused
-        self.study = self._open_study(space.stored(self.s), idents)
+        self.study = self._create_or_resume_study(space.stored(self.s), idents)
         identity.bind_folder(self.sweep_dir, where, self.s.study_name)
         axes = {k: CategoricalDistribution(sorted({c.split("=", 1)[1] for c in vals})) for k, vals in space.axes}
         self.spec = spec_of(self.s, space.ladders)

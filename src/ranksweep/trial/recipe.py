@@ -30,6 +30,7 @@ from ranksweep.config import RunConfig, to_run_config
 from ranksweep.errors import DataError, TrialFailed, TrialPruned
 from ranksweep.files import atomic_write_json
 from ranksweep.models import load_base, pick_device, torch_dtype
+from ranksweep.sweep import keys
 from ranksweep.targets import resolve_targets
 from ranksweep.tracking import Tracker, run_label
 from ranksweep.trial.evaluate import generate_exact_match, objective_value
@@ -207,11 +208,12 @@ class TrialRecipe:
         run, reporter = self.run, self.reporter
         attrs = reporter is not None and hasattr(reporter, "set_attrs")
         if attrs:
-            reporter.set_attrs({"alpha": run.lora.lora_alpha, "trainable_params": self.trainable,
-                                "target_modules": self.modules, "data_digest": self.data_identity.digest})
+            reporter.set_attrs({keys.ALPHA: run.lora.lora_alpha, keys.TRAINABLE_PARAMS: self.trainable,
+                                keys.TARGET_MODULES: self.modules, keys.DATA_DIGEST: self.data_identity.digest})
         self.tracker = Tracker(run.logger, run, self.resolved, str(self.out))
         if attrs and self.tracker.run_path:
-            reporter.set_attrs({"wandb_run": self.tracker.run_path})  # known now: pruned and failed runs have one too
+            # Known now: pruned and failed runs have one too.
+            reporter.set_attrs({keys.WANDB_RUN: self.tracker.run_path})
         self.name = run_label(run)
         log.info("trial %s: %s on %s, %d-bit, %d trainable params (%.3f%%), %d train / %d eval examples",
                  self.name, run.model.name, self.device, run.quant.bits, self.trainable,
