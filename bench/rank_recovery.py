@@ -226,6 +226,17 @@ def _run_grid(task: str, seed: int, ov: list[str], b: Budget, work: Path, cache:
     return res
 
 
+def logged(log: Path) -> list[tuple[Result, Optional[int]]]:
+    """The results appended to ``log`` (work/results.jsonl), each with the steps a trial it ran at."""
+    out = []
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        r["values"] = {int(k): v for k, v in r["values"].items()}
+        steps = r.pop("budget_steps", None)
+        out.append((Result(**r), steps))
+    return out
+
+
 def reread(work: Path, log: Path, args: argparse.Namespace) -> int:
     """The finished results in ``log``, each sweep's study read again by this checkout's reader (the stop rule,
     the recommendation and the budget verdict as they are now; the trials as they ran)."""
@@ -234,11 +245,7 @@ def reread(work: Path, log: Path, args: argparse.Namespace) -> int:
     from ranksweep.sweep.reader import read_study
 
     results = []
-    for line in log.read_text().splitlines():
-        r = json.loads(line)
-        r["values"] = {int(k): v for k, v in r["values"].items()}
-        r.pop("budget_steps", None)
-        res = Result(**r)
+    for res, _ in logged(log):
         db = work / f"{res.task}-s{res.seed}-{res.method}" / "outputs" / "ranksweep.db"
         if res.method != "grid" and not res.error and db.is_file():
             study = optuna.load_study(study_name=res.method, storage=f"sqlite:///{db}")
@@ -340,13 +347,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             overrides[(task, seed)] = [f"{k}={v}" for k, v in ov.items()]
     # Each result is appended to work/results.jsonl as it lands: a rerun with the same --work skips what is there.
     log = work / "results.jsonl"
-    done = {}
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            r["values"] = {int(k): v for k, v in r["values"].items()}
-            budget = r.pop("budget_steps", None)
-            done[(r["method"], r["task"], r["seed"], budget)] = Result(**r)
+    done = {(r.method, r.task, r.seed, steps): r for r, steps in (logged(log) if log.is_file() else [])}
 
     def run(method: str, task: str, seed: int) -> Result:
         got = done.get((method, task, seed, b.steps))

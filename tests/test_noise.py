@@ -25,6 +25,23 @@ def _examples(rng, difficulty, tokens, values):
     return Examples.of(rows, tokens)
 
 
+def _trial(number, rank, value, seed=0, slot=0, steps=100):
+    """A COMPLETE trial as the reader sees it, its per-example losses ``value`` times fixed difficulties (60
+    examples, one eval set), so that two such trials differ by exactly their values."""
+    from optuna.trial import TrialState
+
+    from ranksweep.sweep.results import Trial
+
+    n = 60
+    tokens = np.random.default_rng(0).integers(5, 30, n).astype(float)
+    hard = np.random.default_rng(1).gamma(4.0, 0.25, n)
+    loss = (hard * value * tokens).tolist()
+    return Trial(number=number, ladder="default", rank=rank, seed=seed, state=TrialState.COMPLETE,
+                 value=float(sum(loss) / tokens.sum()), params={"rank": rank, "seed": seed},
+                 attrs={"ladder": "default", "rank": rank, "seed": seed, "slot": slot, "steps": steps,
+                        "eval_examples": {"loss": loss, "tokens": tokens.tolist(), "fingerprint": "f", "n": n}})
+
+
 def _step(rank, values, rng, difficulty, tokens):
     ex = _examples(rng, difficulty, tokens, values)
     return Step(rank, float(np.mean(values)), ex, [float(v) for v in values])
@@ -200,33 +217,21 @@ def test_the_budget_check_acts_only_on_what_its_longer_runs_show_with_confidence
     """The sweep recommends r=16 over r=8. Trained 3x longer: r=16 confidently ahead by more than the margin
     holds; r=16 confidently behind flips to r=8 (bound by the budget); a gain whose interval straddles the
     margin is inconclusive and r=16 stands (the saturated bench task once flipped to the smaller rank here)."""
-    from optuna.trial import TrialState
-
     from ranksweep.sweep.reader import read_ladders, spec_of
-    from ranksweep.sweep.results import BUDGET_SLOT, Trial
+    from ranksweep.sweep.results import BUDGET_SLOT
     from ranksweep.sweep.settings import SweepSettings
 
-    n = 60
-    tokens = np.random.default_rng(0).integers(5, 30, n).astype(float)
-    hard = np.random.default_rng(1).gamma(4.0, 0.25, n)
-
-    def trial(number, rank, value, seed=0, slot=0, steps=100):
-        loss = (hard * value * tokens).tolist()
-        return Trial(number=number, ladder="default", rank=rank, seed=seed, state=TrialState.COMPLETE,
-                     value=float(sum(loss) / tokens.sum()), params={"rank": rank, "seed": seed},
-                     attrs={"ladder": "default", "rank": rank, "seed": seed, "slot": slot, "steps": steps,
-                            "eval_examples": {"loss": loss, "tokens": tokens.tolist(), "fingerprint": "f", "n": n}})
 
     spec = spec_of(SweepSettings(max_rank=32, start_rank=8, noise_seeds=2, budget_check=3), [("default", ())])
-    swept = [trial(0, 0, 2.0, steps=0), trial(1, 8, 1.50), trial(2, 8, 1.504, seed=1), trial(3, 8, 1.496, seed=2),
-             trial(4, 16, 1.40), trial(5, 32, 1.399)]
+    swept = [_trial(0, 0, 2.0, steps=0), _trial(1, 8, 1.50), _trial(2, 8, 1.504, seed=1), _trial(3, 8, 1.496, seed=2),
+             _trial(4, 16, 1.40), _trial(5, 32, 1.399)]
     (lad,) = read_ladders(swept, spec)
     bc = lad.budget_check
     assert lad.recommendation.rank == 16 and (bc.lower, bc.upper, bc.steps) == (8, 16, 300)
     assert lad.budget.startswith("checking: r=8 and r=16 are trained again at 300 steps") and not lad.budget_bound
     seen = {}
     for upper, verdict, rank in ((1.30, "holds", 16), (1.45, "flips", 8), (1.385, "inconclusive", 16)):
-        longer = [trial(6, 8, 1.40, slot=BUDGET_SLOT, steps=300), trial(7, 16, upper, slot=BUDGET_SLOT, steps=300)]
+        longer = [_trial(6, 8, 1.40, slot=BUDGET_SLOT, steps=300), _trial(7, 16, upper, slot=BUDGET_SLOT, steps=300)]
         (lad,) = read_ladders(swept + longer, spec)
         seen[verdict] = lad
         assert (lad.budget_check.verdict, lad.recommendation.rank) == (verdict, rank), lad.budget
@@ -262,29 +267,15 @@ def test_a_doubling_that_leans_towards_a_gain_ends_no_ladder():
 def test_a_ladder_that_ends_on_a_gain_says_the_top_rank_may_still_bind():
     """The saturated task (planted rank 64, ladder up to 32): r=16 -> 32 still gains confidently, so r=32 is
     recommended and the recommendation says that a larger max_rank may pay; a ladder flat at its top does not."""
-    from optuna.trial import TrialState
-
     from ranksweep.sweep.reader import read_ladders, spec_of
-    from ranksweep.sweep.results import Trial
     from ranksweep.sweep.settings import SweepSettings
 
-    n = 60
-    tokens = np.random.default_rng(0).integers(5, 30, n).astype(float)
-    hard = np.random.default_rng(1).gamma(4.0, 0.25, n)
-
-    def trial(number, rank, value, seed=0):
-        loss = (hard * value * tokens).tolist()
-        return Trial(number=number, ladder="default", rank=rank, seed=seed, state=TrialState.COMPLETE,
-                     value=float(sum(loss) / tokens.sum()), params={"rank": rank, "seed": seed},
-                     attrs={"ladder": "default", "rank": rank, "seed": seed, "slot": 0, "steps": 100,
-                            "eval_examples": {"loss": loss, "tokens": tokens.tolist(), "fingerprint": "f", "n": n}})
-
     spec = spec_of(SweepSettings(max_rank=32, start_rank=8, budget_check=0), [("default", ())])
-    head = [trial(0, 0, 3.0), trial(1, 8, 2.80), trial(2, 8, 2.801, seed=1), trial(3, 8, 2.799, seed=2),
-            trial(4, 16, 2.53)]
-    (lad,) = read_ladders([*head, trial(5, 32, 2.30)], spec)
+    head = [_trial(0, 0, 3.0), _trial(1, 8, 2.80), _trial(2, 8, 2.801, seed=1), _trial(3, 8, 2.799, seed=2),
+            _trial(4, 16, 2.53)]
+    (lad,) = read_ladders([*head, _trial(5, 32, 2.30)], spec)
     assert lad.stop_reason == "reached max_rank=32" and lad.recommendation.rank == 32
     assert "the top rank may still bind: r=16->32 gained +0.2" in lad.recommendation.why
     assert "a larger hydra.sweeper.max_rank may pay" in lad.to_dict()["recommendation"]["why"]
-    (flat,) = read_ladders([*head, trial(5, 32, 2.529)], spec)
+    (flat,) = read_ladders([*head, _trial(5, 32, 2.529)], spec)
     assert flat.recommendation.rank == 16 and "may still bind" not in flat.recommendation.why
