@@ -55,11 +55,17 @@ train: $(STAMP) ## one QLoRA trial: SmolLM2-135M-Instruct, NF4, r=8, cmudict, on
 sweep: $(STAMP) ## the rank ladder on the embedded default; prints the recommended rank, writes the plot
 	$(VENV)/bin/ranksweep -m +sweep=rank_doubling $(ARGS)
 
+# Each test process runs torch on one thread (tests/conftest.py), so the suite runs on TEST_WORKERS
+# processes (pytest-xdist; auto: one per core). A file's tests stay in one process (--dist loadfile),
+# so a module's fixture (a sweep several tests read) is built once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) system-deps ## the full CPU test suite (what CI runs)
-	$(PY) -m pytest -m "not gpu" --durations=25 $(ARGS)
+	$(PY) -m pytest -m "not gpu" $(XDIST) --durations=25 $(ARGS)
 
 test-fast: $(STAMP) ## the quick subset, for iteration
-	$(PY) -m pytest -m "not gpu and not slow" -x -q $(ARGS)
+	$(PY) -m pytest -m "not gpu and not slow" $(XDIST) -x -q $(ARGS)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests docs/hooks

@@ -138,20 +138,10 @@ def _study_steps(storage: Path, study: str) -> tuple[int, int]:
     return spent, len(trials)
 
 
-def _verdicts(rungs: list[dict], sweep: dict) -> tuple[int, int]:
-    """Doublings with an interval, and how many of them were confident gains (lower bound above the margin)."""
-    rel, margin = sweep.get("margin_type", "relative") == "relative", float(sweep.get("margin", 0.005))
-    n = confident = 0
-    prev = None
-    for r in rungs:
-        gain = r.get("gain")
-        if gain and gain.get("lo") is not None and prev is not None and r.get("mean") is not None:
-            n += 1
-            m = margin * abs(min(prev, r["mean"])) if rel else margin
-            confident += gain["lo"] > m
-        if r.get("mean") is not None:
-            prev = r["mean"]
-    return n, confident
+def _verdicts(lad: dict) -> tuple[int, int]:
+    """Doublings the stop rule judged, and how many it called confident gains: the summary's own verdicts."""
+    judged = [d for d in lad.get("doublings") or [] if d.get("verdict")]
+    return len(judged), sum(d["verdict"] == "above" for d in judged)
 
 
 def run_method(method: str, task: str, seed: int, ov: list[str], b: Budget, work: Path, cache: Path) -> Result:
@@ -173,7 +163,7 @@ def run_method(method: str, task: str, seed: int, ov: list[str], b: Budget, work
     res.rank, res.why = rec.get("rank"), rec.get("why", "")
     res.budget, res.stop = lad.get("budget") or "", lad.get("stop_reason") or ""
     res.values = {int(r["rank"]): float(r["mean"]) for r in lad["rungs"] if r.get("mean") is not None}
-    res.doublings, res.confident = _verdicts(lad["rungs"], doc.get("sweep") or {})
+    res.doublings, res.confident = _verdicts(lad)
     res.steps, _ = _study_steps(folder / "outputs" / "ranksweep.db", method)
     return res
 
@@ -257,6 +247,7 @@ def reread(work: Path, log: Path, args: argparse.Namespace) -> int:
                       flush=True)
             res.rank, res.why = rec.get("rank"), rec.get("why", "")
             res.budget, res.stop = doc.get("budget") or "", doc.get("stop_reason") or ""
+            res.doublings, res.confident = _verdicts(doc)
         results.append(res)
     head = (f"read again {time.strftime('%Y-%m-%d')} from {log} ({len(results)} results; {platform.machine()} "
             f"{os.cpu_count()} CPU cores)")

@@ -23,7 +23,7 @@ from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-from helpers import CONF, SWEEPS, compose
+from helpers import CONF, NO_CHECKS, SWEEPS, compose
 from helpers.run import BIN, PYTHON, free_port, one_line_error, ranksweep
 
 from ranksweep import extras, tracking
@@ -208,7 +208,7 @@ def journal_sweep(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("journal")
     proc = ranksweep(cwd, "-m", *TINY, "trainer.max_steps=4", "trainer.eval_every=2", "logger=none",
                      "hydra.sweeper.max_rank=16", "hydra.sweeper.storage=outputs/study.log",
-                     "hydra.sweeper.study_name=j", cache=cwd / "cache")
+                     "hydra.sweeper.study_name=j", *NO_CHECKS, cache=cwd / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cwd / "outputs" / "study.log").is_file() and not (cwd / "outputs" / "ranksweep.db").exists()
     return cwd

@@ -99,6 +99,20 @@ def test_best_folder_after_a_sweep(swept):
     assert model.peft_config["default"].r == rank
 
 
+@pytest.mark.parametrize("overrides, aliases", [
+    ((), ["r8"]),
+    (("trainer.seed=2", "trial.trial_number=5"), ["r8-s2", "trial-5"]),
+    (("trial.role=budget", "trainer.seed=0", "trial.trial_number=7"), ["r8-longer", "trial-7"]),
+])
+def test_an_adapters_aliases_name_its_rank_seed_and_role(compose_cfg, overrides, aliases):
+    """What a trial's W&B model artifact is aliased: its rank, then a further seed, or the budget check's
+    longer run (the tiny sweep below runs no budget check: test_noise's sweep does)."""
+    from ranksweep.config import to_run_config
+    from ranksweep.tracking import adapter_aliases
+
+    assert adapter_aliases(to_run_config(compose_cfg("lora.r=8", *overrides))) == aliases
+
+
 @pytest.mark.slow
 def test_wandb_artifacts_read_back(swept):
     """Each trained trial's run holds its adapter (type model, r<rank> and trial-N); the summary run holds the

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import NO_CHECKS
 from helpers.report_dom import (
     cell,
     check_offline,
@@ -50,7 +51,7 @@ TINY = [
 ]
 STUDIES = {
     "rs_seeds": ["hydra.sweeper.seeds_per_rank=2", "hydra.sweeper.noise_seeds=0"],
-    "rs_targets": ["lora.targets=attention,all_linear"],
+    "rs_targets": ["lora.targets=attention,all_linear", *NO_CHECKS],  # rs_seeds shows the budget check
 }
 TESTS = Path(__file__).resolve().parent
 SYN = ["model=tiny_llama", "trainer=tiny", "trainer.max_steps=30", "trainer.eval_every=5", "logger=none",
@@ -319,8 +320,10 @@ def test_report_of_a_searched_study(searched, tmp_path):
             attrs, _ = cell(row, "gain")
             assert float(attrs["data-lo"]) == pytest.approx(rung["gain"]["lo"])
             assert float(attrs["data-hi"]) == pytest.approx(rung["gain"]["hi"])
-            assert re.search(r'class="num gain (above|below)"', row).group(1) == (
-                "above" if rung["gain"]["lo"] > lad["margin"] else "below")
+            verdict = {d["to"]: d["verdict"] for d in lad["doublings"]}[rung["rank"]]  # the summary's
+            assert re.search(r'class="num gain (above|leaning|below)"', row).group(1) == verdict
+            assert (verdict == "above") == (rung["gain"]["lo"] > lad["margin"])
+            assert (verdict == "leaning") == (rung["gain"]["lo"] <= lad["margin"] < rung["gain"]["est"])
         if rung["rank"] != lad["recommendation"]["best_rank"]:
             attrs, _ = cell(row, "vs-best")
             assert float(attrs["data-hi"]) == pytest.approx(rung["vs_best"]["hi"])
@@ -416,6 +419,45 @@ def test_report_layers_escape_everything_and_stay_offline(tmp_path):
     for name in ("report.css", "errors.js", "report.js"):
         asset = (resources.files("ranksweep.report") / "templates" / name).read_text().strip()
         assert asset and asset in text, name
+
+
+def test_each_doubling_shows_its_verdict_leaning_included(tmp_path):
+    """A study made by hand, with per-example eval losses: r=8 runs three seeds (the noise), r=8 -> 16 only leans
+    towards a gain (its estimate above the margin, its interval not), r=16 -> 32 is a confident gain and
+    r=32 -> 64 is within the margin. The summary, the ladder table and the gain figure give each its verdict."""
+    import numpy as np
+    from optuna.distributions import IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from ranksweep.report import load_study_data, render_report
+    from ranksweep.report.figures import VERDICTS
+
+    url = f"sqlite:///{tmp_path / 'ranksweep.db'}"
+    study = optuna.create_study(study_name="lean", storage=url)
+    study.set_user_attr("ranksweep_space", {"ladders": ["default"], "start_rank": 8, "factor": 2, "noise_seeds": 2,
+                                            "objective": "eval_loss", "fixed": []})
+    tokens = np.random.default_rng(0).integers(5, 30, 60).astype(float)
+    hard = np.random.default_rng(1).gamma(4.0, 0.25, 60)
+    for rank, seed, value in [(0, 0, 3.0), (8, 0, 2.80), (8, 1, 2.82), (8, 2, 2.78), (16, 0, 2.74), (32, 0, 2.50),
+                              (64, 0, 2.4999)]:
+        loss = (hard * value * tokens).tolist()  # two trials differ by exactly their values: the seeds are the noise
+        attrs = {"ladder": "default", "rank": rank, "seed": seed, "slot": 0, "role": "base" if rank == 0 else "rung",
+                 "eval_examples": {"loss": loss, "tokens": tokens.tolist(), "fingerprint": "f", "n": 60}}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=sum(loss) / tokens.sum(), user_attrs=attrs,
+                                     params={"rank": rank, "seed": seed},
+                                     distributions={"rank": IntDistribution(0, 1 << 20),
+                                                    "seed": IntDistribution(0, 1 << 16)}))
+    data = load_study_data("lean", url)
+    (lad,) = data.ladders
+    doublings = lad.to_dict()["doublings"]
+    assert [(d["from"], d["to"], d["verdict"]) for d in doublings] == [
+        (8, 16, "leaning"), (16, 32, "above"), (32, 64, "below")], doublings
+    text = render_report([data], generated="now")
+    for rank, verdict in [(16, "leaning"), (32, "above"), (64, "below")]:
+        row = re.search(rf'<tr class="rung[^"]*" data-rank="{rank}">(.*?)</tr>', text, re.S).group(1)
+        assert f'class="num gain {verdict}"' in row, (rank, row)
+    for _, _, label in VERDICTS.values():  # the gain figure's legend: the three kinds, each drawn
+        assert label in text
 
 
 def test_storage_checks_are_one_line(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import subprocess_env
+from helpers import NO_CHECKS, subprocess_env
 
 try:
     from helpers.postgres import PASSWORD, PgServer, bin_dir
@@ -29,7 +29,7 @@ RANKSWEEP = str(Path(sys.executable).parent / "ranksweep")
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
 HF_TOKEN = "hf_SecretTokenForTheTests0123456789"
 TINY = ("model=tiny_llama", "trainer=tiny", "trainer.max_steps=4", "trainer.eval_every=2", "data.max_examples=60",
-        "data.eval_size=10", "data.metric_examples=2", "logger=wandb")
+        "data.eval_size=10", "data.metric_examples=2", "logger=wandb", *NO_CHECKS)
 
 
 def ranksweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import compose
+from helpers import NO_CHECKS, compose
 from helpers.slurm import SlurmCluster, SlurmUnavailable, unavailable
 
 BIN = str(Path(sys.executable).parent / "ranksweep")
@@ -32,7 +32,7 @@ TINY = [
     # No parent-rank pruning: it compares with the parent's progress at that moment, which depends
     # on how the scheduler interleaved the jobs; without it every curve is the local run's.
     "hydra.sweeper.pruner=none",
-    "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8", "hydra.sweeper.poll_s=1",
+    "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8", "hydra.sweeper.poll_s=1", *NO_CHECKS,
 ]
 SLURM = ["hydra/launcher=slurm_cpu", "hydra.sweeper.n_jobs=2"]
 slow = pytest.mark.slow

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import CHECKS
 from helpers.run import BIN, TINY_SWEEP, Result, curve, inprocess, ranksweep, summary
 from helpers.run import env as _env
 from optuna.trial import TrialState
@@ -48,7 +49,7 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory, cache):
     cwd = tmp_path_factory.mktemp("full")
-    proc = sweep(cwd, cache, "hydra.sweeper.study_name=full")
+    proc = sweep(cwd, cache, "hydra.sweeper.study_name=full", *CHECKS)  # the noise seeds and budget check too
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd, proc
 

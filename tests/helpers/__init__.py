@@ -26,14 +26,28 @@ PYTHON = sys.executable
 TINY_RUN = ("model=tiny_llama", "trainer=tiny", "data.max_examples=200", "data.eval_size=20",
             "data.metric_examples=8", "logger=none")
 TINY_OVERRIDES = TINY_RUN  # its former name
+# The sweep's own checks at their cheapest: one noise seed (the least seeds_per_rank=1 allows) and no budget
+# check. At the defaults they add 4 trials to a 3-rank ladder, two of them at 3x the steps; the tests of
+# those checks (test_noise, test_sweeper's end-to-end sweep, test_export's W&B sweep) add CHECKS back.
+NO_CHECKS = ("hydra.sweeper.noise_seeds=1", "hydra.sweeper.budget_check=0")
+
+
+def _defaults() -> tuple[str, ...]:
+    from ranksweep.sweep.settings import SweepSettings
+
+    return tuple(f"hydra.sweeper.{k}={getattr(SweepSettings, k)}" for k in ("noise_seeds", "budget_check"))
+
+
+CHECKS = _defaults()  # the checks as a user gets them: SweepSettings' defaults
 # A tiny sweep: r = 8, 16, 32 on the tiny Llama, 12 steps a trial (a few seconds each); W&B as the env says.
 TINY_SWEEP = ("model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
-              "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4", "hydra.sweeper.max_rank=32")
+              "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4", "hydra.sweeper.max_rank=32",
+              *NO_CHECKS)
 # Shrunk further, for commands that only need to get as far as a bad input, or to a 2-step adapter: 60
 # examples, no tracker, the trainer left to the test (SHRUNK_SWEEP's is the default unless it adds one).
 SHRUNK = ("model=tiny_llama", "logger=none", "data.max_examples=60", "data.eval_size=10", "data.metric_examples=2")
 SHRUNK_RUN = (*SHRUNK, "trainer=tiny", "trainer.max_steps=2")
-SHRUNK_SWEEP = ("-m", *SHRUNK, "hydra.sweeper.max_rank=8")  # r = 8 only
+SHRUNK_SWEEP = ("-m", *SHRUNK, "hydra.sweeper.max_rank=8", *NO_CHECKS)  # r = 8 only
 
 
 def compose(*overrides: str, return_hydra_config: bool = False):

@@ -104,30 +104,34 @@ def ladder_figure(figs: Figures, data: StudyData, lad: Ladder, color: str) -> Sv
     return figs.svg(fig, f"{lad.objective} against rank for {data.name} {lad.label}")
 
 
-WORTH, NOT_WORTH, MARGIN = "#11703a", "#9a6700", "#b42318"
+MARGIN = "#b42318"
+# Each verdict's colour, fill and legend label (Doubling.verdict); the ladder table colours its cells alike.
+VERDICTS = {
+    "above": ("#11703a", True, "lower bound above the margin: worth it"),
+    "leaning": ("#1f5fa8", False, "only the estimate above the margin: not confirmed, ends no ladder"),
+    "below": ("#9a6700", False, "estimate within the margin: no gain worth it"),
+}
 
 
 def gain_figure(figs: Figures, data: StudyData, lad: Ladder, doublings: Sequence[Doubling]) -> Optional[Svg]:
     """Each doubling's gain with its interval (error bars) against the margin line; None without any gain.
 
-    A doubling whose lower bound is above the margin is confidently worth it (filled, green); the others
-    are hollow. The margin is the one the stop rule judged each doubling with (relative margins move a
-    little with the value)."""
-    ds = [d for d in doublings if d.gain is not None]
+    A doubling whose lower bound is above the margin is confidently worth it (filled, green); one whose
+    estimate only is above it leans towards a gain (hollow, blue); the others are hollow, amber. The margin is
+    the one the stop rule judged each doubling with (relative margins move a little with the value)."""
+    ds = [d for d in doublings if d.verdict is not None]
     if not ds:
         return None
     fig, (ax,) = new_figure(4.6, 3.5)
     pct = round(lad.comparison.confidence * 100) if lad.comparison is not None else 95
-    for above in (True, False):
-        pick = [d for d in ds if d.above == above]
+    for verdict, (color, filled, label) in VERDICTS.items():
+        pick = [d for d in ds if d.verdict == verdict]
         if not pick:
             continue
-        color = WORTH if above else NOT_WORTH
         est = [d.gain.est for d in pick]  # type: ignore[union-attr]
         err = [[max(d.gain.est - d.gain.lo, 0.0) for d in pick], [max(d.gain.hi - d.gain.est, 0.0) for d in pick]]  # type: ignore[union-attr]
         ax.errorbar([d.rank for d in pick], est, yerr=err, ls="none", marker="o", ms=7, capsize=4, lw=1.6,
-                    color=color, mfc=color if above else "white", mew=1.6, zorder=3,
-                    label="lower bound above the margin: worth it" if above else "not confidently above the margin")
+                    color=color, mfc=color if filled else "white", mew=1.6, zorder=3, label=label)
     margins = [(d.rank, d.margin) for d in ds if d.margin is not None]
     if margins:
         ax.plot([m[0] for m in margins], [m[1] for m in margins], color=MARGIN, ls="--", lw=1.2,

@@ -423,6 +423,8 @@ class Ladder:
                 "budget_bound": self.budget_bound, "margin": self.margin,
                 "eval_set": self.eval_set,
                 "budget_check": self.budget_check.to_dict() if self.budget_check is not None else None,
+                # each doubling as the stop rule judged it (its gain and interval: the rung's "gain")
+                "doublings": [d.to_dict() for d in self.comparison.doublings] if self.comparison else [],
                 "noise": None if self.comparison is None or self.comparison.noise is None else {
                     "sd": self.comparison.noise.sd, "dof": self.comparison.noise.dof,
                     "source": self.comparison.noise.source},

@@ -91,6 +91,19 @@ class Doubling:
     # cannot confirm it. Such a doubling counts neither as a gain nor towards a stop.
     leaning: bool = False
 
+    @property
+    def verdict(self) -> Optional[str]:
+        """``above`` (a confident gain worth the doubling), ``leaning`` (only its estimate is above the margin)
+        or ``below`` (its estimate is not); None where there is no gain to judge."""
+        if self.gain is None or not self.compared:
+            return None
+        return "above" if self.above else "leaning" if self.leaning else "below"
+
+    def to_dict(self) -> dict:
+        """The doubling as written to ``sweep_summary.json``."""
+        return {"from": self.prev, "to": self.rank, "verdict": self.verdict, "margin": self.margin,
+                "note": self.note or None}
+
     def text(self, pct: int) -> str:
         if not self.compared:
             return f"r={self.prev}->{self.rank}: {self.note}"
