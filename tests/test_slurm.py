@@ -21,18 +21,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import NO_CHECKS, compose
+from helpers import TINY_SWEEP, compose
 from helpers.slurm import SlurmCluster, SlurmUnavailable, unavailable
 
 BIN = str(Path(sys.executable).parent / "ranksweep")
 TINY = [
-    "model=tiny_llama", "trainer=tiny", "trainer.max_steps=12", "trainer.eval_every=4",
-    "data.max_examples=160", "data.eval_size=16", "data.metric_examples=4", "logger=none",
-    "hydra.sweeper.max_rank=32", "hydra.sweeper.min_gain=0.0",
+    *TINY_SWEEP, "logger=none", "hydra.sweeper.min_gain=0.0",
     # No parent-rank pruning: it compares with the parent's progress at that moment, which depends
     # on how the scheduler interleaved the jobs; without it every curve is the local run's.
     "hydra.sweeper.pruner=none",
-    "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8", "hydra.sweeper.poll_s=1", *NO_CHECKS,
+    "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8", "hydra.sweeper.poll_s=1",
 ]
 SLURM = ["hydra/launcher=slurm_cpu", "hydra.sweeper.n_jobs=2"]
 slow = pytest.mark.slow

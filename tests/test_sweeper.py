@@ -189,8 +189,8 @@ def _kill_mid_trial(args: list[str], cwd: Path, cache: Path) -> tuple[int, dict]
 
 def test_resume_after_sigkill_repeats_no_rank(tmp_path, cache, full):
     cwd = tmp_path
-    args = [BIN, "-m", *TINY, "hydra.sweeper.study_name=resumed", "hydra.sweeper.heartbeat_interval=1",
-            "hydra.sweeper.grace_period=3"]
+    args = [BIN, "-m", *TINY, *CHECKS, "hydra.sweeper.study_name=resumed",  # as `full` ran, to compare with it
+            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
     killed_rank, before = _kill_mid_trial(args, cwd, cache)
 
     time.sleep(4)  # past the grace period: the killed trial's heartbeat is stale
