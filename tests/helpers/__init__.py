@@ -27,8 +27,9 @@ TINY_RUN = ("model=tiny_llama", "trainer=tiny", "data.max_examples=200", "data.e
             "data.metric_examples=8", "logger=none")
 TINY_OVERRIDES = TINY_RUN  # its former name
 # The sweep's own checks at their cheapest: one noise seed (the least seeds_per_rank=1 allows) and no budget
-# check. At the defaults they add 4 trials to a 3-rank ladder, two of them at 3x the steps; the tests of
-# those checks (test_noise, test_sweeper's end-to-end sweep, test_export's W&B sweep) add CHECKS back.
+# check. At the defaults they add 4 trials to a 3-rank ladder, two of them at 3x the steps. The sweeps that
+# test them keep the defaults: test_noise's, test_sweeper's end-to-end sweep and its resume (CHECKS),
+# test_report's rs_seeds and test_install's +sweep=rank_doubling.
 NO_CHECKS = ("hydra.sweeper.noise_seeds=1", "hydra.sweeper.budget_check=0")
 
 
