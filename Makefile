@@ -55,10 +55,10 @@ train: $(STAMP) ## one QLoRA trial: SmolLM2-135M-Instruct, NF4, r=8, cmudict, on
 sweep: $(STAMP) ## the rank ladder on the embedded default; prints the recommended rank, writes the plot
 	$(VENV)/bin/ranksweep -m +sweep=rank_doubling $(ARGS)
 
-# Each test process runs torch on one thread (tests/conftest.py), so the suite runs on TEST_WORKERS
-# processes (pytest-xdist; auto: one per core). A file's tests stay in one process (--dist loadfile),
-# so a module's fixture (a sweep several tests read) is built once. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= auto
+# Each test process runs torch on one thread (tests/conftest.py); TEST_WORKERS=auto runs one process per
+# core (pytest-xdist), a file's tests in one process (--dist loadfile) so a module's fixture is built once.
+# Default 0 (one process): under xdist test_models' qwen2_moe test fails in some runs (docs/development.md).
+TEST_WORKERS ?= 0
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: $(STAMP) system-deps ## the full CPU test suite (what CI runs)
