@@ -55,10 +55,10 @@ train: $(STAMP) ## one QLoRA trial: SmolLM2-135M-Instruct, NF4, r=8, cmudict, on
 sweep: $(STAMP) ## the rank ladder on the embedded default; prints the recommended rank, writes the plot
 	$(VENV)/bin/ranksweep -m +sweep=rank_doubling $(ARGS)
 
-# Each test process runs torch on one thread (tests/conftest.py); TEST_WORKERS=auto runs one process per
-# core (pytest-xdist), a file's tests in one process (--dist loadfile) so a module's fixture is built once.
-# Default 0 (one process): under xdist test_models' qwen2_moe test fails in some runs (docs/development.md).
-TEST_WORKERS ?= 0
+# Each test process runs torch on one thread (tests/conftest.py), so the tests run in TEST_WORKERS processes
+# (pytest-xdist; 0: one process), a file's tests in one process (--dist loadfile) so a module's fixture is
+# built once. 2 is what the suite is measured with (docs/development.md); TEST_WORKERS=auto: one per core.
+TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: $(STAMP) system-deps ## the full CPU test suite (what CI runs)

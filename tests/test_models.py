@@ -193,26 +193,36 @@ MOE = {  # the mlp role: (linear layers, fused expert parameters)
 def test_mixture_of_experts_roles_adapt_the_experts(kind, tmp_path):
     """transformers 5 keeps routed experts as fused 3-D parameters, not linear layers: mlp and all_linear
     adapt them through peft's target_parameters (with a shared expert's linear layers when there is one),
-    attention leaves them out, and peft trains exactly what expected_lora_params counts."""
-    from peft import LoraConfig, get_peft_model
+    attention leaves them out, and the trial's add_lora trains exactly what expected_lora_params counts. The
+    fused gate_up_proj holds two projections: rank 2r and alpha 2 alpha, whatever peft's version (peft 0.22
+    doubles it itself only when a shared expert's gate_proj is targeted, as in Qwen2-MoE)."""
+    from helpers import TINY_RUN, compose
 
+    from ranksweep.config import to_run_config
     from ranksweep.targets import split_targets
+    from ranksweep.trial.adapter import add_lora
 
     folder = other_architecture(kind, tmp_path / kind)
-    cfg = ModelConfig(name=kind, id=folder, family="llama", dtype="float32")
     layers, params = MOE[kind]["mlp"]
     attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
     for role, want in {"mlp": (layers, params), "all_linear": (attention | layers, params),
                        "attention": (attention, set())}.items():
-        model, _, _ = load_base(cfg, QUANTS["nf4"], "cpu", str(tmp_path))
+        run = to_run_config(compose(*TINY_RUN, f"model.id={folder}", "model.dtype=float32", "lora.r=4",
+                                    "lora.alpha_rule=fixed", "lora.alpha=8", "lora.dropout=0",
+                                    f"lora.targets={role}"))
+        model, _, _ = load_base(run.model, QUANTS["nf4"], "cpu", str(tmp_path))
         names = resolve_targets(model, "llama", role)
         got_layers, got_params = split_targets(model, names)
         assert (set(got_layers), set(got_params)) == want, (role, names)
         count = expected_lora_params(model, names, 4)
-        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                      target_modules=got_layers or None,
-                                                      target_parameters=got_params or None))
-        assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == count > 0, role
+        peft_model = add_lora(model, run, names)
+        trained = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
+        assert sum(trained.values()) == count > 0, (role, trained)
+        wrappers = {m.parameter_name: m for m in peft_model.modules() if type(m).__name__ == "ParamWrapper"}
+        assert set(wrappers) == {p.rsplit(".", 1)[-1] for p in got_params}, role
+        if got_params:
+            assert (wrappers["gate_up_proj"].r["default"], wrappers["down_proj"].r["default"]) == (8, 4)
+            assert wrappers["gate_up_proj"].scaling["default"] == wrappers["down_proj"].scaling["default"] == 2.0
 
 
 def test_a_mixture_of_experts_folder_trains_its_experts(tmp_path, rs_cache):

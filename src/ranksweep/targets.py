@@ -13,11 +13,16 @@ Mixture-of-experts models (Qwen2/3-MoE, Mixtral, ... in transformers 5) keep the
 3-D parameters (``mlp.experts.gate_up_proj``: experts x out x in), not linear layers: the ``mlp`` and
 ``all_linear`` roles adapt them through peft's ``target_parameters`` (:func:`expert_parameters`), so
 that a role never leaves most of the MLP untouched; :func:`split_targets` tells the two kinds apart.
+A fused ``gate_up_proj`` holds two projections (gate and up), so it gets rank 2r and alpha 2 alpha
+(:func:`fused_rank_pattern`): rank r means rank r per projection, on every MoE model and every peft. peft
+0.22+ does the same, but only when ``target_modules`` names a transformers-4 projection (a shared
+expert's ``gate_proj``), so without the pattern the same sweep meant different adapters by version.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from torch import nn
 
@@ -43,6 +48,8 @@ for _roles in FAMILY_MODULES.values():
 ROLES = ("attention", "mlp", "all_linear", "qv")
 # Fused query/key/value projections across architectures (Phi-3, GPT-NeoX/Falcon, GPT-2, MPT/DBRX, ...).
 FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "qkv", "in_proj", "att_proj")
+# Fused 3-D expert parameters -> how many projections each holds (peft's _MOE_FUSED_TARGETS, 0.22+).
+FUSED_EXPERTS = {"gate_up_proj": 2}
 log = logging.getLogger(__name__)
 
 
@@ -160,6 +167,15 @@ def resolve_targets(model: nn.Module, family: str, targets: str) -> list[str]:
     return list(wanted) + extra  # a MoE model's shared expert has the family's names; its experts do not
 
 
+def fused_rank_pattern(params: list[str], r: int, alpha: float) -> tuple[dict[str, int], dict[str, float]]:
+    """peft's ``(rank_pattern, alpha_pattern)`` for the expert parameters in ``params`` that fuse several
+    projections: rank and alpha times the number of projections, so the scale (alpha / rank) is unchanged.
+    The key is the whole expert suffix (``mlp\\.experts\\.gate_up_proj``): Phi-3's linear ``mlp.gate_up_proj``
+    keeps rank r, as peft gives it."""
+    fused = {p: FUSED_EXPERTS[p.rsplit(".", 1)[-1]] for p in params if p.rsplit(".", 1)[-1] in FUSED_EXPERTS}
+    return ({re.escape(p): r * n for p, n in fused.items()}, {re.escape(p): alpha * n for p, n in fused.items()})
+
+
 def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
     """Sum over targeted linear layers of r * (in + out): LoRA_A is r x in, LoRA_B is out x r."""
     total = 0
@@ -168,9 +184,11 @@ def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
             total += r * sum(_features(module))
     _, params = split_targets(model, modules)  # as add_lora passes them to peft
     for full, param in model.named_parameters():  # peft's ParamWrapper: A is (r * experts) x in, B out x (r * experts)
-        if param.dim() == 3 and any(matches(full, m) for m in params):
+        hit = [m for m in params if matches(full, m)]
+        if param.dim() == 3 and hit:
             experts, out, inp = param.shape
-            total += r * int(experts) * (int(out) + int(inp))
+            rank = r * FUSED_EXPERTS.get(full.rsplit(".", 1)[-1], 1)  # fused_rank_pattern
+            total += rank * int(experts) * (int(out) + int(inp))
     return total
 
 

@@ -38,17 +38,18 @@ def prepare_for_training(model: Any, run: RunConfig, mem: MemoryPlan) -> Any:
 
 def add_lora(model: Any, run: RunConfig, modules: list[str]) -> Any:
     """A fresh LoRA adapter on ``modules`` (the peft-wrapped model)."""
-    from ranksweep.targets import split_targets
+    from ranksweep.targets import fused_rank_pattern, split_targets
 
     layers, params = split_targets(model, modules)  # a MoE model's fused experts are parameters
     if params and run.lora.dropout:
         raise ConfigError(f"lora.dropout: peft adapts a mixture-of-experts model's fused experts "
                           f"({', '.join(params)}) without dropout; set lora.dropout=0, or lora.targets=attention "
                           "to leave the experts out")
+    rank_pattern, alpha_pattern = fused_rank_pattern(params, run.lora.r, run.lora.lora_alpha)
     lora_cfg = LoraConfig(
         r=run.lora.r, lora_alpha=run.lora.lora_alpha, lora_dropout=run.lora.dropout, bias=run.lora.bias,
         target_modules=layers or None, target_parameters=params or None, use_rslora=run.lora.use_rslora,
-        task_type="CAUSAL_LM",
+        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora_cfg)
     disable_cpu_bf16_repack(model)
