@@ -184,8 +184,7 @@ def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
             total += r * sum(_features(module))
     _, params = split_targets(model, modules)  # as add_lora passes them to peft
     for full, param in model.named_parameters():  # peft's ParamWrapper: A is (r * experts) x in, B out x (r * experts)
-        hit = [m for m in params if matches(full, m)]
-        if param.dim() == 3 and hit:
+        if param.dim() == 3 and any(matches(full, m) for m in params):
             experts, out, inp = param.shape
             rank = r * FUSED_EXPERTS.get(full.rsplit(".", 1)[-1], 1)  # fused_rank_pattern
             total += rank * int(experts) * (int(out) + int(inp))
