@@ -279,3 +279,34 @@ def test_a_ladder_that_ends_on_a_gain_says_the_top_rank_may_still_bind():
     assert "a larger hydra.sweeper.max_rank may pay" in lad.to_dict()["recommendation"]["why"]
     (flat,) = read_ladders([*head, _trial(5, 32, 2.529)], spec)
     assert flat.recommendation.rank == 16 and "may still bind" not in flat.recommendation.why
+
+
+def test_two_ranks_the_data_lean_between_get_more_seeds():
+    """The bench's k=2 task at seed 1: r=1 -> 2 gained +0.026 against a margin of 0.009, its interval (3 seeds
+    of r=1, so 2 degrees of freedom) reaching below the margin, and r=1 was recommended. Where the answer rests
+    on two ranks the data lean between, both run resolve_seeds more seeds and are judged again: a gain the
+    seeds confirm moves the answer to r=2, one they do not leaves r=1; with resolve_seeds=0 r=1 stands."""
+    from ranksweep.sweep.plan import candidates
+    from ranksweep.sweep.reader import read_ladders, spec_of
+    from ranksweep.sweep.settings import SweepSettings
+
+    def spec(resolve):
+        return spec_of(SweepSettings(start_rank=1, max_rank=8, noise_seeds=2, budget_check=0, resolve_seeds=resolve),
+                       [("default", ())])
+
+    swept = [_trial(0, 0, 1.85), _trial(1, 1, 1.8117), _trial(2, 1, 1.8047, seed=1), _trial(3, 1, 1.8140, seed=2),
+             _trial(4, 2, 1.7855), _trial(5, 4, 1.7860), _trial(6, 8, 1.7858)]
+    (off,) = read_ladders(swept, spec(0))
+    assert off.done and (off.recommendation.rank, off.recommendation.lean) == (1, 2), off.recommendation.why
+    assert off.resolved == () and "within the noise" in off.recommendation.why
+    (lad,) = read_ladders(swept, spec(2))
+    assert not lad.done and lad.resolved == (1, 2) and lad.pending == [1, 2]
+    todo = sorted((i.rank, i.seed) for i, _ in candidates([lad], parallel=2)[0])
+    assert todo == [(1, 3), (1, 4), (2, 1), (2, 2)], todo
+    for r2, rank in (((1.7852, 1.7861), 2), ((1.8102, 1.8095), 1)):  # the seeds confirm the gain, or they do not
+        more = [_trial(7, 1, 1.8101, seed=3), _trial(8, 1, 1.8083, seed=4),
+                _trial(9, 2, r2[0], seed=1), _trial(10, 2, r2[1], seed=2)]
+        (lad,) = read_ladders(swept + more, spec(2))
+        assert lad.done and lad.recommendation.rank == rank, lad.recommendation.why
+        assert "5 seeds of r=1, 3 seeds of r=2" in lad.noise and "r=1 and r=2 ran 2 more seeds each" in lad.noise
+        assert lad.to_dict()["resolved"] == [1, 2]

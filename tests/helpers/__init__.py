@@ -26,17 +26,19 @@ PYTHON = sys.executable
 TINY_RUN = ("model=tiny_llama", "trainer=tiny", "data.max_examples=200", "data.eval_size=20",
             "data.metric_examples=8", "logger=none")
 TINY_OVERRIDES = TINY_RUN  # its former name
-# The sweep's own checks at their cheapest: one noise seed (the least seeds_per_rank=1 allows) and no budget
-# check. At the defaults they add 4 trials to a 3-rank ladder, two of them at 3x the steps. The sweeps that
-# test them keep the defaults: test_noise's, test_sweeper's end-to-end sweep and its resume (CHECKS),
+# The sweep's own checks at their cheapest: one noise seed (the least seeds_per_rank=1 allows), no budget
+# check, no further seeds where the data lean. At the defaults they add 4 trials to a 3-rank ladder, two
+# of them at 3x the steps (and 4 more where the data lean). The sweeps that test them keep the defaults:
+# test_noise's, test_sweeper's end-to-end sweep and its resume (CHECKS),
 # test_report's rs_seeds and test_install's +sweep=rank_doubling.
-NO_CHECKS = ("hydra.sweeper.noise_seeds=1", "hydra.sweeper.budget_check=0")
+NO_CHECKS = ("hydra.sweeper.noise_seeds=1", "hydra.sweeper.budget_check=0", "hydra.sweeper.resolve_seeds=0")
 
 
 def _defaults() -> tuple[str, ...]:
     from ranksweep.sweep.settings import SweepSettings
 
-    return tuple(f"hydra.sweeper.{k}={getattr(SweepSettings, k)}" for k in ("noise_seeds", "budget_check"))
+    keys = ("noise_seeds", "budget_check", "resolve_seeds")
+    return tuple(f"hydra.sweeper.{k}={getattr(SweepSettings, k)}" for k in keys)
 
 
 CHECKS = _defaults()  # the checks as a user gets them: SweepSettings' defaults

@@ -58,6 +58,7 @@ class Spec:
     budget: int = 1  # search trials per rank
     noise_seeds: int = 0  # extra seeds of the first rank's best values (the training noise)
     budget_check: float = 0.0  # the factor of the steps the recommended rank and its neighbour are rerun at
+    resolve_seeds: int = 0  # more seeds of two ranks the data lean between (Recommendation.lean)
 
 
 def index_trials(trials: Sequence[Any]) -> dict[JobKey, list[Trial]]:
@@ -160,10 +161,11 @@ def _edge(best: Trial, tried: Sequence[float]) -> Optional[str]:
     return None
 
 
-def _jobs(key: str, rank: int, idx: dict[JobKey, list[Trial]], spec: Spec) -> list[Job]:
+def _jobs(key: str, rank: int, idx: dict[JobKey, list[Trial]], spec: Spec, resolve: frozenset[int]) -> list[Job]:
     """A rung's jobs: its search slots at seed 0, then its further seeds (the first rank also runs the noise
-    seeds that measure the training noise)."""
+    seeds that measure the training noise; a rank in ``resolve``, ``resolve_seeds`` more)."""
     seeds = max(spec.seeds, 1 + spec.noise_seeds) if rank == spec.ranks[0] else spec.seeds
+    seeds += spec.resolve_seeds if rank in resolve else 0
     jobs = [Job(0, k, *job_status(idx.get((key, rank, 0, k), [])), search=True) for k in range(spec.budget)]
     return jobs + [Job(s, 0, *job_status(idx.get((key, rank, s, 0), []))) for s in range(1, seeds)]
 
@@ -193,14 +195,17 @@ def _stop(lad: Ladder, reason: str, rank: Optional[int]) -> Ladder:
     return lad
 
 
-def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec) -> Ladder:
-    """Where one ladder stands: its base, each rank's jobs, and whether the stop rule fired."""
+def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec,
+                resolve: frozenset[int] = frozenset()) -> Ladder:
+    """Where one ladder stands: its base, each rank's jobs (with more seeds for the ranks in ``resolve``), and
+    whether the stop rule fired."""
     lad = Ladder(key=key, combo=combo, direction=spec.direction, objective=spec.objective)
     lad.base_status, lad.base_trial = job_status(idx.get((key, 0, 0, 0), []))
     if lad.base_status == JobStatus.FAILED:
         why = lad.base_trial.fail_reason if lad.base_trial else "?"
         return _stop(lad, f"base evaluation failed: {why}", None)
-    lad.rungs = [build_rung(r, _jobs(key, r, idx, spec) if lad.base_status == JobStatus.DONE else [], spec)
+    lad.resolved = tuple(sorted(resolve))
+    lad.rungs = [build_rung(r, _jobs(key, r, idx, spec, resolve) if lad.base_status == JobStatus.DONE else [], spec)
                  for r in spec.ranks]
     if lad.base_status != JobStatus.DONE:
         return lad
@@ -231,15 +236,31 @@ def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]]
 def read_ladders(trials: Sequence[Any], spec: Spec) -> list[Ladder]:
     """Every ladder of ``spec`` from the study's trials, each with its recommendation."""
     idx = index_trials(trials)
-    out = []
-    for key, combo in spec.ladders:
-        lad = read_ladder(key, combo, idx, spec)
-        if not lad.stop_reason:
-            lad.stop_reason = "incomplete"
-        lad = conclude(lad, spec.rule)
-        lad.budget_check = _budget_check(lad, idx, spec)
-        out.append(settle_budget(lad, spec.rule))
-    return out
+    return [_read_resolved(key, combo, idx, spec) for key, combo in spec.ladders]
+
+
+def _read_resolved(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec) -> Ladder:
+    """One ladder, concluded. Where its answer rests on two ranks the data lean between (``lean``), it is read
+    again with ``resolve_seeds`` more seeds of both: not done until they ran, then compared on all its seeds. One
+    pair per ladder, so the cost is bounded; the first reading ignores those seeds' trials, so the pair found
+    never changes."""
+    lad = _concluded(read_ladder(key, combo, idx, spec), spec)
+    rec = lad.recommendation
+    if spec.resolve_seeds > 0 and lad.done and rec is not None and rec.lean is not None:
+        resolve = frozenset((rec.rank, rec.lean))
+        lad = _concluded(read_ladder(key, combo, idx, spec, resolve), spec)
+        if lad.done and lad.noise:
+            ranks = " and ".join(f"r={r}" for r in sorted(resolve))
+            lad.noise += (f"; {ranks} ran {spec.resolve_seeds} more seeds each, where the data leaned towards the "
+                          "larger rank without confirming it (hydra.sweeper.resolve_seeds)")
+    lad.budget_check = _budget_check(lad, idx, spec)
+    return settle_budget(lad, spec.rule)
+
+
+def _concluded(lad: Ladder, spec: Spec) -> Ladder:
+    if not lad.stop_reason:
+        lad.stop_reason = "incomplete"
+    return conclude(lad, spec.rule)
 
 
 def spec_of_study(study: Any, meta: Optional[dict[str, Any]] = None, keys: Sequence[str] = ()) -> Spec:
@@ -270,7 +291,7 @@ def spec_of(s: Any, ladders: Sequence[tuple[str, tuple[str, ...]]]) -> Spec:
     return Spec(ladders=tuple(ladders), ranks=tuple(s.ranks), seeds=s.seeds_per_rank,
                 rule=RULES[s.stop_rule].from_settings(s), direction=s.direction, objective=s.objective,
                 max_rank=s.max_rank, factor=s.factor, budget=s.budget, noise_seeds=int(getattr(s, "noise_seeds", 0)),
-                budget_check=float(getattr(s, "budget_check", 0.0)))
+                budget_check=float(getattr(s, "budget_check", 0.0)), resolve_seeds=int(getattr(s, "resolve_seeds", 0)))
 
 
 def read_study(study: Any, meta: Optional[dict[str, Any]] = None, keys: Sequence[str] = ()) -> list[Ladder]:

@@ -373,6 +373,7 @@ class Ladder:
     base_step: Optional[Step] = field(default=None, repr=False, compare=False)  # the base as the rules see it
     budget_check: Optional[BudgetCheck] = None  # the longer rerun of the recommended rank and its neighbour
     noise: Optional[str] = None  # what the intervals cover, in words
+    resolved: tuple[int, ...] = ()  # ranks given hydra.sweeper.resolve_seeds more seeds (the data leaned between them)
 
     @property
     def label(self) -> str:
@@ -428,4 +429,4 @@ class Ladder:
                 "noise": None if self.comparison is None or self.comparison.noise is None else {
                     "sd": self.comparison.noise.sd, "dof": self.comparison.noise.dof,
                     "source": self.comparison.noise.source},
-                "noise_text": self.noise}
+                "noise_text": self.noise, "resolved": list(self.resolved)}

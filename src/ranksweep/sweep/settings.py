@@ -74,6 +74,10 @@ class SweepSettings:
     # seeds) widens every interval, so that another seed cannot undo a "confident" verdict. With
     # seeds_per_rank=1 at least one is needed.
     noise_seeds: int = checked(2, integer(at_least=0))
+    # When the answer rests on intervals too wide to tell two ranks apart though the data lean towards the
+    # larger (its lead's estimate is above the margin), train this many more seeds of both ranks' best values
+    # and judge again, once per pair. 0: off (the smaller rank is recommended, saying the data cannot tell).
+    resolve_seeds: int = checked(2, integer(at_least=0))
     # Rerun the recommended rank and the rank it beat (or the rank above the smallest) at this many times the
     # steps once the ladder stops, and say whether the verdict holds: a short run ranks learning speed, not
     # capacity. 0: off; else at least 1.5.
@@ -157,7 +161,7 @@ class SweepSettings:
             if len(ranks) > 1 and ranks[0] > 0:
                 values.setdefault("factor", ranks[1] // ranks[0])
             values.setdefault("max_rank", ranks[-1])
-        for name in ("noise_seeds", "budget_check"):  # a sweep recorded before these ran without them
+        for name in ("noise_seeds", "budget_check", "resolve_seeds"):  # a sweep recorded before these ran without them
             values.setdefault(name, 0)
         s = cls(**values)
         s.search = {str(k): str(v) for k, v in (s.search or {}).items()}

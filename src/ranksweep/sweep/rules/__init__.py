@@ -67,13 +67,16 @@ class Decision:
 class Recommendation:
     """The rank worth paying for: ``rank``; ``best_rank``, the smallest rank with the best value;
     ``tolerance_abs``, the rule's margin or tolerance in objective units; ``why``, one sentence with the
-    numbers. ``knee`` is the share rule's knee of the curve (None from the margin rule)."""
+    numbers. ``knee`` is the share rule's knee of the curve (None from the margin rule). ``lean``: the larger
+    rank the data lean towards without confirming it (its lead's estimate is above the margin, its interval
+    reaches below): more seeds of ``rank`` and ``lean`` would settle it (``hydra.sweeper.resolve_seeds``)."""
 
     rank: int
     best_rank: int
     tolerance_abs: float
     why: str
     knee: Optional[int] = None
+    lean: Optional[int] = None
 
 
 @dataclass

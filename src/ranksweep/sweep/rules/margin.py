@@ -220,7 +220,8 @@ class MarginRule:
             return Recommendation(have[0].rank, best.rank, m, self._why("no gain", have[0], best, m, over_base, left,
                                                                        noise, base))
         pick, why, iv = self._choose(have, best, m, noise)
-        return Recommendation(pick.rank, best.rank, m, self._why(why, pick, best, m, iv, left, noise))
+        lean = best.rank if why == "undetermined" and iv is not None and iv.est > m else None
+        return Recommendation(pick.rank, best.rank, m, self._why(why, pick, best, m, iv, left, noise), lean=lean)
 
     def _over_base(self, best: Step, base: Any, noise: Optional[Noise]) -> Optional[Interval]:
         """How much the best rank gains over the untrained base, with the training noise; None when the base or
