@@ -227,6 +227,26 @@ def logged(log: Path) -> list[tuple[Result, Optional[int]]]:
     return out
 
 
+def unfinished(work: Path, res: Result) -> bool:
+    """Whether this checkout would train more in a logged sweep when resumed (a method change that adds trials
+    to a finished ladder, such as hydra.sweeper.resolve_seeds): such a run is resumed, not skipped. A setting
+    the study's record lacks is read at this checkout's default, as a resumed sweep records it."""
+    from dataclasses import MISSING, fields
+
+    import optuna
+
+    from ranksweep.sweep.reader import read_ladders, spec_of_study
+    from ranksweep.sweep.settings import SweepSettings
+
+    db = work / f"{res.task}-s{res.seed}-{res.method}" / "outputs" / "ranksweep.db"
+    if res.method == "grid" or res.error or not db.is_file():
+        return False
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=res.method, storage=f"sqlite:///{db}")
+    defaults = {f.name: f.default for f in fields(SweepSettings) if f.default is not MISSING}
+    return not all(lad.done for lad in read_ladders(study.get_trials(deepcopy=False), spec_of_study(study, defaults)))
+
+
 def reread(work: Path, log: Path, args: argparse.Namespace) -> int:
     """The finished results in ``log``, each sweep's study read again by this checkout's reader (the stop rule,
     the recommendation and the budget verdict as they are now; the trials as they ran)."""
@@ -309,7 +329,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--grid", nargs="*", default=["k4", "null"], help="tasks whose grid is run for real")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     ap.add_argument("--steps", type=int, default=Budget.steps)
-    ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the runs here (default: a temp folder); run again with the same --work, it skips what "
+                         "finished and resumes a sweep this checkout would train further (after a method change)")
     ap.add_argument("--md", type=Path)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--reread", action="store_true",
@@ -336,15 +358,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             ov = make_recovery_task(work / "tasks" / f"{task}-s{seed}", TASKS[task], seed, cache, scale=SCALE,
                                     targets=TARGETS)
             overrides[(task, seed)] = [f"{k}={v}" for k, v in ov.items()]
-    # Each result is appended to work/results.jsonl as it lands: a rerun with the same --work skips what is there.
+    # Each result is appended to work/results.jsonl as it lands: a rerun with the same --work skips what is there,
+    # and resumes a sweep this checkout would train further (its wall time adds to the first run's).
     log = work / "results.jsonl"
     done = {(r.method, r.task, r.seed, steps): r for r, steps in (logged(log) if log.is_file() else [])}
 
     def run(method: str, task: str, seed: int) -> Result:
         got = done.get((method, task, seed, b.steps))
-        if got is None:
+        before = got.wall_s if got is not None and unfinished(work, got) else None
+        if got is None or before is not None:
             got = (run_grid(task, seed, overrides[(task, seed)], b, work, cache) if method == "grid" else
                    run_method(method, task, seed, overrides[(task, seed)], b, work, cache))
+            got.wall_s += before or 0.0
             with log.open("a") as fh:
                 fh.write(json.dumps({**asdict(got), "budget_steps": b.steps}) + "\n")
             print(f"{task} s{seed} {method}: r={got.rank} {got.error}", flush=True)
