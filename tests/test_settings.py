@@ -185,7 +185,8 @@ def _set_apart() -> SweepSettings:
         "search_budget": 3, "sampler": "random", "rung_pruner": "none", "direction": "maximize",
         "objective": "exact_match", "max_failure_rate": 0.25, "pruner": "none", "prune_after": 0.5,
         "prune_margin": 0.2, "n_jobs": 2, "parallel": 2, "params": {"lora.targets": "qv,attention"},
-        "heartbeat_interval": 5, "grace_period": 20, "poll_s": 1.0, "noise_seeds": 3, "budget_check": 2.0})
+        "heartbeat_interval": 5, "grace_period": 20, "poll_s": 1.0, "noise_seeds": 3, "budget_check": 2.0,
+        "resolve_seeds": 1})
     defaults = SweepSettings()
     assert all(getattr(s, f.name) != getattr(defaults, f.name) for f in fields(SweepSettings))
     return s
@@ -206,10 +207,11 @@ def test_the_record_holds_every_setting_with_the_storage_masked():
 def test_a_record_with_unknown_and_missing_keys_reads():
     s = SweepSettings.from_record({"patience": 5, "some_future_key": 1, "ranks": [8, 16, 32]})
     assert s.patience == 5 and s.ranks == [8, 16, 32] and s.margin == SweepSettings().margin
-    # A record without noise_seeds or budget_check was written before they existed: its sweep ran neither.
-    before = dataclasses.replace(SweepSettings(), noise_seeds=0, budget_check=0)
+    # A record without noise_seeds, budget_check or resolve_seeds was written before they existed: its sweep ran
+    # none of them.
+    before = dataclasses.replace(SweepSettings(), noise_seeds=0, budget_check=0, resolve_seeds=0)
     assert SweepSettings.from_record(None) == before == SweepSettings.from_record({})
-    assert SweepSettings.from_record({"noise_seeds": 2, "budget_check": 3.0}) == SweepSettings()
+    assert SweepSettings.from_record({"noise_seeds": 2, "budget_check": 3.0, "resolve_seeds": 2}) == SweepSettings()
 
 
 def test_older_records_read_with_the_studys_space():
