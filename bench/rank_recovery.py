@@ -217,14 +217,15 @@ def _run_grid(task: str, seed: int, ov: list[str], b: Budget, work: Path, cache:
 
 
 def logged(log: Path) -> list[tuple[Result, Optional[int]]]:
-    """The results appended to ``log`` (work/results.jsonl), each with the steps a trial it ran at."""
-    out = []
+    """The results appended to ``log`` (work/results.jsonl), each with the steps a trial it ran at; of a run
+    logged twice (resumed after a method change), the last."""
+    out: dict[tuple[str, str, int, Optional[int]], tuple[Result, Optional[int]]] = {}
     for line in log.read_text().splitlines():
         r = json.loads(line)
         r["values"] = {int(k): v for k, v in r["values"].items()}
         steps = r.pop("budget_steps", None)
-        out.append((Result(**r), steps))
-    return out
+        out[(r["method"], r["task"], r["seed"], steps)] = (Result(**r), steps)
+    return list(out.values())
 
 
 def unfinished(work: Path, res: Result) -> bool:
