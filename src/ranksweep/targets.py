@@ -167,12 +167,18 @@ def resolve_targets(model: nn.Module, family: str, targets: str) -> list[str]:
     return list(wanted) + extra  # a MoE model's shared expert has the family's names; its experts do not
 
 
+def projections(name: str) -> int:
+    """How many projections the parameter ``name`` (a full name or an expert suffix) holds: 2 for a fused
+    ``gate_up_proj`` (:data:`FUSED_EXPERTS`), else 1."""
+    return FUSED_EXPERTS.get(name.rsplit(".", 1)[-1], 1)
+
+
 def fused_rank_pattern(params: list[str], r: int, alpha: float) -> tuple[dict[str, int], dict[str, float]]:
     """peft's ``(rank_pattern, alpha_pattern)`` for the expert parameters in ``params`` that fuse several
     projections: rank and alpha times the number of projections, so the scale (alpha / rank) is unchanged.
     The key is the whole expert suffix (``mlp\\.experts\\.gate_up_proj``): Phi-3's linear ``mlp.gate_up_proj``
     keeps rank r, as peft gives it."""
-    fused = {p: FUSED_EXPERTS[p.rsplit(".", 1)[-1]] for p in params if p.rsplit(".", 1)[-1] in FUSED_EXPERTS}
+    fused = {p: projections(p) for p in params if projections(p) > 1}
     return ({re.escape(p): r * n for p, n in fused.items()}, {re.escape(p): alpha * n for p, n in fused.items()})
 
 
@@ -186,8 +192,7 @@ def expected_lora_params(model: nn.Module, modules: list[str], r: int) -> int:
     for full, param in model.named_parameters():  # peft's ParamWrapper: A is (r * experts) x in, B out x (r * experts)
         if param.dim() == 3 and any(matches(full, m) for m in params):
             experts, out, inp = param.shape
-            rank = r * FUSED_EXPERTS.get(full.rsplit(".", 1)[-1], 1)  # fused_rank_pattern
-            total += rank * int(experts) * (int(out) + int(inp))
+            total += r * projections(full) * int(experts) * (int(out) + int(inp))  # fused_rank_pattern
     return total
 
 
