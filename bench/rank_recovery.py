@@ -13,7 +13,11 @@ without changes to the rest):
 - ``ladder``: the default rank ladder, ``+sweep=rank_doubling``'s settings with steps scaled to the task;
 - ``single_lr``: one learning rate for every rank, one trial a rank, the way users sweep today;
 - ``grid``: every ladder rank x the same 5 learning rates to the end, the margin rule on each rank's best
-  learning rate (its step count is computed for every task, it is run where ``--grid`` names the task).
+  learning rate (its step count is computed for every task, it is run where ``--grid`` names the task);
+- ``nested``: ``+sweep=rank_quick``: one nested-rank run at the top rank places the knee, three separately
+  trained ranks confirm it (``hydra.sweeper.prescreen=nested``). Its prefix curve is compared with the
+  ladder's separately trained ranks on the same task and seed: the gap per rank, Kendall's tau, and per
+  doubling whether "a confident gain above the margin" is the verdict both ways (``prescreen_rows``).
 
 For each (task, seed, method): the recommended rank, exact or within one doubling, regret (the eval loss
 at the recommended rank minus the best rank's, on the method's own curve), training steps and their share
@@ -84,6 +88,11 @@ class Result:
     doublings: int = 0  # doublings with an interval
     confident: int = 0  # of them, confident gains (lower bound above the margin)
     error: str = ""
+    verdicts: dict[str, str] = field(default_factory=dict)  # "r->2r" -> above | leaning | below
+    prefix: dict[int, float] = field(default_factory=dict)  # nested: each prefix's value
+    prefix_verdicts: dict[str, str] = field(default_factory=dict)  # nested: the rule's verdicts on the prefixes
+    candidate: Optional[int] = None  # nested: the prescreen's candidate rank
+    prescreen: str = ""  # nested: confirmed | contradicted | failed
 
     @property
     def expected(self) -> int:
@@ -121,6 +130,7 @@ def _lr_range() -> str:
 METHODS: dict[str, Callable[[Budget], list[str]]] = {
     "ladder": lambda b: ["+sweep=rank_doubling", f"hydra.sweeper.search.trainer.lr={_lr_range()}"],
     "single_lr": lambda b: [f"trainer.lr={SINGLE_LR}", "hydra.sweeper.seeds_per_rank=1"],
+    "nested": lambda b: ["+sweep=rank_quick", f"hydra.sweeper.search.trainer.lr={_lr_range()}"],
 }
 
 
@@ -144,6 +154,21 @@ def _verdicts(lad: dict) -> tuple[int, int]:
     return len(judged), sum(d["verdict"] == "above" for d in judged)
 
 
+def _read(res: Result, lad: dict) -> None:
+    """What a result keeps of its ladder's summary (``Ladder.to_dict``)."""
+    rec = lad.get("recommendation") or {}
+    res.rank, res.why = rec.get("rank"), rec.get("why", "")
+    res.budget, res.stop = lad.get("budget") or "", lad.get("stop_reason") or ""
+    res.values = {int(r["rank"]): float(r["mean"]) for r in lad["rungs"] if r.get("mean") is not None}
+    res.doublings, res.confident = _verdicts(lad)
+    res.verdicts = {f"{d['from']}->{d['to']}": d["verdict"] for d in lad.get("doublings") or [] if d.get("verdict")}
+    pre = lad.get("prescreen") or {}
+    res.prefix = {int(k): float(v) for k, v in (pre.get("values") or {}).items()}
+    res.prefix_verdicts = {f"{d['from']}->{d['to']}": d["verdict"] for d in pre.get("doublings") or []
+                           if d.get("verdict")}
+    res.candidate, res.prescreen = pre.get("candidate"), pre.get("verdict") or ""
+
+
 def run_method(method: str, task: str, seed: int, ov: list[str], b: Budget, work: Path, cache: Path) -> Result:
     res = Result(task, seed, TASKS[task], method, grid_steps=len(RANKS) * len(LRS) * b.steps)
     folder = work / f"{task}-s{seed}-{method}"
@@ -159,11 +184,7 @@ def run_method(method: str, task: str, seed: int, ov: list[str], b: Budget, work
         return res
     doc = json.loads((folder / "outputs" / "sweeps" / method / "sweep_summary.json").read_text())
     (lad,) = doc["ladders"]
-    rec = lad.get("recommendation") or {}
-    res.rank, res.why = rec.get("rank"), rec.get("why", "")
-    res.budget, res.stop = lad.get("budget") or "", lad.get("stop_reason") or ""
-    res.values = {int(r["rank"]): float(r["mean"]) for r in lad["rungs"] if r.get("mean") is not None}
-    res.doublings, res.confident = _verdicts(lad)
+    _read(res, lad)
     res.steps, _ = _study_steps(folder / "outputs" / "ranksweep.db", method)
     return res
 
@@ -223,6 +244,7 @@ def logged(log: Path) -> list[tuple[Result, Optional[int]]]:
     for line in log.read_text().splitlines():
         r = json.loads(line)
         r["values"] = {int(k): v for k, v in r["values"].items()}
+        r["prefix"] = {int(k): v for k, v in (r.get("prefix") or {}).items()}
         steps = r.pop("budget_steps", None)
         out[(r["method"], r["task"], r["seed"], steps)] = (Result(**r), steps)
     return list(out.values())
@@ -266,9 +288,9 @@ def reread(work: Path, log: Path, args: argparse.Namespace) -> int:
             if rec.get("rank") != res.rank:
                 print(f"{res.task} s{res.seed} {res.method}: r={res.rank} as run, r={rec.get('rank')} read again",
                       flush=True)
-            res.rank, res.why = rec.get("rank"), rec.get("why", "")
-            res.budget, res.stop = doc.get("budget") or "", doc.get("stop_reason") or ""
-            res.doublings, res.confident = _verdicts(doc)
+            values = res.values
+            _read(res, doc)
+            res.values = values or res.values  # a pruned rank's value stays as run
         results.append(res)
     head = (f"read again {time.strftime('%Y-%m-%d')} from {log} ({len(results)} results; {platform.machine()} "
             f"{os.cpu_count()} CPU cores)")
@@ -277,7 +299,8 @@ def reread(work: Path, log: Path, args: argparse.Namespace) -> int:
 
 def write(head: str, results: list[Result], args: argparse.Namespace) -> int:
     """Print the tables; write them to ``--md`` and the results to ``--json`` when given."""
-    text = "\n".join([head, "", *summary_rows(results), "", *table_rows(results)]) + "\n"
+    pre = prescreen_rows(results)
+    text = "\n".join([head, "", *summary_rows(results), "", *table_rows(results), *(["", *pre] if pre else [])]) + "\n"
     print(text)
     if args.md:
         args.md.write_text(text)
@@ -305,6 +328,41 @@ def summary_rows(results: list[Result]) -> list[str]:
                     f"{(sum(regrets) / len(regrets)) if regrets else float('nan'):.4f} | {share:.0%} | "
                     f"{walls[len(walls) // 2] if walls else 0:.0f} s |")
     return rows
+
+
+def prescreen_rows(results: list[Result]) -> list[str]:
+    """Each nested run's prefix curve against the separately trained ranks of the same task and seed (the
+    ladder's; the grid's where it ran): the gap per rank (prefix - separate), Kendall's tau across the ranks
+    both have, and the doublings judged both ways whose verdict ("a confident gain above the margin") agrees."""
+    from ranksweep.sweep.prescreen import kendall_tau
+
+    rows = ["| task | seed | vs | candidate | prescreen | recommended | gap per rank (prefix - separate) | "
+            "Kendall tau | same verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    taus: list[float] = []
+    same = judged = 0
+    for r in results:
+        if r.method != "nested" or r.error or not r.prefix:
+            continue
+        for other in ("ladder", "grid"):
+            ref = next((x for x in results if x.method == other and x.task == r.task and x.seed == r.seed
+                        and not x.error), None)
+            if ref is None:
+                continue
+            shared = [k for k in sorted(r.prefix) if k in ref.values]
+            tau = kendall_tau([r.prefix[k] for k in shared], [ref.values[k] for k in shared])
+            both = [d for d in ref.verdicts if d in r.prefix_verdicts]
+            agree = sum((r.prefix_verdicts[d] == "above") == (ref.verdicts[d] == "above") for d in both)
+            if other == "ladder":
+                taus += [tau] if tau is not None else []
+                same, judged = same + agree, judged + len(both)
+            gaps = ", ".join(f"r={k} {r.prefix[k] - ref.values[k]:+.3f}" for k in shared)
+            rows.append(f"| {r.task} | {r.seed} | {other} | r={r.candidate} | {r.prescreen} | r={r.rank} | {gaps} | "
+                        f"{'-' if tau is None else f'{tau:+.2f}'} | {agree}/{len(both)} |")
+    if len(rows) == 2:
+        return []
+    mean = sum(taus) / len(taus) if taus else float("nan")
+    return rows + ["", f"Against the ladder: mean Kendall tau {mean:+.2f} over {len(taus)} runs; the same verdict on "
+                       f"{same} of {judged} doublings judged both ways."]
 
 
 def table_rows(results: list[Result]) -> list[str]:

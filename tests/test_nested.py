@@ -251,6 +251,23 @@ def test_the_sampler_draws_only_ladder_ranks_reproducibly():
             RankSampler(bad)
 
 
+
+def test_a_resumed_run_goes_on_with_the_draws_of_an_uninterrupted_one():
+    """A Trainer resumed at step 3 calls on_train_begin with global_step=3: the callback replays (and counts)
+    the 3 draws the checkpoint's steps made, so step 4 draws what it would have drawn without the break."""
+    from types import SimpleNamespace
+
+    whole = RankSampler(LADDER, seed=5)
+    want = [whole.draw() for _ in range(6)]
+    resumed = NestedRankCallback(RankSampler(LADDER, seed=5))
+    resumed.on_train_begin(None, SimpleNamespace(global_step=3), None)
+    assert resumed.drawn == want[:3]
+    assert [resumed.sampler.draw() for _ in range(3)] == want[3:]
+    fresh = NestedRankCallback(RankSampler(LADDER, seed=5))
+    fresh.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    fresh.catch_up(2)  # a run restored at its last step (no training): its draws, for the counts
+    assert fresh.drawn == want[:2]
+
 def test_truncate_state_dict_takes_rows_of_a_and_columns_of_b():
     a, b, bias = torch.randn(8, 128), torch.randn(384, 8), torch.randn(384)
     sd = {"m.q_proj.lora_A.weight": a, "m.q_proj.lora_B.weight": b, "m.q_proj.lora_B.bias": bias,
@@ -278,3 +295,118 @@ def test_nest_refuses_what_a_rank_mask_cannot_restrict():
     assert not is_nested(model)
     with pytest.raises(ValueError, match="no LoRA layer of adapter 'other'"):
         nest(model, adapter="other")
+
+
+# --------------------------------------------------------------------------- the prescreen job (trial.nested_ranks)
+
+PRESCREEN_RUN = ("data=jsonl", "data.max_examples=48", "data.eval_size=8", "data.metric_examples=2", "lora.r=4",
+                 "trainer.max_steps=4", "trainer.eval_every=2", "trainer.micro_batch=4", "trial.nested_ranks=[1,2,4]",
+                 "trial.role=prescreen")
+
+
+def test_a_prescreen_job_evaluates_every_prefix_out_of_the_sweepers_sight(compose_cfg, toy_jsonl, tmp_path,
+                                                                            monkeypatch):
+    """A real job on a real Optuna trial: nested ranks (1, 2, 4) on a rank-4 adapter, 4 steps. Every prefix is
+    evaluated on the eval examples the trial's own evaluation used; the rank-4 prefix is that evaluation; the
+    sweeper got the two ordinary evaluations only (intermediate values, W&B rows); the saved adapter and the
+    reused base are plain."""
+    import optuna
+
+    from ranksweep.job import _BASE, _LazyReporter, run_job
+    from ranksweep.tracking import Tracker
+
+    reported, logged, summary = [], [], {}
+    report, log, summarize = _LazyReporter.report, Tracker.log, Tracker.summary
+    monkeypatch.setattr(_LazyReporter, "report", lambda self, s, v: (reported.append((s, v)), report(self, s, v)))
+    monkeypatch.setattr(Tracker, "log", lambda self, d, step=None: (logged.append((step, d)), log(self, d, step)))
+    monkeypatch.setattr(Tracker, "summary", lambda self, d: (summary.update(d), summarize(self, d)))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    trial = optuna.create_study(study_name="s", storage=url).ask()
+    run = to_run_config(compose_cfg(*PRESCREEN_RUN, f"data.path={toy_jsonl}", f"trial.storage={url}",
+                                    "trial.study_name=s", f"trial.trial_number={trial.number}"))
+    out = tmp_path / "job"
+    objective = run_job(run, str(out))
+
+    m = json.loads((out / "metrics.json").read_text())
+    pre, full = m["prescreen"], m["eval_examples"]
+    assert objective == m["eval_loss"] and m["steps"] == 4
+    assert pre["ranks"] == [1, 2, 4] and set(pre["prefixes"]) == {"1", "2", "4"}
+    assert set(pre["drawn"]) == {"1", "2", "4"} and sum(pre["drawn"].values()) == 4
+    sampler = RankSampler([1, 2, 4], seed=run.trainer.seed)
+    draws = [sampler.draw() for _ in range(4)]  # one draw per optimizer step, seeded by trainer.seed
+    assert pre["drawn"] == {str(b): draws.count(b) for b in (1, 2, 4)}
+    for b, p in pre["prefixes"].items():
+        assert set(p) == {"value", "eval_loss", "loss", "tokens", "correct", "fingerprint", "n"}, b
+        assert p["fingerprint"] == full["fingerprint"] and p["n"] == full["n"] == 8, b
+        assert len(p["loss"]) == 8 and p["tokens"] == full["tokens"], b
+        assert len(p["correct"]) == len(full["correct"]) == 2 and set(p["correct"]) <= {0.0, 1.0}, b
+        assert p["value"] == p["eval_loss"], b  # objective=eval_loss
+        tokens = sum(p["tokens"])
+        assert p["eval_loss"] == pytest.approx(sum(p["loss"]) / tokens, rel=1e-5), b
+    top = pre["prefixes"]["4"]
+    assert top["eval_loss"] == pytest.approx(m["eval_loss"], abs=1e-5)
+    assert top["loss"] == pytest.approx(full["loss"], abs=1e-5)
+    assert pre["prefixes"]["1"]["eval_loss"] != pytest.approx(m["eval_loss"], abs=1e-6), "prefix 1 is not rank 4"
+
+    # The sweeper saw the trial's evaluations only: steps 2 and 4, at the full rank; so did W&B.
+    assert [s for s, _ in reported] == [2, 4] and reported[-1][1] == pytest.approx(m["eval_loss"], rel=1e-12)
+    (stored,) = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert stored.intermediate_values == dict(reported)
+    assert [s for s, row in logged if "eval/loss" in row] == [2, 4]
+    assert stored.user_attrs["prescreen"] == pre and stored.user_attrs["eval_loss"] == m["eval_loss"]
+    assert summary["prescreen/eval_loss_r4"] == top["eval_loss"] and summary["prescreen/value_r1"] == \
+        pre["prefixes"]["1"]["value"] and sum(summary[f"prescreen/drawn_r{b}"] for b in (1, 2, 4)) == 4
+
+    # A plain rank-4 peft adapter, all 4 components; the worker's base is given back without LoRA or hooks.
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["rank_pattern"]) == (4, 16, {})
+    weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert len(weights) == 2 * 14 and all(t.shape[0 if ".lora_A." in k else 1] == 4 for k, t in weights.items())
+    ((base, _),) = _BASE.values()
+    assert not any("lora" in n or "_ranksweep_nested" in m_.__dict__ for n, m_ in base.named_modules())
+
+
+def test_a_model_nest_refuses_fails_the_trial_naming_the_prescreen(compose_cfg, toy_jsonl, tmp_path, monkeypatch):
+    """DoRA (as a model whose adapter nest() cannot restrict): the trial fails before training, in one line
+    naming hydra.sweeper.prescreen, and the reused base is given back without the adapter."""
+    import functools
+
+    from peft import LoraConfig
+
+    from ranksweep.errors import TrialFailed, describe_failure
+    from ranksweep.trial import adapter as adapter_mod
+    from ranksweep.trial import run_trial
+
+    monkeypatch.setattr(adapter_mod, "LoraConfig", functools.partial(LoraConfig, use_dora=True))
+    run = to_run_config(compose_cfg(*PRESCREEN_RUN, f"data.path={toy_jsonl}"))
+    base, tok, _ = load_base(run.model, run.quant, "cpu", run.cache_dir)
+    with pytest.raises(TrialFailed) as err:
+        run_trial(run, tmp_path, base_loader=lambda: (base, tok))
+    line, code = describe_failure(err.value)
+    assert err.value.kind == "prescreen" and code == 1
+    assert line.startswith("trial failed (prescreen): hydra.sweeper.prescreen=nested (trial.nested_ranks=[1, 2, 4]) "
+                           "trains plain LoRA on linear layers only: ")
+    assert "with a LoRA variant (DoRA...)" in line and "\n" not in line
+    assert not (tmp_path / "metrics.json").exists()
+    assert not any("lora" in n for n, _ in base.named_modules()) and "peft_config" not in base.__dict__
+
+
+@pytest.mark.parametrize("ranks, r, says", [
+    ("[1,2]", 4, "trial.nested_ranks=[1, 2] must include lora.r=4: the full rank is a prefix too"),
+    ("[0,4]", 4, "trial.nested_ranks must be distinct positive integers, got [0, 4]"),
+    ("[2,2,4]", 4, "trial.nested_ranks must be distinct positive integers, got [2, 2, 4]"),
+    ("[1,2,8]", 4, "trial.nested_ranks=[1, 2, 8] has a rank above lora.r=4: a rank-4 adapter has no prefix of more "
+                   "than 4 components"),
+])
+def test_bad_nested_ranks_are_config_errors_naming_the_key(compose_cfg, ranks, r, says):
+    from ranksweep.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        to_run_config(compose_cfg(f"trial.nested_ranks={ranks}", f"lora.r={r}"))
+    assert str(err.value) == says
+
+
+def test_nested_ranks_config_defaults_and_order():
+    run = to_run_config(compose(*TINY_RUN, "lora.r=8", "trial.nested_ranks=[8,2,4]", "trial.role=prescreen"))
+    assert run.trial.nested_ranks == [8, 2, 4] and run.trial.role == "prescreen"  # distinct, in any order
+    assert to_run_config(compose(*TINY_RUN)).trial.nested_ranks == []

@@ -656,3 +656,134 @@ def test_missing_storage_is_one_line_and_creates_nothing(tmp_path):
 def test_bad_arguments_are_one_line(tmp_path):
     _one_line_error(here(tmp_path, "report"), "ranksweep report", "STUDY")
     _one_line_error(here(tmp_path, "dashboard", "--port", "x"), "--port")
+
+
+# ----------------------------------------------------------------------------- the nested prescreen
+
+PREFIXES = {1: 2.31, 2: 2.14, 4: 2.04, 8: 2.03}  # the one nested run at r=8, read at each prefix
+SEPARATE = {2: 2.12, 4: 2.02, 8: 1.99}  # the ranks trained on their own to confirm its candidate, r=4
+
+
+def _prescreen_study(verdict: str = "confirmed", fallback: str = ""):
+    """A study's data built by hand (the reader's part is tested with it): a ladder of
+    hydra.sweeper.prescreen=nested whose prescreen (trial 1, 200 steps) put the candidate at r=4, confirmed by
+    r=2, 4 and 8 trained on their own (100 steps each)."""
+    from optuna.trial import TrialState
+
+    from ranksweep.report import StudyData, TrialRow
+    from ranksweep.sweep.results import PRESCREEN_SLOT, Job, JobStatus, Ladder, Prescreen, Rung, Trial
+    from ranksweep.sweep.rules import Comparison, Doubling, Recommendation, Step
+    from ranksweep.sweep.stats import Interval
+
+    def trial(number: int, rank: int, value: float, role: str) -> Trial:
+        return Trial(number=number, ladder="default", rank=rank, seed=0, state=TrialState.COMPLETE, value=value,
+                     params={"rank": rank, "seed": 0},
+                     attrs={"role": role, "steps": 0 if role == "base" else 200 if role == "prescreen" else 100})
+
+    def doubling(a: int, b: int, values: dict[int, float]) -> Doubling:
+        gain = values[a] - values[b]
+        return Doubling(a, b, Interval(gain, gain - 0.04, gain + 0.04), 0.05, above=gain - 0.04 > 0.05)
+
+    base, pre = trial(0, 0, 3.0, "base"), trial(1, 8, PREFIXES[8], "prescreen")
+    rungs = []
+    for n, (rank, value) in enumerate(SEPARATE.items()):
+        t = trial(2 + n, rank, value, "rung")
+        rungs.append(Rung(rank=rank, values=[value], trainable_params=1000 * rank,
+                          jobs=[Job(seed=0, slot=0, status=JobStatus.DONE, trial=t)]))
+    ranks = sorted(PREFIXES)
+    lad = Ladder(key="default", base=3.0, base_trial=base, rungs=rungs, stop_reason="the confirmations settled it",
+                 done=True, margin=0.05,
+                 recommendation=Recommendation(rank=4, best_rank=8, tolerance_abs=0.05, why="r=4 is within the margin"),
+                 comparison=Comparison(doublings=[doubling(2, 4, SEPARATE), doubling(4, 8, SEPARATE)], margin=0.05),
+                 prescreen=Prescreen(
+                     rank=8, job=Job(seed=0, slot=PRESCREEN_SLOT, status=JobStatus.DONE, trial=pre),
+                     steps=[Step(r, PREFIXES[r]) for r in ranks], candidate=4, why="r=4: the prefixes' knee",
+                     confirm=(2, 4, 8), verdict=verdict, fallback=fallback,
+                     doublings=[doubling(a, b, PREFIXES) for a, b in zip(ranks, ranks[1:])],
+                     agreement={"ranks": [2, 4, 8], "gap": {str(r): PREFIXES[r] - SEPARATE[r] for r in SEPARATE},
+                                "kendall_tau": 1.0, "verdicts_same": 2, "verdicts_compared": 2}))
+    rows = [TrialRow(trial=t) for t in lad.trials]
+    return StudyData(name="nested", storage="sqlite:///x.db", direction="minimize", objective="eval_loss", space={},
+                     trials=sorted(rows, key=lambda r: r.number), ladders=[lad], summary_path=None, summary_note="",
+                     sweep_dirs=[], summary_runs=[])
+
+
+def _prefix_rows(block: str) -> dict[int, tuple[str, str]]:
+    """The prescreen table's rows by rank: (the row's classes, its markup)."""
+    found = re.findall(r'<tr class="(prefix[^"]*)" data-rank="(\d+)">(.*?)</tr>', block, re.S)
+    return {int(r): (cls, row) for cls, r, row in found}
+
+
+def _check_prescreen_block(block: str) -> None:
+    """The prescreen's part of a ladder's block: its table, candidate, verdict, agreement and the ladder's cost."""
+    pre = re.search(r'<div class="prescreen" data-rank="8" data-candidate="4" data-verdict="confirmed">(.*?)'
+                    r"</table>", block, re.S)
+    assert pre, "no prescreen block"
+    text = text_of(pre.group(1))
+    assert "Candidate r=4: r=4: the prefixes' knee" in text
+    assert re.search(r'<div class="reading prescreen-outcome"', pre.group(1))
+    assert "Confirmed (ranks trained on their own to confirm it: r=2, r=4, r=8)" in text
+    assert re.search(r'class="kendall-tau" data-tau="1.0">1<', pre.group(1))
+    assert re.search(r'class="verdicts-same" data-same="2" data-compared="2">2 of 2<', pre.group(1))
+    assert re.search(r'class="prescreen-steps" data-steps="200">200<', pre.group(1))
+    rows = _prefix_rows(block)
+    assert sorted(rows) == sorted(PREFIXES)
+    for rank, (cls, row) in rows.items():
+        assert ("candidate" in cls.split()) == (rank == 4) and ("confirm" in cls.split()) == (rank in SEPARATE)
+        assert float(cell(row, "prefix-value")[0]["data-sort"]) == PREFIXES[rank]
+        sep, gap = cell(row, "separate-value"), cell(row, "gap")
+        if rank in SEPARATE:
+            assert float(sep[0]["data-sort"]) == SEPARATE[rank] and sep[1] == f"{SEPARATE[rank]:.4f}"
+            assert float(gap[0]["data-sort"]) == pytest.approx(PREFIXES[rank] - SEPARATE[rank])
+        else:
+            assert sep == ({"data-sort": ""}, "-") and gap[1] == "-"
+    # the doubling to each rank, on the prefixes / on the separately trained ranks (none to the first of each)
+    verdicts = {r: re.findall(r'<span class="(?:prefix|separate)-verdict (\w+)">', row) for r, (_, row) in rows.items()}
+    assert verdicts == {1: ["none", "none"], 2: ["above", "none"], 4: ["above", "above"], 8: ["below", "below"]}
+    # the ladder's cost: 3 ranks x 100 steps and the prescreen's 200 (4 trials, the base not counted)
+    cost = re.search(r'<span class="cost" data-steps="(\d+)" data-trials="(\d+)" data-prescreen-steps="(\d+)"'
+                     r'[^>]*>(.*?)</span></li>', block, re.S)
+    assert cost and cost.groups()[:3] == ("500", "4", "200")
+    assert text_of(cost.group(4)) == "500 optimizer steps in 4 trials (prescreen 200)"
+    # the rank curve: the prefix values beside the separately trained ranks, the candidate marked
+    svg = block.split('aria-label="eval_loss against rank for nested default"')[1].split("</svg>")[0]
+    assert "nested prescreen (one run)" in svg and "prescreen candidate r=4, confirmed" in svg
+    # r=8's row counts the trial that trained r=8 on its own, not the prescreen that read it as a prefix
+    assert int(cell(evidence_rows(block)[8], "trials")[0]["data-sort"]) == 1
+
+
+def test_the_report_shows_the_prescreen_beside_the_ladder(tmp_path):
+    """The ladder's block: the prescreen curve in its figure, its table (prefix value, separately trained value,
+    gap, each doubling's verdict on both curves), candidate, verdict, agreement and cost; a contradicted
+    prescreen is a warning with its fallback; a ladder without one has no prescreen block."""
+    import dataclasses
+
+    from ranksweep.report import render_report
+
+    data = _prescreen_study()
+    text = render_report([data], generated="now")
+    check_offline(text)
+    _check_prescreen_block(ladder_block(study_section(text, "nested"), "default"))
+    fallback = "r=8 is better than r=4 by more than the margin: the ladder runs from r=16"
+    contradicted = render_report([_prescreen_study("contradicted", fallback)], generated="now")
+    box = re.search(r'<div class="warning prescreen-outcome"[^>]*>(.*?)</div>', contradicted, re.S)
+    assert box and text_of(box.group(1)) == ("⚠ Contradicted (ranks trained on their own to confirm it: r=2, r=4, "
+                                             f"r=8); {fallback}")
+    (lad,) = data.ladders
+    plain = dataclasses.replace(lad, prescreen=None)
+    text = render_report([dataclasses.replace(data, ladders=[plain], trials=[r for r in data.trials if r.number != 1])],
+                         generated="now")
+    assert 'class="prescreen' not in text and "nested prescreen" not in text
+    cost = re.search(r'<span class="cost"[^>]*>(.*?)</span></li>', text, re.S)
+    assert text_of(cost.group(1)) == "300 optimizer steps in 3 trials"
+
+
+def test_the_prescreen_table_in_chromium(tmp_path):
+    """The page with a prescreen, as Chromium reads it: its scripts run to the end (the prescreen table is
+    sortable like the others) and the prescreen block is as rendered."""
+    from ranksweep.report import render_report
+
+    path = tmp_path / "nested.html"
+    path.write_text(render_report([_prescreen_study()], generated="now"))
+    dom = open_dom(tmp_path, path)
+    _check_prescreen_block(ladder_block(study_section(dom, "nested"), "default"))

@@ -186,7 +186,7 @@ def _set_apart() -> SweepSettings:
         "objective": "exact_match", "max_failure_rate": 0.25, "pruner": "none", "prune_after": 0.5,
         "prune_margin": 0.2, "n_jobs": 2, "parallel": 2, "params": {"lora.targets": "qv,attention"},
         "heartbeat_interval": 5, "grace_period": 20, "poll_s": 1.0, "noise_seeds": 3, "budget_check": 2.0,
-        "resolve_seeds": 1})
+        "resolve_seeds": 1, "prescreen": "nested", "confirm_budget": 2})
     defaults = SweepSettings()
     assert all(getattr(s, f.name) != getattr(defaults, f.name) for f in fields(SweepSettings))
     return s

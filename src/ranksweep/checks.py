@@ -18,7 +18,13 @@ def raw_text(data: Any) -> bool:
 
 
 def check_cross_keys(run: Any) -> None:
-    """What one key says about another: the objective, the task metric and the data agree."""
+    """What one key says about another: the objective, the task metric and the data agree; a nested-rank
+    trial's prefixes fit in its adapter, whose full rank is a prefix too."""
+    ranks, r = list(run.trial.nested_ranks), run.lora.r
+    require(not ranks or max(ranks) <= r, f"trial.nested_ranks={ranks} has a rank above lora.r={r}: a "
+            f"rank-{r} adapter has no prefix of more than {r} components")
+    require(not ranks or r in ranks,
+            f"trial.nested_ranks={ranks} must include lora.r={r}: the full rank is a prefix too")
     data = run.data
     if run.objective == "exact_match":
         require(not raw_text(data), "objective=exact_match needs prompt/response data; raw text "

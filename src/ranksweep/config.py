@@ -393,9 +393,15 @@ class TrialHandle:
     # The combined digest of the data's content the sweep started with (ranksweep.data.identity): a trial
     # whose data holds something else fails, naming the file. null: not checked (a single run).
     data_digest: Optional[str] = None
-    # What this job is in its sweep: base, search (a searched rank's trial), rung (any other seed of a rank)
-    # or budget (the budget check's longer run, logged to W&B as r<rank>-longer). null: a single run.
-    role: Optional[str] = checked(None, optional(one_of("base", "search", "rung", "budget")))
+    # What this job is in its sweep: base, search (a searched rank's trial), rung (any other seed of a rank),
+    # budget (the budget check's longer run, logged to W&B as r<rank>-longer) or prescreen (the nested-rank
+    # run of hydra.sweeper.prescreen=nested). null: a single run.
+    role: Optional[str] = checked(None, optional(one_of("base", "search", "rung", "budget", "prescreen")))
+    # hydra.sweeper.prescreen=nested: train one adapter at lora.r with nested ranks drawn from these, and
+    # evaluate every prefix (ranksweep.trial.nested). Set by the sweeper; empty: an ordinary trial.
+    nested_ranks: list[int] = field(default_factory=list, metadata={"check": rule(
+        lambda v: all(is_int(b) and b > 0 for b in v) and len(set(v)) == len(v),
+        "must be distinct positive integers")})
 
     def validate(self) -> None:
         run_checks(self, "trial.")

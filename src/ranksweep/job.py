@@ -212,6 +212,7 @@ def run_job(run: RunConfig, out_dir: str, resolved: Optional[dict] = None, claim
             keys.EXACT_MATCH: m.get("exact_match"), keys.LR: m.get("lr"),
             keys.SUPERVISED_TOKENS: m.get("supervised_tokens"), keys.STEPS: m.get("steps"),
             keys.EVAL_EXAMPLES: m.get("eval_examples"), keys.ADAPTER: m.get("adapter"),
+            keys.PRESCREEN: m.get("prescreen"),  # a nested-rank prescreen's prefixes (trial.nested_ranks)
         })
     print(_summary(m, out_dir), flush=True)
     return result.objective

@@ -2,7 +2,8 @@
 
 :func:`draw_ladder` draws one :class:`~ranksweep.sweep.results.Ladder` on a matplotlib ``Axes``: the
 rank curve on a log2 axis with its seed spread, the base model and the recommended rank (one answer per
-ladder: the stop rule's).
+ladder: the stop rule's), and beside it the nested prescreen's prefix values when the ladder ran one
+(:func:`prescreen_curve` computes them once, :func:`draw_prescreen` draws them).
 The sweep's PNG (:func:`rank_curve_png`), the HTML report's per-ladder figure and its comparison
 overlay all call it; they differ only in the options they pass. matplotlib is used through private
 ``Figure`` objects (no pyplot state, backend or rcParams touched).
@@ -10,16 +11,19 @@ overlay all call it; they differ only in the options they pass. matplotlib is us
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from ranksweep.fmt import fmt_params, fmt_pct, fmt_time, fmt_value
 from ranksweep.sweep.results import Ladder
 
-__all__ = ["base_off_axis", "draw_ladder", "fmt_params", "fmt_pct", "fmt_time", "fmt_value", "log2_axis",
-           "new_figure", "params_formatter", "rank_curve_png"]
+__all__ = ["PRESCREEN_LABEL", "PrefixPoint", "PrescreenCurve", "base_off_axis", "draw_ladder", "draw_prescreen",
+           "fmt_params", "fmt_pct", "fmt_time", "fmt_value", "log2_axis", "new_figure", "params_formatter",
+           "prefix_points", "prescreen_curve", "rank_curve_png"]
 
 
 def params_formatter() -> Any:
@@ -72,21 +76,108 @@ def base_off_axis(base: float, means: Sequence[float]) -> bool:
 # --------------------------------------------------------------------------- the ladder
 
 
+PRESCREEN_LABEL = "nested prescreen (one run)"
+
+
+@dataclass(frozen=True)
+class PrescreenCurve:
+    """A ladder's nested prescreen as every figure draws it (:func:`prescreen_curve`, computed once): each
+    prefix's value in rank order, the candidate rank with its prefix value, the ranks trained to confirm it
+    and the verdict ("" while they run)."""
+
+    ranks: tuple[int, ...]
+    values: tuple[float, ...]
+    candidate: Optional[tuple[int, float]]
+    confirm: tuple[int, ...]
+    verdict: str
+
+    @property
+    def candidate_label(self) -> str:
+        """The candidate's legend entry: ``prescreen candidate r=4, confirmed``."""
+        if self.candidate is None:
+            return ""
+        state = self.verdict or (f"confirming at r={', '.join(map(str, self.confirm))}" if self.confirm else "running")
+        return f"prescreen candidate r={self.candidate[0]}, {state}"
+
+
+@dataclass(frozen=True)
+class PrefixPoint:
+    """One prefix of a ladder's nested prescreen beside the same rank trained on its own: the prescreen's
+    table in the HTML report and in W&B (:func:`prefix_points`)."""
+
+    rank: int
+    prefix: Optional[float]  # the prefix's value (None: not read yet)
+    separate: Optional[float]  # the rank trained on its own: its value (None: not trained, or not finished)
+    gap: Optional[float]  # prefix - separate, in objective units
+    candidate: bool = False
+    confirm: bool = False  # trained on its own to confirm the candidate
+
+
+def prefix_points(lad: Ladder) -> list[PrefixPoint]:
+    """Each prefix of ``lad``'s prescreen in rank order (none without one). The gap is the prescreen's
+    :attr:`~ranksweep.sweep.results.Prescreen.agreement` where it has one, else the difference."""
+    pre = lad.prescreen
+    if pre is None:
+        return []
+    separate = {r.rank: float(r.mean) for r in lad.complete if r.mean is not None}
+    gaps = {int(r): float(g) for r, g in ((pre.agreement or {}).get("gap") or {}).items() if g is not None}
+    out = []
+    for step in sorted(pre.steps, key=lambda st: st.rank):
+        v = float(step.value) if step.value is not None and math.isfinite(step.value) else None
+        sep = separate.get(step.rank)
+        gap = gaps.get(step.rank, v - sep if v is not None and sep is not None else None)
+        out.append(PrefixPoint(step.rank, v, sep, gap, candidate=step.rank == pre.candidate,
+                               confirm=step.rank in pre.confirm))
+    return out
+
+
+def prescreen_curve(lad: Ladder) -> Optional[PrescreenCurve]:
+    """The prefix values of ``lad``'s prescreen (finite ones, ranks >= 1); None without a prescreen or a value."""
+    pre = lad.prescreen
+    if pre is None:
+        return None
+    vals = {p.rank: p.prefix for p in prefix_points(lad) if p.rank > 0 and p.prefix is not None}
+    if not vals:
+        return None
+    c = pre.candidate
+    return PrescreenCurve(ranks=tuple(vals), values=tuple(vals.values()),
+                          candidate=(c, vals[c]) if c is not None and c in vals else None,
+                          confirm=tuple(pre.confirm), verdict=pre.verdict)
+
+
+def draw_prescreen(ax: Any, curve: PrescreenCurve, *, color: str = "C0", name: Optional[str] = None) -> list[int]:
+    """The prefix values as a dashed line with hollow markers beside the separately trained ranks, the
+    candidate ringed by a hollow diamond; ``name`` prefixes the legend entry (several ladders on one axes).
+    Return the ranks drawn."""
+    ax.plot(list(curve.ranks), list(curve.values), color=color, ls="--", lw=1.3, marker="o", ms=6, mfc="white",
+            mec=color, mew=1.4, alpha=0.9, zorder=2,
+            label=PRESCREEN_LABEL if name is None else f"{name}: {PRESCREEN_LABEL}")
+    if curve.candidate is not None:
+        label = curve.candidate_label if name is None else f"{name}: {curve.candidate_label}"
+        ax.plot([curve.candidate[0]], [curve.candidate[1]], marker="D", ms=12, mfc="none", mec=color, mew=1.8,
+                ls="none", zorder=4, label=label)
+    return list(curve.ranks)
+
+
 def draw_ladder(ax: Any, lad: Ladder, *, color: str = "C0", label: Optional[str] = None, ls: str = "-",
-                marker: str = "o", detail: bool = True, cost_ax: Any = None) -> list[int]:
+                marker: str = "o", detail: bool = True, cost_ax: Any = None, prescreen: bool = True) -> list[int]:
     """Draw ``lad`` on ``ax``; return the ranks drawn (for :func:`log2_axis`).
 
     Always: each COMPLETE rank's mean with a seed-std error bar, the base (a line, or named in the
     legend when :func:`base_off_axis`), the recommended rank (a star), pruned/failed ranks with a
     value (grey crosses). With ``detail``: the min-max band over seeds, each seed's value, the margin band
     and a dotted line at the recommendation. With ``cost_ax`` (a twin y axis): the trainable parameters in
-    millions.
+    millions. With ``prescreen`` and a ladder that ran one (``hydra.sweeper.prescreen=nested``): its prefix
+    values beside the separately trained ranks and its candidate (:func:`draw_prescreen`).
     """
     name = label or lad.label
     done = lad.complete
     xs = [r.rank for r in done]
     ys = [float(r.mean) for r in done]  # type: ignore[arg-type]
     drawn = [r.rank for r in lad.curve]
+    pre = prescreen_curve(lad) if prescreen else None
+    if pre is not None:
+        drawn += draw_prescreen(ax, pre, color=color, name=None if detail else name)
     if done:
         if detail:
             lo, hi = [min(r.values) for r in done], [max(r.values) for r in done]
@@ -120,7 +211,7 @@ def draw_ladder(ax: Any, lad: Ladder, *, color: str = "C0", label: Optional[str]
         ax.plot([r.rank for r in bad], [float(r.mean if r.mean is not None else min(r.values)) for r in bad],
                 marker="x", color="grey", ls="none", ms=8, mew=2, label="pruned / failed")
     if lad.base is not None:
-        if base_off_axis(lad.base, ys):
+        if base_off_axis(lad.base, ys + (list(pre.values) if pre is not None else [])):
             ax.plot([], [], color=color, ls="--", lw=1.2, label=f"base ({name}) {lad.base:.4g}, off the axis")
         else:
             ax.axhline(lad.base, color=color, ls="--", lw=1.2 if detail else 0.8, alpha=1.0 if detail else 0.6,
@@ -143,7 +234,8 @@ def _yerr(lad: Ladder, done: Sequence[Any]) -> Any:
 
 
 def rank_curve_png(path_png: str | os.PathLike[str], ladders: Sequence[Ladder]) -> Path:
-    """Every ladder's curve in one PNG, with the trainable parameters on a second axis; return its path."""
+    """Every ladder's curve (and its nested prescreen's) in one PNG, with the trainable parameters on a second
+    axis; return its path."""
     target = Path(path_png)
     target.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax,) = new_figure(9, 5.5, dpi=120)

@@ -99,10 +99,10 @@ def artifact_name(study: Optional[str], model: Any, targets: Any, quant: Any) ->
 
 
 def adapter_aliases(run: RunConfig) -> list[str]:
-    """``r16`` (``r16-s1`` for a further seed, ``r16-longer`` for the budget check's longer run) and, in a sweep,
-    ``trial-N``."""
-    out = [f"r{run.lora.r}" + ("-longer" if run.trial.role == "budget" else
-                               f"-s{run.trainer.seed}" if run.trainer.seed else "")]
+    """``r16`` (``r16-s1`` for a further seed, ``r16-longer`` for the budget check's longer run, ``r16-nested`` for
+    a nested-rank prescreen) and, in a sweep, ``trial-N``."""
+    out = [f"r{run.lora.r}" + ("-longer" if run.trial.role == "budget" else "-nested" if run.trial.role == "prescreen"
+                               else f"-s{run.trainer.seed}" if run.trainer.seed else "")]
     if run.trial.trial_number is not None:
         out.append(f"trial-{run.trial.trial_number}")
     return out
@@ -240,9 +240,54 @@ def _log_best_adapters(run: Any, ladders: list, study_name: str, sweep_dir: Path
                          aliases=aliases + [f"r{t.rank}"])
 
 
+def prescreen_rows(ladders: list) -> list[list]:
+    """``[ladder, rank, log2_rank, prefix_value, separate_value, gap, candidate, confirm]`` per prefix of each
+    ladder's nested prescreen that has a value (:func:`ranksweep.plot.prefix_points`: the same rows as the HTML
+    report's prescreen table); ``separate_value`` and ``gap`` are None where the rank was not trained on its own."""
+    import math
+
+    from ranksweep.plot import prefix_points
+
+    return [[lad.key, p.rank, math.log2(p.rank), p.prefix, p.separate, p.gap, p.candidate, p.confirm]
+            for lad in ladders for p in prefix_points(lad) if p.rank > 0 and p.prefix is not None]
+
+
+def _log_prescreens(run: Any, ladders: list, objective: str) -> None:
+    """Each nested prescreen's prefix curve beside its ladder's separately trained ranks: a table
+    (``prescreen_curve``) and one line chart with both curves of every ladder (``prescreen_curve_plot``)."""
+    import math
+
+    import wandb
+
+    rows = prescreen_rows(ladders)
+    if not rows:
+        return
+    table = wandb.Table(columns=["ladder", "rank", "log2_rank", "prefix_value", "separate_value", "gap",
+                                 "candidate", "confirm"], data=rows)
+    xs, ys, names = [], [], []
+    for lad in ladders:
+        mine = [r for r in rows if r[0] == lad.key]
+        done = lad.complete
+        if not mine:
+            continue
+        label = "" if len(ladders) == 1 else f"{lad.key}: "
+        xs.append([r[2] for r in mine])
+        ys.append([r[3] for r in mine])
+        names.append(f"{label}nested prescreen (one run)")
+        if done:
+            xs.append([math.log2(r.rank) for r in done])
+            ys.append([float(r.mean) for r in done])  # type: ignore[arg-type]
+            names.append(f"{label}separately trained")
+    run.log({"prescreen_curve": table,
+             "prescreen_curve_plot": wandb.plot.line_series(xs=xs, ys=ys, keys=names, xname="log2_rank",
+                                                            title=f"{objective} vs log2(rank): nested prescreen "
+                                                                  "and separately trained ranks")})
+
+
 def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any, plot_path: Any) -> Optional[str]:
-    """One W&B run per sweep with the rank curve (table + line plot + PNG), the recommendation and the
-    recommended adapters (alias ``best``); returns its run folder (None with logger=none).
+    """One W&B run per sweep with the rank curve (table + line plot + PNG), each nested prescreen's prefix
+    curve beside it (:func:`_log_prescreens`), the recommendation, what each ladder cost and the recommended
+    adapters (alias ``best``); returns its run folder (None with logger=none).
     ``ladders`` are :class:`ranksweep.sweep.results.Ladder`."""
     cfg = logger_config(logger)
     if not _enabled(cfg):
@@ -274,6 +319,7 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
              "rank_curve_plot": wandb.plot.line(table, "log2_rank", s.objective, stroke="ladder",
                                                 title=f"{s.objective} vs log2(rank)"),
              "rank_curve_png": wandb.Image(str(plot_path))})
+    _log_prescreens(run, ladders, s.objective)
     for lad in ladders:
         rec = lad.recommendation
         prefix = "" if len(ladders) == 1 else f"{lad.key}/"
@@ -286,6 +332,17 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
         run.summary[f"{prefix}noise"] = lad.noise
         if lad.budget_check is not None:
             run.summary[f"{prefix}budget_check"] = lad.budget_check.to_dict()
+        cost = lad.cost
+        run.summary[f"{prefix}cost_steps"] = cost["steps"]
+        run.summary[f"{prefix}cost_trials"] = cost["trials"]
+        pre = lad.prescreen
+        if pre is not None:
+            run.summary[f"{prefix}prescreen_candidate"] = pre.candidate
+            run.summary[f"{prefix}prescreen_verdict"] = pre.verdict or "running"
+            run.summary[f"{prefix}prescreen_confirm"] = list(pre.confirm)
+            run.summary[f"{prefix}prescreen_fallback"] = pre.fallback or None
+            run.summary[f"{prefix}prescreen_steps"] = cost["prescreen_steps"]
+            run.summary[f"{prefix}prescreen_kendall_tau"] = (pre.agreement or {}).get("kendall_tau")
         for r in lad.complete:
             if r.best_lr is not None:
                 run.summary[f"{prefix}best_lr/r{r.rank}"] = r.best_lr

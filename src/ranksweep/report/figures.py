@@ -18,7 +18,15 @@ from typing import Any, Callable, Optional
 
 from optuna.trial import TrialState
 
-from ranksweep.plot import base_off_axis, better, draw_ladder, log2_axis, new_figure, params_formatter
+from ranksweep.plot import (
+    base_off_axis,
+    better,
+    draw_ladder,
+    log2_axis,
+    new_figure,
+    params_formatter,
+    prescreen_curve,
+)
 from ranksweep.report.load import StudyData, TrialRow
 from ranksweep.sweep import keys
 from ranksweep.sweep.results import Ladder, Rung
@@ -92,13 +100,14 @@ def _no_data(ax: Any, text: str) -> None:
 
 
 def ladder_figure(figs: Figures, data: StudyData, lad: Ladder, color: str) -> Svg:
-    """The objective against log2(rank) for one ladder, in detail (see :func:`ranksweep.plot.draw_ladder`)."""
+    """The objective against log2(rank) for one ladder, in detail, with its nested prescreen's prefix values
+    beside the separately trained ranks when it ran one (see :func:`ranksweep.plot.draw_ladder`)."""
     fig, (ax,) = new_figure(5.6, 3.5)
     ranks = draw_ladder(ax, lad, color=color, detail=True)
     log2_axis(ax, ranks)
     ax.set_ylabel(f"{lad.objective} ({better(lad.direction)})")
     ax.set_title(f"{data.name}: {lad.label}", fontsize=10)
-    if not any(r.values for r in lad.curve) and lad.base is None:
+    if not any(r.values for r in lad.curve) and lad.base is None and prescreen_curve(lad) is None:
         _no_data(ax, "no finished rank")
     _legend_below(ax)
     return figs.svg(fig, f"{lad.objective} against rank for {data.name} {lad.label}")
@@ -350,12 +359,14 @@ def _style(si: int, li: int) -> dict[str, str]:
 
 
 def _objective_overlay(ax: Any, studies: Sequence[StudyData], objective: tuple[str, str]) -> list[int]:
-    """Every (study, ladder) with this (objective, direction) drawn by :func:`draw_ladder`; the ranks drawn."""
+    """Every (study, ladder) with this (objective, direction) drawn by :func:`draw_ladder`; the ranks drawn.
+    The prescreens are left to each ladder's own figure: here a dashed line is another study's ladder."""
     ranks: list[int] = []
     for si, s in enumerate(studies):
         for li, lad in enumerate(s.ladders):
             if (lad.objective, lad.direction) == objective and lad.complete:
-                ranks += draw_ladder(ax, lad, label=f"{s.name} / {lad.label}", detail=False, **_style(si, li))
+                ranks += draw_ladder(ax, lad, label=f"{s.name} / {lad.label}", detail=False, prescreen=False,
+                                     **_style(si, li))
     return ranks
 
 

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from ranksweep.errors import RanksweepError
 from ranksweep.files import atomic_write_text
 from ranksweep.fmt import fmt_params, fmt_pct, fmt_time, fmt_value
+from ranksweep.plot import PrefixPoint, prefix_points
 from ranksweep.report import figures
 from ranksweep.report.load import StudyData, TrialRow, load_study_data, trial_steps
 from ranksweep.sweep import keys
@@ -30,8 +31,8 @@ from ranksweep.sweep.results import Ladder, Rung
 from ranksweep.sweep.rules import Doubling, Recommendation
 from ranksweep.sweep.settings import DEFAULT_STORAGE_URL
 
-__all__ = ["FORMATS", "LadderView", "Link", "RungRow", "StudyView", "default_report_path", "render_report",
-           "study_view", "write_report"]
+__all__ = ["FORMATS", "LadderView", "Link", "PrefixRow", "RungRow", "StudyView", "default_report_path",
+           "prefix_rows", "render_report", "study_view", "write_report"]
 
 TEMPLATES = "templates"
 FORMATS: dict[str, Callable[[float], str]] = {
@@ -101,14 +102,42 @@ class RungRow:
         return ", ".join(f"{k} {v}" for k, v in self.pruned.items())
 
 
+@dataclass(frozen=True)
+class PrefixRow:
+    """One row of a ladder's prescreen table: the prefix beside the same rank trained on its own
+    (:class:`ranksweep.plot.PrefixPoint`), and the stop rule's verdict on the doubling to it on each curve."""
+
+    point: PrefixPoint
+    prefix_verdict: Optional[str]  # above | leaning | below, on the prefix curve
+    separate_verdict: Optional[str]  # the same doubling on the separately trained ranks
+
+    rank = property(lambda self: self.point.rank)
+    prefix = property(lambda self: self.point.prefix)
+    separate = property(lambda self: self.point.separate)
+    gap = property(lambda self: self.point.gap)
+    candidate = property(lambda self: self.point.candidate)
+    confirm = property(lambda self: self.point.confirm)
+
+
+def prefix_rows(lad: Ladder) -> list[PrefixRow]:
+    """The prescreen's table: a row per prefix (:func:`ranksweep.plot.prefix_points`); none without one."""
+    if lad.prescreen is None:
+        return []
+    judged = {d.rank: d.verdict for d in lad.comparison.doublings} if lad.comparison is not None else {}
+    on_prefixes = {d.rank: d.verdict for d in lad.prescreen.doublings}
+    return [PrefixRow(p, on_prefixes.get(p.rank), judged.get(p.rank)) for p in prefix_points(lad)]
+
+
 @dataclass
 class LadderView:
-    """One ladder: its row of the overview, its evidence table and its figures."""
+    """One ladder: its row of the overview, its evidence table, its prescreen's table and its figures."""
 
     ladder: Ladder
     best: Optional[float]  # the best mean of a COMPLETE rank
     trials: int  # the study's trials of this ladder, any state
     rows: list[RungRow] = field(default_factory=list)
+    prefixes: list[PrefixRow] = field(default_factory=list)  # hydra.sweeper.prescreen=nested: each prefix
+    cost: dict[str, Any] = field(default_factory=dict)  # Ladder.cost
     curve_fig: Optional[figures.Svg] = None
     gain_fig: Optional[figures.Svg] = None
     search_fig: Optional[figures.Svg] = None
@@ -187,8 +216,8 @@ def rung_rows(data: StudyData, lad: Ladder) -> list[RungRow]:
 
 
 def ladder_views(data: StudyData) -> list[LadderView]:
-    return [LadderView(lad, _best(lad), len(data.ladder_rows(lad.key)), rung_rows(data, lad))
-            for lad in data.ladders]
+    return [LadderView(lad, _best(lad), len(data.ladder_rows(lad.key)), rung_rows(data, lad), prefix_rows(lad),
+                       lad.cost) for lad in data.ladders]
 
 
 def settings_rows(data: StudyData) -> list[tuple[str, str]]:

@@ -99,8 +99,9 @@ class StudyData:
         return [r for r in self.trials if r.ladder == key]
 
     def rank_rows(self, key: str, rank: int) -> list[TrialRow]:
-        """Every trial that trained ``rank`` on ladder ``key`` (search slots, further seeds, retries)."""
-        return [r for r in self.trials if r.ladder == key and r.rank == rank and r.role != "base"
+        """Every trial that trained ``rank`` on ladder ``key`` (search slots, further seeds, retries); not the
+        nested prescreen, which trained every rank up to its top one in one adapter (its own table shows it)."""
+        return [r for r in self.trials if r.ladder == key and r.rank == rank and r.role not in ("base", "prescreen")
                 and not r.trial.claim_lost]
 
 

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from ranksweep.locks import study_lock
 from ranksweep.sweep import keys, plan
 from ranksweep.sweep.heartbeat import fail_stale, first_beat
+from ranksweep.sweep.prescreen import centers, narrow
 from ranksweep.sweep.reader import Spec, index_trials, read_ladders
 from ranksweep.sweep.record import check_failures
 from ranksweep.sweep.results import Ladder, Trial
@@ -71,7 +72,8 @@ class Claimer:
             check_failures(trials, self.s.max_failure_rate)
             for lad in ladders:  # the stop rule fired: cancel the speculative ranks it made unnecessary
                 self._cancel(lad)
-            cands, running = plan.candidates(ladders, self.s.parallel, searching=bool(self.search))
+            cands, running = plan.candidates(ladders, self.s.parallel, searching=bool(self.search),
+                                             ranks=self.spec.ranks)
             by_key = {lad.key: lad for lad in ladders}
             claims: list[Claim] = []
             created: dict[tuple[str, int, int, int], int] = {}
@@ -102,7 +104,7 @@ class Claimer:
                 log.info("trial %d (r=%s) cancelled: the ladder stopped at r=%s", t.number, t.rank, lad.stop_rank)
 
     def _parent(self, item: plan.Item, lad: Ladder, created: dict) -> Optional[int]:
-        if item.rank == 0 or item.rank == self.spec.ranks[0] or item.budget_check:  # a budget check is not pruned
+        if item.rank == 0 or item.rank == self.spec.ranks[0] or item.slot < 0:  # a budget check, a prescreen
             return None
         t = plan.parent_of(lad, item, self.spec.ranks)
         if t is not None:
@@ -150,11 +152,16 @@ class Claimer:
         before = next((t.searched for t in getattr(self, "earlier", {}).get(item.key, []) if t.searched), None)
         if before:
             item = plan.Item(item.ladder, item.combo, item.rank, item.seed, item.slot, False, dict(before))
+        elif item.prescreen:  # one run at the top rank: the middle of every range
+            item = plan.Item(item.ladder, item.combo, item.rank, item.seed, item.slot, False, centers(self.search))
         if not item.search:  # a further seed repeats the best values, recorded with the same distributions
             for name, value in item.params.items():
                 dist = self.search[name]
                 self.storage.set_trial_param(trial._trial_id, name, dist.to_internal_repr(value), dist)
             return dict(item.params)
         view = RungView(self.study, item.ladder, item.rank)
+        if item.params:  # a prescreen's confirmation: its values first, then a narrow search around them
+            return propose(self.study, trial._trial_id, view, narrow(self.search, item.params), self.s.sampler,
+                           self.s.confirm_budget, warm=item.params if item.slot == 0 else None)
         return propose(self.study, trial._trial_id, view, self.search, self.s.sampler, self.s.search_budget,
                        warm=plan.warm_start(lad, item, self.spec.ranks))

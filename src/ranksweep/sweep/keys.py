@@ -14,7 +14,7 @@ LADDER = "ladder"  # the ladder's key ("default", or its combination of axis val
 RANK = "rank"  # 0: the untrained base
 SEED = "seed"
 SLOT = "slot"  # which of a rank's search trials
-ROLE = "role"  # base | search | rung
+ROLE = "role"  # base | search | rung | budget | prescreen
 SEARCHED = "searched"  # the names of the params its search proposed
 WORKER = "worker"  # host:pid of the worker that claimed it
 OUTPUT_DIR = "output_dir"  # also set by the job
@@ -51,6 +51,9 @@ SUPERVISED_TOKENS = "supervised_tokens"
 STEPS = "steps"
 EVAL_EXAMPLES = "eval_examples"  # the per-example results (ranksweep.sweep.stats.Examples) and their fingerprint
 ADAPTER = "adapter"  # the trained adapter's own evidence (effective_rank, ...)
+# A nested-rank prescreen job's prefixes (hydra.sweeper.prescreen=nested): {"ranks": [b, ...], "prefixes":
+# {"b": {"value", "eval_loss", "loss", "tokens", ["correct"], "fingerprint", "n"}}, "drawn": {"b": steps}}
+PRESCREEN = "prescreen"
 
 # ----------------------------------------------------------------------------- the study's
 STUDY_SPACE = "ranksweep_space"  # what the study sweeps: its ladders, ranks, objective and search

@@ -119,7 +119,7 @@ def job_overrides(space: SweepSpace, s: SweepSettings, item: Item, number: int, 
         f"trial.trial_number={number}",
         f"trial.prune_after={s.prune_after}",
         f"trial.prune_margin={s.prune_margin}",
-        f"trial.pruner={'none' if item.budget_check else s.pruner}",
+        f"trial.pruner={'none' if item.slot < 0 else s.pruner}",  # a budget check, a prescreen: never pruned
         f"trial.role={item.role}",
         f"trial.rung_pruner={s.rung_pruner if item.search else 'none'}",
         f"logger.group={quote(s.study_name)}",

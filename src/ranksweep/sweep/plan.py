@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ranksweep.sweep.results import BUDGET_SLOT, JobStatus, Ladder, Rung, Trial
+from ranksweep.sweep.results import BUDGET_SLOT, PRESCREEN_SLOT, JobStatus, Ladder, Rung, Trial
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,15 @@ class Item:
         return self.slot == BUDGET_SLOT
 
     @property
+    def prescreen(self) -> bool:
+        return self.slot == PRESCREEN_SLOT
+
+    @property
     def role(self) -> str:
         """Its ``role`` attribute and ``trial.role``: base, search (a searched rank's trials), budget (the budget
-        check's longer run) or rung (any other seed of a rank)."""
-        return "base" if self.rank == 0 else "search" if self.search else "budget" if self.budget_check else "rung"
+        check's longer run), prescreen (the nested-rank run) or rung (any other seed of a rank)."""
+        return ("base" if self.rank == 0 else "search" if self.search else "budget" if self.budget_check
+                else "prescreen" if self.prescreen else "rung")
 
     @property
     def subdir(self) -> str:
@@ -47,18 +52,24 @@ class Item:
             return "base"
         if self.budget_check:
             return f"r{self.rank}-longer"
+        if self.prescreen:
+            return f"r{self.rank}-nested"
         return f"r{self.rank}-s{self.seed}" + (f"-t{self.slot}" if self.search else "")
 
 
 def _rung_items(lad: Ladder, rung: Rung, searching: bool) -> tuple[list[Item], bool]:
-    """The claimable jobs of one rung, and whether any of its jobs runs now."""
+    """The claimable jobs of one rung, and whether any of its jobs runs now. A prescreen's confirmation searches
+    around the values the prescreen trained with (its search items carry them)."""
     items: list[Item] = []
     running = any(j.status == JobStatus.RUNNING for j in rung.jobs)
+    pre = lad.prescreen
+    around = (dict(pre.trial.searched) if pre is not None and pre.trial is not None and rung.rank in pre.trained
+              else {})
     for j in rung.jobs:
         if j.status != JobStatus.TODO:
             continue
         if j.search:
-            items.append(Item(lad.key, lad.combo, rung.rank, j.seed, j.slot, search=searching))
+            items.append(Item(lad.key, lad.combo, rung.rank, j.seed, j.slot, search=searching, params=around))
         elif not searching:
             items.append(Item(lad.key, lad.combo, rung.rank, j.seed))
         elif rung.search_finished and rung.best is not None:  # a further seed of the search's best values
@@ -66,8 +77,8 @@ def _rung_items(lad: Ladder, rung: Rung, searching: bool) -> tuple[list[Item], b
     return items, running
 
 
-def candidates(ladders: Sequence[Ladder], parallel: int,
-               searching: bool = False) -> tuple[list[tuple[Item, int]], bool]:
+def candidates(ladders: Sequence[Ladder], parallel: int, searching: bool = False,
+               ranks: Sequence[int] = ()) -> tuple[list[tuple[Item, int]], bool]:
     """Jobs to claim, most urgent first, and whether needed work is running elsewhere.
 
     Bases first, then each ladder's next rank, then (for free workers) up to ``parallel`` ranks
@@ -87,6 +98,12 @@ def candidates(ladders: Sequence[Ladder], parallel: int,
         if lad.base_status == JobStatus.RUNNING:
             running = True
             continue
+        pre = lad.prescreen
+        if pre is not None and pre.job.status in (JobStatus.TODO, JobStatus.RUNNING):  # its ranks wait for it
+            if pre.job.status == JobStatus.TODO:
+                out.append((prescreen_item(lad, ranks), -1))
+            running = running or pre.job.status == JobStatus.RUNNING
+            continue
         by_rank = {r.rank: r for r in lad.rungs}
         for depth, rank in enumerate(lad.pending[:parallel]):
             items, busy = _rung_items(lad, by_rank[rank], searching)
@@ -94,6 +111,13 @@ def candidates(ladders: Sequence[Ladder], parallel: int,
             out += [(item, depth) for item in items]
     out.sort(key=lambda pair: pair[1])  # stable: ladders keep their order within a depth
     return out, running
+
+
+def prescreen_item(lad: Ladder, ranks: Sequence[int]) -> Item:
+    """The nested-rank prescreen job: the top rank, seed 0, trained with nested prefixes of the ladder's ranks
+    and never pruned (its values: the claimer's :func:`~ranksweep.sweep.prescreen.centers`)."""
+    nested = ",".join(str(r) for r in ranks)
+    return Item(lad.key, lad.combo, ranks[-1], 0, PRESCREEN_SLOT, overrides=(f"trial.nested_ranks=[{nested}]",))
 
 
 def _budget_items(lad: Ladder) -> tuple[list[Item], bool]:

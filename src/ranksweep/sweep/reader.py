@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from ranksweep.launchers import MAX_RETRIES, RETRY_KINDS
 from ranksweep.objectives import kind_of
+from ranksweep.sweep import prescreen
 from ranksweep.sweep.conclude import conclude, settle_budget
 from ranksweep.sweep.keys import (
     ADAPTER,
@@ -33,7 +34,18 @@ from ranksweep.sweep.keys import (
     SUPERVISED_TOKENS,
     TRAINABLE_PARAMS,
 )
-from ranksweep.sweep.results import BUDGET_SLOT, BudgetCheck, Job, JobStatus, Ladder, Rung, Trial, mean_std
+from ranksweep.sweep.prescreen import EVERY_RANK, Plan
+from ranksweep.sweep.results import (
+    BUDGET_SLOT,
+    PRESCREEN_SLOT,
+    BudgetCheck,
+    Job,
+    JobStatus,
+    Ladder,
+    Rung,
+    Trial,
+    mean_std,
+)
 from ranksweep.sweep.rules import Step, StopRule, decide
 from ranksweep.sweep.rules.margin import MarginRule
 from ranksweep.sweep.rules.share import ShareRule
@@ -59,6 +71,8 @@ class Spec:
     noise_seeds: int = 0  # extra seeds of the first rank's best values (the training noise)
     budget_check: float = 0.0  # the factor of the steps the recommended rank and its neighbour are rerun at
     resolve_seeds: int = 0  # more seeds of two ranks the data lean between (Recommendation.lean)
+    prescreen: bool = False  # hydra.sweeper.prescreen=nested: a nested-rank run first, then its confirmations
+    confirm_budget: int = 1  # search trials per confirmation rank (prescreen)
 
 
 def index_trials(trials: Sequence[Any]) -> dict[JobKey, list[Trial]]:
@@ -161,12 +175,16 @@ def _edge(best: Trial, tried: Sequence[float]) -> Optional[str]:
     return None
 
 
-def _jobs(key: str, rank: int, idx: dict[JobKey, list[Trial]], spec: Spec, resolve: frozenset[int]) -> list[Job]:
+def _jobs(key: str, rank: int, idx: dict[JobKey, list[Trial]], spec: Spec, resolve: frozenset[int],
+          p: Plan = EVERY_RANK) -> list[Job]:
     """A rung's jobs: its search slots at seed 0, then its further seeds (the first rank also runs the noise
-    seeds that measure the training noise; a rank in ``resolve``, ``resolve_seeds`` more)."""
-    seeds = max(spec.seeds, 1 + spec.noise_seeds) if rank == spec.ranks[0] else spec.seeds
+    seeds that measure the training noise -- with a prescreen, the first confirmation does; a rank in
+    ``resolve``, ``resolve_seeds`` more). A confirmation searches ``confirm_budget`` trials."""
+    noisy = rank in p.noise if p.noise else rank == spec.ranks[0]
+    seeds = max(spec.seeds, 1 + spec.noise_seeds) if noisy else spec.seeds
     seeds += spec.resolve_seeds if rank in resolve else 0
-    jobs = [Job(0, k, *job_status(idx.get((key, rank, 0, k), [])), search=True) for k in range(spec.budget)]
+    budget = min(spec.confirm_budget, spec.budget) if rank in p.narrow else spec.budget
+    jobs = [Job(0, k, *job_status(idx.get((key, rank, 0, k), [])), search=True) for k in range(budget)]
     return jobs + [Job(s, 0, *job_status(idx.get((key, rank, s, 0), []))) for s in range(1, seeds)]
 
 
@@ -196,17 +214,19 @@ def _stop(lad: Ladder, reason: str, rank: Optional[int]) -> Ladder:
 
 
 def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec,
-                resolve: frozenset[int] = frozenset()) -> Ladder:
-    """Where one ladder stands: its base, each rank's jobs (with more seeds for the ranks in ``resolve``), and
-    whether the stop rule fired."""
+                resolve: frozenset[int] = frozenset(), p: Plan = EVERY_RANK) -> Ladder:
+    """Where one ladder stands: its base, each rank's jobs (with more seeds for the ranks in ``resolve``; none
+    for the ranks a prescreen skips, ``p``), and whether the stop rule fired."""
     lad = Ladder(key=key, combo=combo, direction=spec.direction, objective=spec.objective)
     lad.base_status, lad.base_trial = job_status(idx.get((key, 0, 0, 0), []))
     if lad.base_status == JobStatus.FAILED:
         why = lad.base_trial.fail_reason if lad.base_trial else "?"
         return _stop(lad, f"base evaluation failed: {why}", None)
     lad.resolved = tuple(sorted(resolve))
-    lad.rungs = [build_rung(r, _jobs(key, r, idx, spec, resolve) if lad.base_status == JobStatus.DONE else [], spec)
-                 for r in spec.ranks]
+    lad.rungs = [build_rung(r, _jobs(key, r, idx, spec, resolve, p) if lad.base_status == JobStatus.DONE
+                            and r not in p.skip else [], spec) for r in spec.ranks]
+    for rung in lad.rungs:
+        rung.skipped = rung.rank in p.skip and lad.base_status == JobStatus.DONE
     if lad.base_status != JobStatus.DONE:
         return lad
     lad.base = lad.base_trial.objective if lad.base_trial else None
@@ -215,6 +235,8 @@ def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]]
                          (ex[1]["fingerprint"],) if ex and ex[1]["fingerprint"] else ())
     steps: list[Step] = []
     for rung in lad.rungs:
+        if rung.skipped:
+            continue
         if not rung.finished:
             break
         if rung.infeasible:  # the memory estimate says this rank does not fit; larger ones take more
@@ -228,7 +250,7 @@ def read_ladder(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]]
         decision = decide(spec.rule, steps, lad.base_step, spec.max_rank, spec.factor)
         if decision.stop:
             return _stop(lad, decision.reason, rung.rank)
-    if all(r.finished for r in lad.rungs):
+    if all(r.finished or r.skipped for r in lad.rungs) and not all(r.skipped for r in lad.rungs):
         return _stop(lad, f"reached max_rank={spec.max_rank}", spec.ranks[-1])
     return lad
 
@@ -240,21 +262,39 @@ def read_ladders(trials: Sequence[Any], spec: Spec) -> list[Ladder]:
 
 
 def _read_resolved(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec) -> Ladder:
-    """One ladder, concluded. Where its answer rests on two ranks the data lean between (``lean``), it is read
-    again with ``resolve_seeds`` more seeds of both: not done until they ran, then compared on all its seeds. One
-    pair per ladder, so the cost is bounded; the first reading ignores those seeds' trials, so the pair found
-    never changes."""
-    lad = _concluded(read_ladder(key, combo, idx, spec), spec)
+    """One ladder, concluded. With a prescreen, the ranks its plan trains (:mod:`.prescreen`). Where its answer
+    rests on two ranks the data lean between (``lean``), it is read again with ``resolve_seeds`` more seeds of
+    both: not done until they ran, then compared on all its seeds. One pair per ladder, so the cost is bounded;
+    the first reading ignores those seeds' trials, so the pair found never changes."""
+    p = _plan(key, combo, idx, spec)
+    lad = _concluded(read_ladder(key, combo, idx, spec, p=p), spec)
+    while (down := prescreen.went_down(p, lad, spec.ranks)) is not None:  # a rank below the candidate did as well
+        p = down
+        lad = _concluded(read_ladder(key, combo, idx, spec, p=p), spec)
     rec = lad.recommendation
     if spec.resolve_seeds > 0 and lad.done and rec is not None and rec.lean is not None:
         resolve = frozenset((rec.rank, rec.lean))
-        lad = _concluded(read_ladder(key, combo, idx, spec, resolve), spec)
+        lad = _concluded(read_ladder(key, combo, idx, spec, resolve, p), spec)
         if lad.done and lad.noise:
             ranks = " and ".join(f"r={r}" for r in sorted(resolve))
             lad.noise += (f"; {ranks} ran {spec.resolve_seeds} more seeds each, where the data leaned towards the "
                           "larger rank without confirming it (hydra.sweeper.resolve_seeds)")
+    prescreen.settle(p, lad)
     lad.budget_check = _budget_check(lad, idx, spec)
     return settle_budget(lad, spec.rule)
+
+
+def _plan(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec) -> Plan:
+    """The ranks the ladder trains: every one, or with a prescreen (once the base ran) what it leaves."""
+    if not spec.prescreen:
+        return EVERY_RANK
+    base = read_ladder(key, combo, idx, spec, p=Plan(skip=frozenset(spec.ranks)))
+    if base.base_status != JobStatus.DONE:
+        return EVERY_RANK  # the base first, as every ladder
+    status, trial = job_status(idx.get((key, spec.ranks[-1], 0, PRESCREEN_SLOT), []))
+    pre = prescreen.read_prescreen(spec.ranks, spec.factor, spec.objective, spec.rule,
+                                   base.base_step if base.base_step is not None else base.base, status, trial)
+    return prescreen.plan(pre, spec.ranks)
 
 
 def _concluded(lad: Ladder, spec: Spec) -> Ladder:
@@ -291,7 +331,9 @@ def spec_of(s: Any, ladders: Sequence[tuple[str, tuple[str, ...]]]) -> Spec:
     return Spec(ladders=tuple(ladders), ranks=tuple(s.ranks), seeds=s.seeds_per_rank,
                 rule=RULES[s.stop_rule].from_settings(s), direction=s.direction, objective=s.objective,
                 max_rank=s.max_rank, factor=s.factor, budget=s.budget, noise_seeds=int(getattr(s, "noise_seeds", 0)),
-                budget_check=float(getattr(s, "budget_check", 0.0)), resolve_seeds=int(getattr(s, "resolve_seeds", 0)))
+                budget_check=float(getattr(s, "budget_check", 0.0)), resolve_seeds=int(getattr(s, "resolve_seeds", 0)),
+                prescreen=getattr(s, "prescreen", "none") == "nested",
+                confirm_budget=int(getattr(s, "confirm_budget", 1)))
 
 
 def read_study(study: Any, meta: Optional[dict[str, Any]] = None, keys: Sequence[str] = ()) -> list[Ladder]:

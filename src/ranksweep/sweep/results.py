@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from ranksweep.objectives import kind_of
 from ranksweep.sweep import keys
-from ranksweep.sweep.rules import Comparison, Recommendation, Step
+from ranksweep.sweep.rules import Comparison, Doubling, Recommendation, Step
 from ranksweep.sweep.rules.share import gain_shares
 from ranksweep.sweep.stats import Examples, Interval
 
@@ -128,15 +128,30 @@ class Trial:
 
     def examples(self, objective: str) -> Optional[tuple[list[float], list[float], str]]:
         """``(num, den, fingerprint)`` of the per-example results behind ``objective``, if stored."""
-        ex = self.attrs.get(keys.EVAL_EXAMPLES) or {}
-        if kind_of(objective) == "accuracy":  # one 0/1 per generated example
-            num, den = ex.get("correct"), None
-            den = [1.0] * len(num) if isinstance(num, list) else None
-        else:
-            num, den = ex.get("loss"), ex.get("tokens")
-        if not isinstance(num, list) or not isinstance(den, list) or len(num) != len(den) or not num:
-            return None
-        return [float(x) for x in num], [float(x) for x in den], str(ex.get("fingerprint", ""))
+        return examples_of(self.attrs.get(keys.EVAL_EXAMPLES) or {}, objective)
+
+    def prefixes(self) -> dict[int, dict[str, Any]]:
+        """A nested prescreen's stored prefixes (``keys.PRESCREEN``), by rank b; empty for any other trial."""
+        got = (self.attrs.get(keys.PRESCREEN) or {}).get("prefixes") or {}
+        out: dict[int, dict[str, Any]] = {}
+        for b, ex in got.items() if isinstance(got, dict) else ():
+            try:
+                out[int(b)] = dict(ex)
+            except (TypeError, ValueError):
+                continue
+        return dict(sorted(out.items()))
+
+
+def examples_of(ex: dict[str, Any], objective: str) -> Optional[tuple[list[float], list[float], str]]:
+    """``(num, den, fingerprint)`` of stored per-example results (a trial's, or a prescreen prefix's)."""
+    if kind_of(objective) == "accuracy":  # one 0/1 per generated example
+        num, den = ex.get("correct"), None
+        den = [1.0] * len(num) if isinstance(num, list) else None
+    else:
+        num, den = ex.get("loss"), ex.get("tokens")
+    if not isinstance(num, list) or not isinstance(den, list) or len(num) != len(den) or not num:
+        return None
+    return [float(x) for x in num], [float(x) for x in den], str(ex.get("fingerprint", ""))
 
 
 @dataclass
@@ -151,6 +166,57 @@ class Job:
 
 
 BUDGET_SLOT = -1  # the slot of a budget-check job (rank r, seed 0, trained longer): no rung's search slot
+PRESCREEN_SLOT = -2  # the slot of the nested-rank prescreen job (the top rank, seed 0): no rung's search slot
+
+
+@dataclass
+class Prescreen:
+    """``hydra.sweeper.prescreen=nested``: one adapter trained at the top rank with nested ranks, read at every
+    prefix b (:mod:`ranksweep.trial.nested`) on the ladder's eval examples. The stop rule's recommendation on
+    that curve is the ``candidate`` rank; ``confirm`` are the ranks then trained separately around it, and
+    the answer always rests on those. ``verdict``: "" (still running), ``confirmed`` (the confirmations
+    recommend the candidate), ``contradicted`` (they do not: ``fallback`` says how the ladder went on) or
+    ``failed`` (the prescreen job failed: the whole ladder ran). ``agreement`` compares the prefixes with the
+    separately trained ranks (:func:`agreement`)."""
+
+    rank: int
+    job: Job
+    steps: list[Step] = field(default_factory=list)  # each prefix as the rules see it, in rank order
+    candidate: Optional[int] = None
+    why: str = ""  # the rule's sentence on the prefix curve
+    confirm: tuple[int, ...] = ()
+    trained: tuple[int, ...] = ()  # the ranks trained around its values: the confirmations, and any below them
+    verdict: str = ""
+    fallback: str = ""
+    doublings: list[Doubling] = field(default_factory=list)  # the rule's verdicts on the prefix curve
+    agreement: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trial(self) -> Optional[Trial]:
+        return self.job.trial
+
+    @property
+    def values(self) -> dict[int, float]:
+        """Each prefix's value (the objective at rank b)."""
+        return {s.rank: float(s.value) for s in self.steps if s.value is not None}
+
+    @property
+    def train_steps(self) -> int:
+        """Optimizer steps the prescreen trained (its steps so far while it runs)."""
+        t = self.trial
+        return int(t.number_attr(keys.STEPS) or max(t.intermediate or {0: 0})) if t is not None else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The prescreen as written to ``sweep_summary.json``."""
+        t = self.trial
+        return {"rank": self.rank, "values": {str(r): v for r, v in self.values.items()},
+                "candidate": self.candidate, "why": self.why or None, "confirm": list(self.confirm),
+                "trained": list(self.trained),
+                "verdict": self.verdict or None, "fallback": self.fallback or None,
+                "doublings": [d.to_dict() for d in self.doublings], "steps": self.train_steps,
+                "trial": t.number if t is not None else None, "status": str(self.job.status),
+                "lr": t.lr if t is not None else None, "params": dict(t.searched) if t is not None else {},
+                "agreement": dict(self.agreement)}
 
 
 @dataclass
@@ -223,6 +289,8 @@ class Rung:
     similarity: Optional[float] = None  # subspace similarity with the previous rank's adapter
     extra_energy: Optional[float] = None  # energy share of the directions beyond the previous rank
     note: str = ""
+    # Not trained: the nested prescreen placed the knee above it (hydra.sweeper.prescreen); not on the curve.
+    skipped: bool = False
     # The fingerprints of the eval examples its value's trials were evaluated on: one, or none when not
     # stored; several when its seeds differ (it is then compared with no other rank).
     eval_fingerprints: list[str] = field(default_factory=list)
@@ -374,6 +442,32 @@ class Ladder:
     budget_check: Optional[BudgetCheck] = None  # the longer rerun of the recommended rank and its neighbour
     noise: Optional[str] = None  # what the intervals cover, in words
     resolved: tuple[int, ...] = ()  # ranks given hydra.sweeper.resolve_seeds more seeds (the data leaned between them)
+    prescreen: Optional[Prescreen] = None  # hydra.sweeper.prescreen=nested: the prefix curve and its confirmation
+
+    @property
+    def trials(self) -> list[Trial]:
+        """Every trial of the ladder: its base, its rungs' (skipped ones have none), the prescreen and the
+        budget check."""
+        out = [self.base_trial] if self.base_trial is not None else []
+        out += [t for r in self.rungs for t in r.trials]
+        out += [j.trial for j in ([self.prescreen.job] if self.prescreen is not None else [])
+                + (self.budget_check.jobs if self.budget_check is not None else []) if j.trial is not None]
+        return out
+
+    @property
+    def cost(self) -> dict[str, Any]:
+        """What the ladder trained: optimizer steps (a pruned or running trial's steps so far) and trials, the
+        prescreen's and the budget check's included, and each of those two on its own."""
+
+        def steps(ts: Sequence[Trial]) -> int:
+            return sum(int(t.number_attr(keys.STEPS) or max(t.intermediate or {0: 0})) for t in ts if t.rank > 0)
+
+        pre = [self.prescreen.trial] if self.prescreen is not None and self.prescreen.trial is not None else []
+        check = [j.trial for j in self.budget_check.jobs if j.trial is not None] if self.budget_check else []
+        trained = [t for t in self.trials if t.rank > 0]
+        return {"steps": steps(trained), "trials": len(trained), "prescreen_steps": steps(pre),
+                "budget_check_steps": steps(check),
+                "duration_s": sum(t.number_attr(keys.DURATION_S) or 0.0 for t in self.trials)}
 
     @property
     def label(self) -> str:
@@ -383,7 +477,7 @@ class Ladder:
     def curve(self) -> list[Rung]:
         """The rungs a reader sees: ranks with trials, up to the stop rank (speculation past it is not
         part of the curve). A rung built by hand (no jobs) is always shown."""
-        return [r for r in self.rungs if (r.trials if r.jobs else True)
+        return [r for r in self.rungs if not r.skipped and (r.trials if r.jobs else True)
                 and (self.stop_rank is None or r.rank <= self.stop_rank)]
 
     @property
@@ -399,7 +493,7 @@ class Ladder:
     @property
     def pending(self) -> list[int]:
         """Needed ranks not finished yet, in ladder order (empty once the ladder is done)."""
-        return [] if self.done else [r.rank for r in self.rungs if not r.finished]
+        return [] if self.done else [r.rank for r in self.rungs if not r.finished and not r.skipped]
 
     @property
     def kind(self) -> str:
@@ -429,4 +523,6 @@ class Ladder:
                 "noise": None if self.comparison is None or self.comparison.noise is None else {
                     "sd": self.comparison.noise.sd, "dof": self.comparison.noise.dof,
                     "source": self.comparison.noise.source},
-                "noise_text": self.noise, "resolved": list(self.resolved)}
+                "noise_text": self.noise, "resolved": list(self.resolved),
+                "prescreen": self.prescreen.to_dict() if self.prescreen is not None else None,
+                "cost": self.cost}

@@ -35,6 +35,7 @@ PRUNERS = ("parent", "none")
 STOP_RULES = ("margin", "share")
 SAMPLERS = ("tpe", "random")
 RUNG_PRUNERS = ("sha", "none")
+PRESCREENS = ("none", "nested")
 SWEEPER = K = "hydra.sweeper."
 # hydra-optuna-sweeper's names and other ways to say ours (for did_you_mean).
 ALIASES = {"n_trials": "search_budget", "search_space": "search", "min_rank": "start_rank",
@@ -82,6 +83,15 @@ class SweepSettings:
     # steps once the ladder stops, and say whether the verdict holds: a short run ranks learning speed, not
     # capacity. 0: off; else at least 1.5.
     budget_check: float = checked(3.0, number(at_least=0))
+    # none: every rank of the ladder is trained, each with its search. nested: first ONE adapter is trained at
+    # max_rank with nested ranks (each step uses its first b components, b drawn from the ladder's ranks) and
+    # read at every prefix b on the eval examples; the stop rule on that curve names a candidate rank, and
+    # only it, the rank below and the rank above are trained separately: the answer rests on those. Where
+    # they contradict it, the ladder goes on as it would without the prescreen. docs/rank-method.md.
+    prescreen: str = checked("none", one_of(*PRESCREENS))
+    # The confirmations' search (prescreen=nested): this many trials per rank, the first at the values the
+    # prescreen trained with, the others within a factor of 2 of them (a quarter of a linear range).
+    confirm_budget: int = checked(1, positive_int)
     min_gain: float = checked(0.05, share)
     tolerance: float = checked(0.05, share)
     # Search per rank, the Hydra-Optuna way: {trainer.lr: "tag(log, interval(5e-5, 5e-3))",
@@ -163,6 +173,7 @@ class SweepSettings:
             values.setdefault("max_rank", ranks[-1])
         for name in ("noise_seeds", "budget_check", "resolve_seeds"):  # a sweep recorded before these ran without them
             values.setdefault(name, 0)
+        values.setdefault("prescreen", "none")
         s = cls(**values)
         s.search = {str(k): str(v) for k, v in (s.search or {}).items()}
         s.params = {str(k): str(v) for k, v in (s.params or {}).items()}
@@ -195,6 +206,9 @@ class SweepSettings:
         require(self.seeds_per_rank >= 2 or self.noise_seeds >= 1,
                 f"{K}noise_seeds must be >= 1 with {K}seeds_per_rank=1: without a second seed no interval covers "
                 f"the training noise, so no verdict could be confident; got {self.noise_seeds!r}")
+        require(self.prescreen == "none" or len(self.ranks) >= 3,
+                f"{K}prescreen=nested needs a ladder of at least 3 ranks to place a knee in (start_rank "
+                f"{self.start_rank} to max_rank {self.max_rank} gives {self.ranks})")
         require(self.budget_check == 0 or self.budget_check >= 1.5,
                 f"{K}budget_check must be 0 (off) or at least 1.5 (times the steps), got {self.budget_check!r}")
         require(is_int(self.grace_period) and self.grace_period > self.heartbeat_interval,

@@ -86,8 +86,51 @@ def format_table(ladders: Sequence[Ladder]) -> str:
     Columns: rank | alpha | the rank's value (mean ± std over seeds) | its gain over the previous rank
     with a 95% interval (margin rule) | share of the gain over the base | the best learning rate found
     (with how many were tried, and a flag when it sits at the search range's edge) | params | time |
-    state. Each row is the rung's :class:`~ranksweep.sweep.results.Row`.
+    state. Each row is the rung's :class:`~ranksweep.sweep.results.Row`. A ladder that ran the nested
+    prescreen (``hydra.sweeper.prescreen=nested``) adds its line: the candidate, each prefix's value and the
+    confirmations' verdict, and how far the prefixes agree with the separately trained ranks. Every ladder
+    ends with what it cost (:attr:`~ranksweep.sweep.results.Ladder.cost`).
     """
+
+    def ranks(rs: Sequence[int]) -> str:
+        return "r=" + ", ".join(str(r) for r in rs)
+
+    def prescreen_lines(lad: Ladder) -> list[str]:
+        pre = lad.prescreen
+        if pre is None:
+            return []
+        cand = f"candidate r={pre.candidate}" if pre.candidate is not None else "no candidate"
+        prefixes = ", ".join(f"r={r} {fmt_value(v)}" for r, v in sorted(pre.values.items())) or "none yet"
+        checks = f" at {ranks(pre.confirm)}" if pre.confirm else ""
+        if pre.verdict == "confirmed":
+            verdict = f"confirmed{checks}"
+        elif pre.verdict == "contradicted":
+            verdict = f"contradicted{checks}" + (f": {pre.fallback}" if pre.fallback else "")
+        elif pre.verdict == "failed":
+            reason = (pre.trial.fail_reason if pre.trial is not None else None) or pre.fallback or "no reason recorded"
+            verdict = f"failed: {reason}" + (f"; {pre.fallback}" if pre.fallback and pre.fallback != reason else "")
+        else:
+            verdict = f"running (confirming{checks})" if checks else "running"
+        lines = [f"  prescreen: nested r={pre.rank}, {pre.train_steps:,} steps -> {cand}; prefixes {prefixes}; "
+                 f"{verdict}"]
+        agree = pre.agreement or {}
+        gaps = {int(r): g for r, g in (agree.get("gap") or {}).items() if g is not None}
+        if gaps:
+            tau, compared = agree.get("kendall_tau"), agree.get("verdicts_compared")
+            same = agree.get("verdicts_same", 0)
+            lines.append("  prescreen vs separately trained: gap (prefix - separate) "
+                         + ", ".join(f"r={r} {g + 0.0:+.3g}" for r, g in sorted(gaps.items()))
+                         + (f"; Kendall's tau {tau:.2f}" if tau is not None else "")
+                         + (f"; same confident-gain verdict on {same} of {compared} doublings" if compared else ""))
+        return lines
+
+    def cost_line(lad: Ladder) -> str:
+        c = lad.cost
+        parts = ([f"prescreen {c['prescreen_steps']:,}"] if lad.prescreen is not None else []) + (
+            [f"budget check {c['budget_check_steps']:,}"] if lad.budget_check is not None else [])
+        return (f"  cost: {c['steps']:,} steps in {c['trials']} trials" + (f" ({', '.join(parts)})" if parts else "")
+                + (f", {fmt_time(c['duration_s'])}" if c.get("duration_s") else ""))
+
     out: list[str] = []
     for lad in ladders:
         lines = lad.rows()
@@ -117,7 +160,9 @@ def format_table(ladders: Sequence[Ladder]) -> str:
         if edges:
             out.append("  learning rate: the best value sits at the edge of the search range for "
                        + ", ".join(f"r={x}" for x in edges) + "; widen hydra.sweeper.search")
+        out += prescreen_lines(lad)
         if lad.stop_reason:
             out.append(f"  stopped: {lad.stop_reason}")
+        out.append(cost_line(lad))
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n" if out else ""

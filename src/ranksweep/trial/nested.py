@@ -241,11 +241,21 @@ class RankSampler:
 
 class NestedRankCallback(TrainerCallback):
     """Nested-rank training in a Trainer: a drawn prefix for each optimizer step (all its micro-batches),
-    the full rank again at its end, before the Trainer logs, evaluates or saves. ``drawn``: the ranks used."""
+    the full rank again at its end, before the Trainer logs, evaluates or saves. ``drawn``: the ranks used,
+    one per optimizer step from step 1 (a run resumed from a checkpoint replays the draws of the steps before
+    it: it goes on with the draws an uninterrupted run would have made, and ``drawn`` counts every step)."""
 
     def __init__(self, sampler: RankSampler) -> None:
         self.sampler = sampler
         self.drawn: list[int] = []
+
+    def catch_up(self, step: int) -> None:
+        """Draw (and record) for the steps up to ``step`` not drawn for yet: the steps a checkpoint holds."""
+        while len(self.drawn) < step:
+            self.drawn.append(self.sampler.draw())
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.catch_up(int(state.global_step))  # > 0 when the Trainer resumed from a checkpoint
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         b = self.sampler.draw()

@@ -5,6 +5,10 @@
     load_data -> load_model -> tokenize_data -> prepare_adapter -> build_trainer
               -> train_and_evaluate -> save, and cleanup whatever happened in the last two.
 
+With ``trial.nested_ranks`` (``hydra.sweeper.prescreen=nested``) the adapter trains with nested ranks
+(:mod:`ranksweep.trial.nested`); after the trial's own evaluation at the full rank, every prefix is evaluated
+on the same examples (``metrics["prescreen"]``), out of the Trainer's callbacks.
+
 ``trainer.epochs`` becomes ``max_steps`` once the training set is tokenised (before the memory plan,
 the Trainer and the pruner's schedule read it). With ``trainer.save_every`` the Trainer checkpoints
 into ``trial.checkpoint_dir``; a trial started there resumes from the last checkpoint.
@@ -123,6 +127,8 @@ class TrialRecipe:
         self.compiled: Any = None
         self.tracker: Optional[Tracker] = None
         self.metrics: dict[str, Any] = {}
+        self.nested: Any = None  # the NestedRankCallback of a nested-rank (prescreen) trial
+        self.fingerprint: Optional[str] = None
 
     def load_data(self) -> None:
         """Train and eval examples (a held-out eval set, or a seeded split). Data first: a bad dataset
@@ -191,6 +197,8 @@ class TrialRecipe:
         set_seed(run.trainer.seed)
         self.model = prepare_for_training(self.model, run, self.mem)
         self.model = add_lora(self.model, run, self.modules)
+        if run.trial.nested_ranks and run.trainer.max_steps > 0:
+            self._nest()
         if run.trainer.compile:
             self.compiled = compile_decoder(self.model)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -230,7 +238,8 @@ class TrialRecipe:
             model=self.model, args=args, train_dataset=self.train_ds, eval_dataset=self.eval_ds,
             data_collator=packing_collator(self.tok, self.model) if run.trainer.packing else padded,
             eval_collator=padded, chunked=run.trainer.loss_impl == "chunked", ce_chunk=run.trainer.ce_chunk,
-            callbacks=[self.watch, *self.callbacks], compute_metrics=token_accuracy,
+            callbacks=[self.watch, *self.callbacks, *([self.nested] if self.nested is not None else [])],
+            compute_metrics=token_accuracy,
             preprocess_logits_for_metrics=argmax_logits,
         )
         self.trainer.remove_callback(PrinterCallback)  # our callback logs one line per interval instead
@@ -275,6 +284,58 @@ class TrialRecipe:
             from ranksweep.trial.adapter import adapter_summary
 
             self.metrics["adapter"] = adapter_summary(self.model)
+        if self.nested is not None:
+            from ranksweep.trial.nested import unnest
+
+            self.metrics["prescreen"] = self._prescreen()
+            unnest(self.model)  # the plain rank-r peft adapter from here on: saved, unloaded
+
+    def _nest(self) -> None:
+        """Nested ranks on the fresh adapter, each prefix b scaled as the alpha rule scales rank b, and the
+        callback that draws b at every optimizer step. A model the mask cannot restrict fails the trial."""
+        from ranksweep.trial.nested import NestedRankCallback, RankSampler, nest, rule_scale
+
+        run = self.run
+        config = getattr(self.model, "peft_config", {}).get("default")
+        try:
+            if getattr(config, "rank_pattern", None) or getattr(config, "alpha_pattern", None):
+                raise ValueError("its LoRA config has a rank_pattern (fused mixture-of-experts parameters)")
+            nest(self.model, rule_scale(run.lora))
+        except ValueError as exc:
+            self.cleanup(1)  # a reused base goes back without the adapter
+            raise TrialFailed(f"hydra.sweeper.prescreen=nested (trial.nested_ranks={run.trial.nested_ranks}) "
+                              f"trains plain LoRA on linear layers only: {exc}; use hydra.sweeper.prescreen=none "
+                              "for this model and lora.targets", kind="prescreen") from None
+        self.nested = NestedRankCallback(RankSampler(run.trial.nested_ranks, seed=run.trainer.seed))
+
+    def _prescreen(self) -> dict[str, Any]:
+        """Every prefix b of ``trial.nested_ranks`` on the eval examples, as the trial evaluated its full rank:
+        its objective value, eval loss and per-example results (:meth:`_examples`, ``correct`` where exact
+        match is generated); ``drawn``: the optimizer steps each b trained. The evaluations are no callback's
+        (no intermediate value, W&B row or prune): the trial's eval and objective stay the full rank's."""
+        from ranksweep.trial.nested import prefix
+
+        run, trainer, nested = self.run, self.trainer, self.nested
+        nested.catch_up(int(trainer.state.global_step))  # a run restored at its last step trained no step here
+        ranks = sorted(set(run.trial.nested_ranks))
+        generate = run.data.metric == "exact_match" and run.data.metric_examples > 0
+        rows, prefixes = trainer.eval_rows, {}
+        for b in ranks:
+            with prefix(self.model, b):
+                eval_loss = float(trainer.evaluate_quietly()["eval_loss"])
+                got: dict[str, Any] = {"eval_loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50))}
+                examples = self._examples()
+                if generate:
+                    got["exact_match"], samples = generate_exact_match(
+                        self.model, self.tok, self.eval_ds, run.data.metric_examples, run.data.max_new_tokens,
+                        run.trainer.eval_batch, self.device)
+                    examples["correct"] = [float(data_mod.exact_match([p], [r])) for r, p in samples]
+            value = objective_value(run, got)
+            prefixes[str(b)] = {"value": value if math.isfinite(value) else None,
+                                "eval_loss": eval_loss if math.isfinite(eval_loss) else None, **examples}
+            log.info("prefix r=%d: eval loss %.4f", b, eval_loss)
+        trainer.eval_rows = rows  # the full rank's, as the trial's evaluation left them
+        return {"ranks": ranks, "prefixes": prefixes, "drawn": {str(b): nested.drawn.count(b) for b in ranks}}
 
     def _examples(self) -> dict[str, Any]:
         """The last evaluation per example (what the sweeper's paired bootstrap resamples), and a
@@ -283,11 +344,13 @@ class TrialRecipe:
         import json
 
         rows = self.trainer.eval_rows
-        digest = hashlib.sha256()
-        for ids, labels in zip(self.eval_ds["input_ids"], self.eval_ds["labels"]):
-            digest.update(json.dumps([list(ids), list(labels)]).encode())
+        if self.fingerprint is None:
+            digest = hashlib.sha256()
+            for ids, labels in zip(self.eval_ds["input_ids"], self.eval_ds["labels"]):
+                digest.update(json.dumps([list(ids), list(labels)]).encode())
+            self.fingerprint = digest.hexdigest()[:16]
         return {"loss": [round(x, 7) for x, _ in rows], "tokens": [int(n) for _, n in rows],
-                "fingerprint": digest.hexdigest()[:16], "n": len(self.eval_ds)}
+                "fingerprint": self.fingerprint, "n": len(self.eval_ds)}
 
     def _eval_metrics(self, eval_loss: float, eval_metrics: dict[str, Any]) -> dict[str, Any]:
         run, mem = self.run, self.mem
@@ -341,6 +404,11 @@ class TrialRecipe:
         metrics["objective_value"] = objective_value(self.run, metrics)
         metrics["wandb_run"] = self.tracker.run_path
         self.tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        if metrics.get("prescreen"):  # the prefix curve: prescreen/value_r2, prescreen/eval_loss_r2, ...
+            pre = metrics["prescreen"]
+            self.tracker.summary({f"prescreen/{k}_r{b}": v for b, p in pre["prefixes"].items()
+                                  for k, v in p.items() if k in ("value", "eval_loss") and v is not None}
+                                 | {f"prescreen/drawn_r{b}": n for b, n in pre["drawn"].items()})
         atomic_write_json(self.out / "metrics.json", metrics)
         return TrialResult(objective=metrics["objective_value"], metrics=metrics, out_dir=str(self.out))
 
@@ -350,6 +418,11 @@ class TrialRecipe:
 
         if self.tracker is not None:
             self.tracker.finish(exit_code)
+        if self.nested is not None:  # a trial that failed while nested: the full rank, no hooks, before unload
+            from ranksweep.trial.nested import is_nested, unnest
+
+            if is_nested(self.model):
+                unnest(self.model)
         if self.compiled is not None:
             uncompile(self.compiled)
         if self.base is not None and hasattr(self.model, "unload"):

@@ -136,6 +136,21 @@ class RanksweepTrainer(Trainer):
             out.metrics[f"{prefix}_loss"] = sum(x for x, _ in self.eval_rows) / tokens
         return out
 
+    def evaluate_quietly(self) -> dict[str, float]:
+        """The eval set's metrics as :meth:`evaluate` computes them (``eval_loss``, ``eval_token_accuracy``;
+        :attr:`eval_rows` per example), seen by no callback: no W&B row, no intermediate value for the sweeper,
+        no prune, not in the state's log history nor in the Watch's eval time. For a second look at the model
+        (a nested adapter's prefixes), never the trial's own evaluation."""
+        handler = self.callback_handler
+        callbacks, handler.callbacks = handler.callbacks, []
+        try:
+            out = self.evaluation_loop(self.get_eval_dataloader(), description="Evaluation",
+                                       prediction_loss_only=True if self.compute_metrics is None else None,
+                                       metric_key_prefix="eval")
+        finally:
+            handler.callbacks = callbacks
+        return out.metrics
+
     def floating_point_ops(self, inputs):
         # Trainer counts FLOPs for its logs by walking every parameter on every step; once is enough.
         if not hasattr(self, "_n_params"):
