@@ -39,7 +39,8 @@ STORED = {
     "WANDB_RUN": "wandb_run", "DURATION_S": "duration_s", "PEAK_MEM_GB": "peak_mem_gb",
     "TOKENS_PER_S": "tokens_per_s", "EVAL_LOSS": "eval_loss", "EXACT_MATCH": "exact_match", "LR": "lr",
     "SUPERVISED_TOKENS": "supervised_tokens", "STEPS": "steps", "EVAL_EXAMPLES": "eval_examples",
-    "ADAPTER": "adapter", "STUDY_SPACE": "ranksweep_space", "STUDY_SETTINGS": "ranksweep_settings",
+    "ADAPTER": "adapter", "PRESCREEN": "prescreen", "STUDY_SPACE": "ranksweep_space",
+    "STUDY_SETTINGS": "ranksweep_settings",
     "STUDY_IDENTITY": "ranksweep_identity",
 }
 CONSTANTS = {name for name in dir(keys) if name.isupper()}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.run import TINY_SWEEP, ranksweep
 
 from ranksweep.sweep.prescreen import centers, kendall_tau, narrow
 from ranksweep.sweep.search import distribution
@@ -48,6 +49,7 @@ def trained(cwd: Path) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+@pytest.mark.slow
 def test_a_right_prescreen_is_confirmed_by_three_ranks_and_its_steps_are_counted(tmp_path):
     lad = run(tmp_path, 8, 8)
     pre = lad["prescreen"]
@@ -72,6 +74,7 @@ def test_a_right_prescreen_is_confirmed_by_three_ranks_and_its_steps_are_counted
     assert "prescreen" in lad["stdout"] and "cost" in lad["stdout"]
 
 
+@pytest.mark.slow
 def test_a_prescreen_that_places_the_knee_too_low_is_contradicted_and_the_ladder_goes_on(tmp_path):
     lad = run(tmp_path, 32, 4)
     pre = lad["prescreen"]
@@ -81,6 +84,7 @@ def test_a_prescreen_that_places_the_knee_too_low_is_contradicted_and_the_ladder
     assert 1 not in trained(tmp_path).get("rung", [])
 
 
+@pytest.mark.slow
 def test_a_prescreen_that_places_the_knee_too_high_falls_back_to_the_ladder_from_its_first_rank(tmp_path):
     lad = run(tmp_path, 2, 16)
     pre = lad["prescreen"]
@@ -90,6 +94,7 @@ def test_a_prescreen_that_places_the_knee_too_high_falls_back_to_the_ladder_from
     assert 1 in trained(tmp_path)["rung"]
 
 
+@pytest.mark.slow
 def test_a_failed_prescreen_runs_every_rank(tmp_path):
     lad = run(tmp_path, 4, 4, SYN_PRESCREEN_FAIL="1")
     pre = lad["prescreen"]
@@ -115,3 +120,27 @@ def test_kendall_tau():
     assert kendall_tau([1, 2, 3], [2, 4, 8]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert kendall_tau([1, 1], [1, 2]) is None
+
+
+@pytest.mark.slow
+def test_a_real_nested_prescreen_on_a_tiny_model(tmp_path):
+    """The real command: one nested-rank QLoRA trial at r=32 read at r=8, 16 and 32, its curve in the summary,
+    its own W&B run (offline) and its adapter a plain rank-32 peft adapter; the answer from confirmations."""
+    proc = ranksweep(tmp_path, "-m", *TINY_SWEEP, "hydra.sweeper.study_name=q", "hydra.sweeper.prescreen=nested",
+                     "hydra.sweeper.noise_seeds=1", cache=tmp_path / "cache", WANDB_MODE="offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "outputs" / "sweeps" / "q"
+    (lad,) = json.loads((folder / "sweep_summary.json").read_text())["ladders"]
+    pre = lad["prescreen"]
+    assert sorted(map(int, pre["values"])) == [8, 16, 32] and pre["steps"] == 12, pre
+    assert pre["candidate"] in (8, 16, 32) and pre["verdict"] in ("confirmed", "contradicted"), pre
+    assert set(pre["confirm"]) <= {8, 16, 32} and pre["candidate"] in pre["confirm"]
+    assert lad["recommendation"]["rank"] in [r["rank"] for r in lad["rungs"]]  # a separately trained rank
+    assert lad["cost"]["prescreen_steps"] == 12 and lad["cost"]["steps"] >= 12 * (1 + len(lad["rungs"]))
+    (run,) = folder.glob("trial-*-r32-nested")
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 32 and not config.get("rank_pattern")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sorted(map(int, metrics["prescreen"]["prefixes"])) == [8, 16, 32]
+    assert sum(metrics["prescreen"]["drawn"].values()) == 12
+    assert "prescreen: nested r=32" in proc.stdout and "cost:" in proc.stdout

@@ -142,7 +142,7 @@ def prescreen_curve(lad: Ladder) -> Optional[PrescreenCurve]:
     c = pre.candidate
     return PrescreenCurve(ranks=tuple(vals), values=tuple(vals.values()),
                           candidate=(c, vals[c]) if c is not None and c in vals else None,
-                          confirm=tuple(pre.confirm), verdict=pre.verdict)
+                          confirm=tuple(pre.confirm), verdict=str(pre.verdict))
 
 
 def draw_prescreen(ax: Any, curve: PrescreenCurve, *, color: str = "C0", name: Optional[str] = None) -> list[int]:

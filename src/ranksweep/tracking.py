@@ -338,7 +338,7 @@ def log_sweep_summary(logger: Any, ladders: list, settings: Any, sweep_dir: Any,
         pre = lad.prescreen
         if pre is not None:
             run.summary[f"{prefix}prescreen_candidate"] = pre.candidate
-            run.summary[f"{prefix}prescreen_verdict"] = pre.verdict or "running"
+            run.summary[f"{prefix}prescreen_verdict"] = str(pre.verdict) or "running"
             run.summary[f"{prefix}prescreen_confirm"] = list(pre.confirm)
             run.summary[f"{prefix}prescreen_fallback"] = pre.fallback or None
             run.summary[f"{prefix}prescreen_steps"] = cost["prescreen_steps"]

@@ -24,7 +24,16 @@ from typing import Any, Optional
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ranksweep.objectives import kind_of
-from ranksweep.sweep.results import PRESCREEN_SLOT, Job, JobStatus, Ladder, Prescreen, Trial, examples_of
+from ranksweep.sweep.results import (
+    PRESCREEN_SLOT,
+    Job,
+    JobStatus,
+    Ladder,
+    Prescreen,
+    PrescreenVerdict,
+    Trial,
+    examples_of,
+)
 from ranksweep.sweep.rules import Step, StopRule
 from ranksweep.sweep.stats import Examples
 
@@ -77,7 +86,7 @@ def read_prescreen(ranks: Sequence[int], factor: int, objective: str, rule: Stop
     rule's candidate on it and the ranks that confirm it."""
     pre = Prescreen(ranks[-1], Job(0, PRESCREEN_SLOT, status, trial))
     if status == JobStatus.FAILED:
-        pre.verdict = "failed"
+        pre.verdict = PrescreenVerdict.FAILED
         why = trial.fail_reason if trial is not None and trial.fail_reason else "?"
         pre.fallback = f"the prescreen failed ({why}): every rank runs, as without it"
         return pre
@@ -85,7 +94,7 @@ def read_prescreen(ranks: Sequence[int], factor: int, objective: str, rule: Stop
         return pre
     pre.steps = prefix_steps(trial, objective)
     if len(pre.steps) < 2:
-        pre.verdict = "failed"
+        pre.verdict = PrescreenVerdict.FAILED
         pre.fallback = "the prescreen stored no prefix curve: every rank runs, as without it"
         return pre
     one = _one_run(rule)
@@ -93,7 +102,7 @@ def read_prescreen(ranks: Sequence[int], factor: int, objective: str, rule: Stop
     cmp = one.compare(pre.steps, rec)
     pre.doublings = list(cmp.doublings) if cmp is not None else []
     if rec is None:
-        pre.verdict, pre.fallback = "failed", "no prefix had a value: every rank runs, as without it"
+        pre.verdict, pre.fallback = PrescreenVerdict.FAILED, "no prefix had a value: every rank runs, as without it"
         return pre
     c = rec.rank
     pre.candidate, pre.why = c, rec.why
@@ -136,16 +145,16 @@ def settle(p: Plan, lad: Ladder) -> None:
         return
     lad.prescreen = pre
     pre.trained = tuple(sorted(p.narrow))
-    if pre.verdict == "failed" or pre.candidate is None:
+    if pre.verdict == PrescreenVerdict.FAILED or pre.candidate is None:
         return
     pre.agreement = agreement(pre, lad)
     rec = lad.recommendation
     if not lad.done or rec is None:
         return
-    if rec.rank == pre.candidate and not p.down:
-        pre.verdict = "confirmed"
+    if rec.rank == pre.candidate:
+        pre.verdict = PrescreenVerdict.CONFIRMED
         return
-    pre.verdict = "contradicted"
+    pre.verdict = PrescreenVerdict.CONTRADICTED
     top = max([r.rank for r in lad.curve if r.trials] or [rec.rank])
     if p.down:
         pre.fallback = (f"r={min(pre.confirm)} did as well as the candidate r={pre.candidate}: the ladder went down "

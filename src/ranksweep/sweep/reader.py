@@ -262,15 +262,24 @@ def read_ladders(trials: Sequence[Any], spec: Spec) -> list[Ladder]:
 
 
 def _read_resolved(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec) -> Ladder:
-    """One ladder, concluded. With a prescreen, the ranks its plan trains (:mod:`.prescreen`). Where its answer
-    rests on two ranks the data lean between (``lean``), it is read again with ``resolve_seeds`` more seeds of
-    both: not done until they ran, then compared on all its seeds. One pair per ladder, so the cost is bounded;
-    the first reading ignores those seeds' trials, so the pair found never changes."""
+    """One ladder, concluded, over the ranks its plan trains (with a prescreen, :mod:`.prescreen`: while a rank
+    below the candidate does as well, the plan goes a rank further down)."""
     p = _plan(key, combo, idx, spec)
-    lad = _concluded(read_ladder(key, combo, idx, spec, p=p), spec)
-    while (down := prescreen.went_down(p, lad, spec.ranks)) is not None:  # a rank below the candidate did as well
+    lad = _resolved(key, combo, idx, spec, p)
+    while (down := prescreen.went_down(p, lad, spec.ranks)) is not None:
         p = down
-        lad = _concluded(read_ladder(key, combo, idx, spec, p=p), spec)
+        lad = _resolved(key, combo, idx, spec, p)
+    prescreen.settle(p, lad)
+    lad.budget_check = _budget_check(lad, idx, spec)
+    return settle_budget(lad, spec.rule)
+
+
+def _resolved(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec, p: Plan) -> Ladder:
+    """The ladder over plan ``p``, concluded. Where its answer rests on two ranks the data lean between (``lean``),
+    it is read again with ``resolve_seeds`` more seeds of both: not done until they ran, then compared on all its
+    seeds. One pair per plan, so the cost is bounded; the first reading ignores those seeds' trials, so the pair
+    found never changes."""
+    lad = _concluded(read_ladder(key, combo, idx, spec, p=p), spec)
     rec = lad.recommendation
     if spec.resolve_seeds > 0 and lad.done and rec is not None and rec.lean is not None:
         resolve = frozenset((rec.rank, rec.lean))
@@ -279,9 +288,7 @@ def _read_resolved(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Tria
             ranks = " and ".join(f"r={r}" for r in sorted(resolve))
             lad.noise += (f"; {ranks} ran {spec.resolve_seeds} more seeds each, where the data leaned towards the "
                           "larger rank without confirming it (hydra.sweeper.resolve_seeds)")
-    prescreen.settle(p, lad)
-    lad.budget_check = _budget_check(lad, idx, spec)
-    return settle_budget(lad, spec.rule)
+    return lad
 
 
 def _plan(key: str, combo: tuple[str, ...], idx: dict[JobKey, list[Trial]], spec: Spec) -> Plan:

@@ -169,15 +169,27 @@ BUDGET_SLOT = -1  # the slot of a budget-check job (rank r, seed 0, trained long
 PRESCREEN_SLOT = -2  # the slot of the nested-rank prescreen job (the top rank, seed 0): no rung's search slot
 
 
+class PrescreenVerdict(str, enum.Enum):
+    """How a nested prescreen ended (:class:`Prescreen`). A ``str``: each compares equal to its text, and
+    RUNNING's is empty (false)."""
+
+    RUNNING = ""  # it, or its confirmations, still run
+    CONFIRMED = "confirmed"  # the confirmations recommend its candidate
+    CONTRADICTED = "contradicted"  # they do not: the ladder went on up or down
+    FAILED = "failed"  # the prescreen job failed, or stored no curve: every rank ran
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Prescreen:
     """``hydra.sweeper.prescreen=nested``: one adapter trained at the top rank with nested ranks, read at every
     prefix b (:mod:`ranksweep.trial.nested`) on the ladder's eval examples. The stop rule's recommendation on
     that curve is the ``candidate`` rank; ``confirm`` are the ranks then trained separately around it, and
-    the answer always rests on those. ``verdict``: "" (still running), ``confirmed`` (the confirmations
-    recommend the candidate), ``contradicted`` (they do not: ``fallback`` says how the ladder went on) or
-    ``failed`` (the prescreen job failed: the whole ladder ran). ``agreement`` compares the prefixes with the
-    separately trained ranks (:func:`agreement`)."""
+    the answer always rests on those. ``verdict``: :class:`PrescreenVerdict` (``fallback`` says how the ladder
+    went on when the confirmations contradicted the candidate, or why the prescreen failed). ``agreement``
+    compares the prefixes with the separately trained ranks (:func:`ranksweep.sweep.prescreen.agreement`)."""
 
     rank: int
     job: Job
@@ -186,7 +198,7 @@ class Prescreen:
     why: str = ""  # the rule's sentence on the prefix curve
     confirm: tuple[int, ...] = ()
     trained: tuple[int, ...] = ()  # the ranks trained around its values: the confirmations, and any below them
-    verdict: str = ""
+    verdict: PrescreenVerdict = PrescreenVerdict.RUNNING
     fallback: str = ""
     doublings: list[Doubling] = field(default_factory=list)  # the rule's verdicts on the prefix curve
     agreement: dict[str, Any] = field(default_factory=dict)
@@ -212,7 +224,7 @@ class Prescreen:
         return {"rank": self.rank, "values": {str(r): v for r, v in self.values.items()},
                 "candidate": self.candidate, "why": self.why or None, "confirm": list(self.confirm),
                 "trained": list(self.trained),
-                "verdict": self.verdict or None, "fallback": self.fallback or None,
+                "verdict": str(self.verdict) or None, "fallback": self.fallback or None,
                 "doublings": [d.to_dict() for d in self.doublings], "steps": self.train_steps,
                 "trial": t.number if t is not None else None, "status": str(self.job.status),
                 "lr": t.lr if t is not None else None, "params": dict(t.searched) if t is not None else {},

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ranksweep.files import atomic_write_json, jsonable
 from ranksweep.fmt import fmt_params, fmt_pct, fmt_time, fmt_value
-from ranksweep.sweep.results import Ladder, Row
+from ranksweep.sweep.results import Ladder, PrescreenVerdict, Row
 from ranksweep.sweep.settings import SweepSettings
 
 __all__ = ["SUMMARY_FILENAME", "format_table", "ladder_summary", "sweep_meta", "write_outputs", "write_summary"]
@@ -102,11 +102,11 @@ def format_table(ladders: Sequence[Ladder]) -> str:
         cand = f"candidate r={pre.candidate}" if pre.candidate is not None else "no candidate"
         prefixes = ", ".join(f"r={r} {fmt_value(v)}" for r, v in sorted(pre.values.items())) or "none yet"
         checks = f" at {ranks(pre.confirm)}" if pre.confirm else ""
-        if pre.verdict == "confirmed":
+        if pre.verdict == PrescreenVerdict.CONFIRMED:
             verdict = f"confirmed{checks}"
-        elif pre.verdict == "contradicted":
+        elif pre.verdict == PrescreenVerdict.CONTRADICTED:
             verdict = f"contradicted{checks}" + (f": {pre.fallback}" if pre.fallback else "")
-        elif pre.verdict == "failed":
+        elif pre.verdict == PrescreenVerdict.FAILED:
             reason = (pre.trial.fail_reason if pre.trial is not None else None) or pre.fallback or "no reason recorded"
             verdict = f"failed: {reason}" + (f"; {pre.fallback}" if pre.fallback and pre.fallback != reason else "")
         else:
