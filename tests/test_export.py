@@ -103,6 +103,7 @@ def test_best_folder_after_a_sweep(swept):
     ((), ["r8"]),
     (("trainer.seed=2", "trial.trial_number=5"), ["r8-s2", "trial-5"]),
     (("trial.role=budget", "trainer.seed=0", "trial.trial_number=7"), ["r8-longer", "trial-7"]),
+    (("trial.role=prescreen", "trial.nested_ranks=[2,4,8]", "trial.trial_number=1"), ["r8-nested", "trial-1"]),
 ])
 def test_an_adapters_aliases_name_its_rank_seed_and_role(compose_cfg, overrides, aliases):
     """What a trial's W&B model artifact is aliased: its rank, then a further seed, or the budget check's
