@@ -126,6 +126,11 @@ class Trial:
             return None
         return f if math.isfinite(f) else None
 
+    @property
+    def trained_steps(self) -> int:
+        """Optimizer steps it trained: its ``steps`` attribute, else (pruned, running) its last eval step."""
+        return int(self.number_attr(keys.STEPS) or max(self.intermediate or {0: 0}))
+
     def examples(self, objective: str) -> Optional[tuple[list[float], list[float], str]]:
         """``(num, den, fingerprint)`` of the per-example results behind ``objective``, if stored."""
         return examples_of(self.attrs.get(keys.EVAL_EXAMPLES) or {}, objective)
@@ -216,7 +221,7 @@ class Prescreen:
     def train_steps(self) -> int:
         """Optimizer steps the prescreen trained (its steps so far while it runs)."""
         t = self.trial
-        return int(t.number_attr(keys.STEPS) or max(t.intermediate or {0: 0})) if t is not None else 0
+        return t.trained_steps if t is not None else 0
 
     def to_dict(self) -> dict[str, Any]:
         """The prescreen as written to ``sweep_summary.json``."""
@@ -472,12 +477,12 @@ class Ladder:
         prescreen's and the budget check's included, and each of those two on its own."""
 
         def steps(ts: Sequence[Trial]) -> int:
-            return sum(int(t.number_attr(keys.STEPS) or max(t.intermediate or {0: 0})) for t in ts if t.rank > 0)
+            return sum(t.trained_steps for t in ts if t.rank > 0)
 
-        pre = [self.prescreen.trial] if self.prescreen is not None and self.prescreen.trial is not None else []
         check = [j.trial for j in self.budget_check.jobs if j.trial is not None] if self.budget_check else []
         trained = [t for t in self.trials if t.rank > 0]
-        return {"steps": steps(trained), "trials": len(trained), "prescreen_steps": steps(pre),
+        return {"steps": steps(trained), "trials": len(trained),
+                "prescreen_steps": self.prescreen.train_steps if self.prescreen is not None else 0,
                 "budget_check_steps": steps(check),
                 "duration_s": sum(t.number_attr(keys.DURATION_S) or 0.0 for t in self.trials)}
 
